@@ -1,0 +1,68 @@
+"""The dataset card: a Jinja template (cards/dataset_card.md) rendered from a version's manifest.
+
+`render_card(manifest)` is pure: the same manifest gives the same README.md. The YAML header
+carries what the Hub reads (language, configs, task_categories, size_categories, license, tags);
+`huggingface_hub.DatasetCard.load` parses the result.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from icr_data.languages import language_name
+
+
+def template_dir() -> Path:
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "cards", here / "_cards"):  # source tree, then wheel
+        if (candidate / "dataset_card.md").is_file():
+            return candidate
+    raise FileNotFoundError("dataset card template cards/dataset_card.md not found")
+
+
+def size_category(n: int) -> str:
+    bounds = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
+              (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")]  # fmt: skip
+    return next((label for bound, label in bounds if n < bound), "n>10M")
+
+
+def card_header(manifest: dict) -> dict:
+    langs = list(manifest["counts"])
+    total_pairs = sum(c["pairs"] for c in manifest["counts"].values())
+    return {
+        "language": langs,
+        "license": manifest["recipe"].get("license") or "other",
+        "task_categories": ["text-generation"],
+        "size_categories": [size_category(total_pairs)],
+        "tags": ["dpo", "preference", "multilingual", "implicit-reward", "icr-data"],
+        "pretty_name": f"{manifest['dataset']} {manifest['version']}",
+        "configs": [
+            {
+                "config_name": "pairs",
+                "default": True,
+                "data_files": [{"split": "train", "path": "data/pairs/*.parquet"}],
+            },
+            {
+                "config_name": "candidates",
+                "data_files": [{"split": "train", "path": "data/candidates/*.parquet"}],
+            },
+        ],
+    }
+
+
+def render_card(manifest: dict) -> str:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(template_dir()),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["language_name"] = language_name
+    env.filters["fmt"] = lambda v: "-" if v is None else f"{v:.3f}"
+    header = yaml.safe_dump(card_header(manifest), sort_keys=False, allow_unicode=True)
+    return env.get_template("dataset_card.md").render(header=header, m=manifest)

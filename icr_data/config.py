@@ -1,0 +1,237 @@
+"""Build recipes: dataclasses loaded from YAML, unknown keys refused, any key overridable.
+
+A recipe is one YAML file whose top-level keys are the fields of `Recipe` below, e.g.
+
+    dataset: demo
+    prompts: {source: data/demo_prompts.jsonl, languages: [en, es, de]}
+    models: {generator: ..., policy: ..., reference: ...}
+
+Load one with `load_recipe(path, overrides=["sampling.n=8"])`. Relative paths in `prompts.source`
+and `models.*` are resolved against the recipe's folder when they exist there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be run; the message names the file and the key."""
+
+
+@dataclass
+class PromptsConfig:
+    source: str = ""
+    """JSONL or Parquet file, or a `datasets` folder, with prompt_id, lang, instruction."""
+    languages: list[str] = field(default_factory=lambda: ["en", "es", "de", "fr", "ru"])
+    """Languages to build pairs for (ISO 639-1). English rows are also the scoring source."""
+    limit: int | None = None
+    """Keep at most this many prompt_ids (the first ones in source order); None keeps all."""
+
+
+@dataclass
+class ModelsConfig:
+    generator: str = ""
+    """Samples the responses (iteration 1: the English DPO model)."""
+    policy: str = ""
+    """pi_dpo of the implicit reward."""
+    reference: str = ""
+    """pi_ref of the implicit reward."""
+
+
+@dataclass
+class SamplingConfig:
+    backend: Literal["vllm", "transformers"] = "vllm"
+    """vllm (offline LLM.generate) or transformers (model.generate; a slow explicit fallback)."""
+    n: int = 10
+    temperature: float = 0.9
+    top_p: float = 1.0
+    max_tokens: int = 2400
+    seed: int = 0
+    """Recipe seed; each prompt's seed is derived from it and (prompt_id, lang)."""
+    chunk_prompts: int = 256
+    """Prompts handed to the engine at once (progress advances per chunk)."""
+    gpu_memory_utilization: float | None = None
+    """vLLM memory fraction; None means 0.9 on a GPU and 0.25 (of RAM) on CPU."""
+    enforce_eager: bool | None = None
+    """vLLM eager mode; None means eager on CPU (fast start), graphs on GPU."""
+    max_model_len: int | None = None
+    dtype: str = "auto"
+
+
+@dataclass
+class ScoringConfig:
+    mode: Literal["cross_lingual", "native"] = "cross_lingual"
+    """cross_lingual: x = English instruction + language directive. native: x = own instruction."""
+    beta: float = 1.0
+    """reward = beta * (logp_policy - logp_ref). 1.0 keeps the research code's scale."""
+    count_eot: bool = True
+    """Count the chat template's end-of-turn token as a response token."""
+    batch_size: int = 8
+    device: str = "auto"
+    """auto: cuda if available, else cpu."""
+    dtype: str = "auto"
+    """auto: bfloat16 weights on CUDA, float32 on CPU. Sums are always accumulated in float32."""
+
+
+@dataclass
+class PairingConfig:
+    rule: Literal["max_min"] = "max_min"
+    length_control: bool = True
+    """Choose alpha per language so that mean(len(chosen) - len(rejected)) is closest to 0."""
+    length_unit: Literal["chars", "tokens"] = "chars"
+    alpha_max: float = 1.0
+    alpha_step: float = 0.001
+
+
+@dataclass
+class Recipe:
+    dataset: str = ""
+    """Dataset name: versions go to <store>/<dataset>/v<N>."""
+    store: str = "icr_store"
+    description: str = ""
+    license: str = "other"
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    pairing: PairingConfig = field(default_factory=PairingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True
+    if origin is Literal:
+        return value in typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if origin is list:
+        (item,) = typing.get_args(tp) or (Any,)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(tp, type):
+        return isinstance(value, tp)
+    return True
+
+
+def _describe(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def from_dict(cls: type, data: Any, where: str, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a mapping, refusing unknown keys and wrongly typed values."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where}: '{prefix.rstrip('.') or 'recipe'}' must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        parts = []
+        for k in unknown:
+            close = difflib.get_close_matches(str(k), names, n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            parts.append(f"'{prefix}{k}'{hint}")
+        raise RecipeError(f"{where}: unknown key {', '.join(parts)}; known: {', '.join(names)}")
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = from_dict(tp, value, where, f"{prefix}{name}.")
+        elif not _type_ok(value, tp):
+            raise RecipeError(f"{where}: '{prefix}{name}' must be {_describe(tp)}, got {value!r}")
+        else:
+            kwargs[name] = float(value) if tp is float else value
+    return cls(**kwargs)
+
+
+def apply_override(data: dict, override: str, where: str = "--set") -> None:
+    """Apply one `dotted.key=value` override (value parsed as YAML) to a raw recipe mapping."""
+    if "=" not in override:
+        raise RecipeError(f"{where}: '{override}' is not KEY=VALUE (e.g. sampling.n=8)")
+    key, raw = override.split("=", 1)
+    value = yaml.safe_load(raw) if raw != "" else ""
+    node = data
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise RecipeError(f"{where}: '{key}' goes through a non-mapping value")
+    node[parts[-1]] = value
+
+
+def _resolve_relative(value: str, base: Path) -> str:
+    if not value or Path(value).is_absolute() or ":" in value.split("/")[0]:
+        return value
+    candidate = base / value
+    return str(candidate.resolve()) if candidate.exists() else value
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: not valid YAML: {e}") from None
+    for o in overrides:
+        apply_override(data, o)
+    recipe = from_dict(Recipe, data, where=str(path))
+    base = path.resolve().parent
+    recipe.prompts.source = _resolve_relative(recipe.prompts.source, base)
+    for name in ("generator", "policy", "reference"):
+        setattr(recipe.models, name, _resolve_relative(getattr(recipe.models, name), base))
+    validate(recipe, str(path))
+    return recipe
+
+
+def validate(recipe: Recipe, where: str = "recipe") -> None:
+    from icr_data.languages import language_name
+
+    if not recipe.dataset or "/" in recipe.dataset or recipe.dataset.startswith("."):
+        raise RecipeError(f"{where}: 'dataset' must be a plain name, got {recipe.dataset!r}")
+    if not recipe.prompts.source:
+        raise RecipeError(f"{where}: 'prompts.source' is required")
+    for name in ("generator", "policy", "reference"):
+        if not getattr(recipe.models, name):
+            raise RecipeError(f"{where}: 'models.{name}' is required")
+    if not recipe.prompts.languages:
+        raise RecipeError(f"{where}: 'prompts.languages' is empty")
+    for lang in recipe.prompts.languages:
+        try:
+            language_name(lang)
+        except KeyError as e:
+            raise RecipeError(f"{where}: 'prompts.languages': {e.args[0]}") from None
+    s = recipe.sampling
+    if s.n < 1:
+        raise RecipeError(f"{where}: 'sampling.n' must be >= 1, got {s.n}")
+    if s.max_tokens < 1:
+        raise RecipeError(f"{where}: 'sampling.max_tokens' must be >= 1, got {s.max_tokens}")
+    if not 0 < s.top_p <= 1:
+        raise RecipeError(f"{where}: 'sampling.top_p' must be in (0, 1], got {s.top_p}")
+    if s.temperature < 0:
+        raise RecipeError(f"{where}: 'sampling.temperature' must be >= 0, got {s.temperature}")
+    if recipe.scoring.batch_size < 1:
+        raise RecipeError(f"{where}: 'scoring.batch_size' must be >= 1")
+    p = recipe.pairing
+    if p.alpha_step <= 0 or p.alpha_max < 0:
+        raise RecipeError(f"{where}: 'pairing.alpha_step' must be > 0 and alpha_max >= 0")

