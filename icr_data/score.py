@@ -7,7 +7,8 @@ turn from its first token through the end-of-turn token, the latter optional) gi
 prompt, under the policy and under the reference; reward = beta * (logp_policy - logp_ref).
 One model is resident at a time (policy pass, then reference pass). Batches are right-padded; the
 LM head runs only at response positions and log-softmax is taken in float32, in chunks, so no
-[batch, seq, vocab] float32 tensor is built. Sums are accumulated in float32.
+[batch, seq, vocab] float32 tensor is built. Per-token log-probs are float32, the per-row
+sums float64.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def _needs_full_logits(model) -> bool:
 
 
 def _batch_logps(model, rows: Sequence[Encoded], pad_id: int, device: str):
-    """Summed response log-probs (float32) for one batch of encoded rows."""
+    """Summed response log-probs for one batch: float32 log-softmax, float64 sums."""
     import torch
 
     seqs = [r.prompt_ids + r.response_ids for r in rows]
@@ -62,7 +63,7 @@ def _batch_logps(model, rows: Sequence[Encoded], pad_id: int, device: str):
             b_idx.append(b)
             t_idx.append(t - 1)
             targets.append(s[t])
-    sums = torch.zeros(len(seqs), dtype=torch.float32)
+    sums = torch.zeros(len(seqs), dtype=torch.float64)
     if not targets:
         return sums
     ids, mask = ids.to(device), mask.to(device)
@@ -86,7 +87,7 @@ def _batch_logps(model, rows: Sequence[Encoded], pad_id: int, device: str):
                     for i in range(0, len(targets), _HEAD_CHUNK)
                 ]
             )
-        sums.index_add_(0, b_idx_t.cpu(), logp.cpu())
+        sums.index_add_(0, b_idx_t.cpu(), logp.cpu().double())
     return sums
 
 

@@ -24,7 +24,7 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-BUILD_VERSION = "1"  # bump when the construction below changes: it keys the builtin cache
+BUILD_VERSION = "2"  # bump when the construction below changes: it keys the builtin cache
 
 _CORPUS = [
     "The quick brown fox jumps over the lazy dog. Please answer the following instruction.",
@@ -86,7 +86,7 @@ def build_model(tokenizer, seed: int, hidden: int = 128, layers: int = 2):
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     with torch.no_grad():  # larger logits than the default init, so rewards are not all ~0
-        model.lm_head.weight.mul_(20.0)
+        model.lm_head.weight.mul_(4.0)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model

@@ -1,0 +1,65 @@
+"""Recipes: every shipped recipe loads; unknown keys and wrong types are refused by name."""
+
+from pathlib import Path
+
+import pytest
+
+from icr_data.config import RecipeError, load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = """
+dataset: t
+prompts: {source: p.jsonl, languages: [en, es]}
+models: {generator: g, policy: p, reference: r}
+"""
+
+
+def write(tmp_path, text):
+    (tmp_path / "r.yaml").write_text(text)
+    return tmp_path / "r.yaml"
+
+
+@pytest.mark.parametrize("recipe", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_loads(recipe):
+    r = load_recipe(recipe)
+    assert r.dataset
+    assert Path(r.prompts.source).is_file(), "relative prompt paths resolve against the recipe"
+
+
+def test_demo_recipe_values():
+    r = load_recipe(ROOT / "recipes" / "demo.yaml")
+    assert r.prompts.languages == ["en", "es", "de", "fr", "ru"]
+    assert r.scoring.mode == "cross_lingual" and r.scoring.count_eot is True
+    assert r.models.policy == "builtin:tiny-policy"
+
+
+def test_unknown_key_named_with_suggestion(tmp_path):
+    path = write(tmp_path, BASE + "sampling: {temprature: 0.5}\n")
+    with pytest.raises(RecipeError, match=r"unknown key 'sampling.temprature' \(did you mean 'sampling.temperature'\?\)"):
+        load_recipe(path)
+
+
+def test_unknown_top_level_key(tmp_path):
+    with pytest.raises(RecipeError, match="unknown key 'scorring'"):
+        load_recipe(write(tmp_path, BASE + "scorring: {beta: 1}\n"))
+
+
+def test_wrong_type_and_literal_refused(tmp_path):
+    with pytest.raises(RecipeError, match="'sampling.n' must be int"):
+        load_recipe(write(tmp_path, BASE + "sampling: {n: four}\n"))
+    with pytest.raises(RecipeError, match="'scoring.mode' must be 'cross_lingual' | 'native'"):
+        load_recipe(write(tmp_path, BASE + "scoring: {mode: english}\n"))
+
+
+def test_overrides_and_defaults(tmp_path):
+    r = load_recipe(write(tmp_path, BASE), ["sampling.n=3", "scoring.beta=0.1", "store=elsewhere"])
+    assert (r.sampling.n, r.scoring.beta, r.store) == (3, 0.1, "elsewhere")
+    assert r.sampling.temperature == 0.9 and r.sampling.top_p == 1.0
+    assert r.pairing.alpha_step == 0.001 and r.pairing.alpha_max == 1.0
+    with pytest.raises(RecipeError, match="unknown key 'sampling.nn'"):
+        load_recipe(write(tmp_path, BASE), ["sampling.nn=3"])
+
+
+def test_unknown_language_refused(tmp_path):
+    with pytest.raises(RecipeError, match="unknown language code 'xx'"):
+        load_recipe(write(tmp_path, BASE.replace("[en, es]", "[en, xx]")))
