@@ -39,17 +39,17 @@ def card_header(manifest: dict) -> dict:
         "tags": ["dpo", "preference", "multilingual", "implicit-reward", "icr-data"],
         "pretty_name": f"{manifest['dataset']} {manifest['version']}",
         "configs": [
-            {
-                "config_name": "pairs",
-                "default": True,
-                "data_files": [{"split": "train", "path": "data/pairs/*.parquet"}],
-            },
-            {
-                "config_name": "candidates",
-                "data_files": [{"split": "train", "path": "data/candidates/*.parquet"}],
-            },
+            {"config_name": "pairs", "default": True, "data_files": _data_files(manifest, "pairs")},
+            {"config_name": "candidates", "data_files": _data_files(manifest, "candidates")},
         ],
     }
+
+
+def _data_files(manifest: dict, config: str) -> list[dict]:
+    # Exact (content-addressed) file names rather than a glob: `datasets` derives its cache key
+    # from this metadata, so distinct content must give distinct metadata.
+    files = manifest.get("files", {}).get(config) or [f"data/{config}/*.parquet"]
+    return [{"split": "train", "path": files if len(files) > 1 else files[0]}]
 
 
 def render_card(manifest: dict) -> str:

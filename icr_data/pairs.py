@@ -19,7 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
-from datasets import Dataset
+from datasets import Dataset, Features, List, Value
 
 from icr_data.config import PairingConfig
 
@@ -27,6 +27,16 @@ PAIR_COLUMNS = [
     "prompt_id", "lang", "prompt", "chosen", "rejected", "chosen_reward", "rejected_reward",
     "margin", "chosen_tokens", "rejected_tokens", "chosen_sample_idx", "rejected_sample_idx",
 ]  # fmt: skip
+_MESSAGES = List({"role": Value("string"), "content": Value("string")})
+PAIR_FEATURES = Features(
+    {
+        "prompt_id": Value("string"), "lang": Value("string"), "prompt": _MESSAGES,
+        "chosen": _MESSAGES, "rejected": _MESSAGES, "chosen_reward": Value("float64"),
+        "rejected_reward": Value("float64"), "margin": Value("float64"),
+        "chosen_tokens": Value("int64"), "rejected_tokens": Value("int64"),
+        "chosen_sample_idx": Value("int64"), "rejected_sample_idx": Value("int64"),
+    }
+)  # fmt: skip
 
 
 @dataclass
@@ -118,5 +128,5 @@ def make_pairs(candidates: Dataset, cfg: PairingConfig) -> tuple[Dataset, PairSt
                 }
             )
     if not out:
-        return Dataset.from_dict({c: [] for c in PAIR_COLUMNS}), stats
-    return Dataset.from_list(out).select_columns(PAIR_COLUMNS), stats
+        return Dataset.from_dict({c: [] for c in PAIR_COLUMNS}, features=PAIR_FEATURES), stats
+    return Dataset.from_list(out, features=PAIR_FEATURES), stats

@@ -2,7 +2,7 @@
 
     <store>/<dataset>/v<N>/README.md             the dataset card
     <store>/<dataset>/v<N>/manifest.json         how the version was made
-    <store>/<dataset>/v<N>/data/<config>/*.parquet   configs: candidates, pairs
+    <store>/<dataset>/v<N>/data/<config>/train-*.parquet   configs: candidates, pairs
 
 A version is written into a hidden temporary folder beside its final place and renamed into place
 only when complete, so a crash never leaves a visible half-written version; an existing version is
@@ -12,6 +12,7 @@ which can confuse two version folders of the same layout).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -48,15 +49,29 @@ def next_version(dataset_dir: str | Path) -> str:
     return f"v{int(existing[-1][1:]) + 1}" if existing else "v1"
 
 
-def _write_parquet(ds: Dataset, folder: Path) -> None:
+def _write_parquet(ds: Dataset, folder: Path) -> str:
+    """Write one config as a Parquet file named by a digest of its content; return the name.
+
+    `datasets.load_dataset(version_dir)` keys its cache on the folder's name (`v1`) and the
+    card's `configs` metadata, not on the files' bytes, so two versions whose cards use the same
+    glob were served each other's rows. The card lists these content-addressed names instead.
+    """
     from datasets.utils.logging import disable_progress_bar, enable_progress_bar
 
     folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / ".writing.parquet"
     disable_progress_bar()
     try:
-        ds.to_parquet(str(folder / "train-00000-of-00001.parquet"))
+        ds.to_parquet(str(tmp))
     finally:
         enable_progress_bar()
+    h = hashlib.sha256()
+    with open(tmp, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    name = f"train-00000-of-00001-{h.hexdigest()[:16]}.parquet"
+    os.rename(tmp, folder / name)
+    return name
 
 
 def write_version(
@@ -86,8 +101,10 @@ def write_version(
     except OSError as e:
         raise StoreError(f"cannot write to {dataset_dir}: {e.strerror}") from None
     try:
-        for config, ds in tables.items():
-            _write_parquet(ds, tmp / "data" / config)
+        manifest["files"] = {
+            config: [f"data/{config}/{_write_parquet(ds, tmp / 'data' / config)}"]
+            for config, ds in tables.items()
+        }
         for _ in range(1000):
             version = name or next_version(dataset_dir)
             manifest["version"] = version

@@ -1,0 +1,112 @@
+"""Versions are immutable, written atomically, readable by datasets and by the Hub's card parser."""
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from datasets import Dataset, load_dataset
+from huggingface_hub import DatasetCard
+
+from icr_data import store
+from icr_data.build import make_manifest, margin_summary
+from icr_data.card import render_card
+from icr_data.config import Recipe
+from icr_data.pairs import PairingConfig, make_pairs
+
+
+def tables(shift=0.0):
+    cands = []
+    for lang in ("en", "de"):
+        for pid in ("a", "b"):
+            for i, r in enumerate([0.1, 0.7, 0.3]):
+                cands.append({"prompt_id": pid, "lang": lang, "instruction": f"{pid}-{lang}",
+                              "scoring_prompt": f"x {pid}", "sample_idx": i, "response": f"r{i}" * (i + 1),
+                              "finish_reason": "stop", "response_tokens": i + 2, "logp_policy": -1.0,
+                              "logp_ref": -1.0 - r - shift, "reward": r + shift})  # fmt: skip
+    cands = Dataset.from_list(cands)
+    pairs, stats = make_pairs(cands, PairingConfig())
+    prompts = Dataset.from_list([{"lang": c["lang"]} for c in cands if c["sample_idx"] == 0])
+    counts, margins = margin_summary(pairs, cands, prompts, ["en", "de"])
+    recipe = Recipe(dataset="t", license="apache-2.0")
+    recipe.prompts.source = "p.jsonl"
+    ids = {r: {"name": r} for r in ("generator", "policy", "reference")}
+    return {"pairs": pairs, "candidates": cands}, make_manifest(recipe, ids, stats, counts, margins, {})
+
+
+def digest(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+
+
+def test_second_version_leaves_first_byte_identical(tmp_path):
+    t, m = tables()
+    v1 = store.write_version(tmp_path, "t", t, m, render_card)
+    before = digest(v1)
+    t2, m2 = tables(shift=1.0)
+    v2 = store.write_version(tmp_path, "t", t2, m2, render_card)
+    assert (v1.name, v2.name) == ("v1", "v2")
+    assert digest(v1) == before
+    assert store.versions(tmp_path / "t") == ["v1", "v2"]
+    assert store.read_manifest(v2)["version"] == "v2"
+
+
+def test_existing_version_name_refused(tmp_path):
+    t, m = tables()
+    v1 = store.write_version(tmp_path, "t", t, m, render_card, name="v1")
+    before = digest(v1)
+    with pytest.raises(store.StoreError, match="v1 already exists"):
+        store.write_version(tmp_path, "t", t, m, render_card, name="v1")
+    assert digest(v1) == before
+
+
+def test_interrupted_write_leaves_no_visible_version(tmp_path):
+    t, m = tables()
+
+    def broken_card(manifest):
+        raise RuntimeError("disk went away")
+
+    with pytest.raises(RuntimeError):
+        store.write_version(tmp_path, "t", t, m, broken_card)
+    assert store.versions(tmp_path / "t") == []
+    assert list((tmp_path / "t").iterdir()) == []  # the temporary folder is cleaned up
+    # a process killed mid-write leaves only a hidden temporary folder, never a version
+    (tmp_path / "t" / ".tmp-killed" / "data").mkdir(parents=True)
+    assert store.versions(tmp_path / "t") == [] and store.next_version(tmp_path / "t") == "v1"
+
+
+def test_reading_two_equal_shape_versions_is_not_fooled_by_a_cache(tmp_path):
+    t, m = tables()
+    v1 = store.write_version(tmp_path, "t", t, m, render_card)
+    t2, m2 = tables(shift=10.0)
+    v2 = store.write_version(tmp_path, "t", t2, m2, render_card)
+    r1 = store.read_table(v1, "candidates")["reward"]
+    r2 = store.read_table(v2, "candidates")["reward"]
+    assert r2 == pytest.approx([r + 10.0 for r in r1])
+
+
+def test_load_dataset_and_card(tmp_path):
+    t, m = tables()
+    v1 = store.write_version(tmp_path, "t", t, m, render_card)
+    pairs = load_dataset(str(v1), "pairs", split="train")
+    cands = load_dataset(str(v1), "candidates", split="train")
+    assert len(pairs) == 4 and len(cands) == 12
+    assert sorted(pairs["margin"]) == pytest.approx([0.6] * 4)
+    assert pairs[0]["chosen"] == [{"role": "assistant", "content": "r1r1"}]
+    card = DatasetCard.load(v1 / "README.md")
+    assert card.data.language == ["en", "de"]
+    assert card.data.license == "apache-2.0"
+    assert card.data.size_categories == ["n<1K"]
+    assert [c["config_name"] for c in card.data.configs] == ["pairs", "candidates"]
+    assert "| de | 2 | 6 | 2 |" in card.text
+    assert render_card(store.read_manifest(v1)) == (v1 / "README.md").read_text()  # pure
+
+
+def test_load_dataset_tells_same_named_versions_apart(tmp_path):
+    """Two stores each holding t/v1 of the same shape: load_dataset must return each one's rows."""
+    t, m = tables()
+    a = store.write_version(tmp_path / "a", "t", t, m, render_card)
+    t2, m2 = tables(shift=10.0)
+    b = store.write_version(tmp_path / "b", "t", t2, m2, render_card)
+    ra = load_dataset(str(a), "candidates", split="train")["reward"]
+    rb = load_dataset(str(b), "candidates", split="train")["reward"]
+    assert rb == pytest.approx([r + 10.0 for r in ra])
