@@ -96,7 +96,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _fail(message: str) -> None:
-    err.print(f"[red]error:[/] {message}", highlight=False)
+    err.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 

