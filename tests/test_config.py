@@ -35,7 +35,10 @@ def test_demo_recipe_values():
 
 def test_unknown_key_named_with_suggestion(tmp_path):
     path = write(tmp_path, BASE + "sampling: {temprature: 0.5}\n")
-    with pytest.raises(RecipeError, match=r"unknown key 'sampling.temprature' \(did you mean 'sampling.temperature'\?\)"):
+    with pytest.raises(
+        RecipeError,
+        match=r"unknown key 'sampling.temprature' \(did you mean 'sampling.temperature'\?\)",
+    ):
         load_recipe(path)
 
 

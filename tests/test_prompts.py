@@ -23,8 +23,15 @@ def write(tmp_path, rows, name="p.jsonl"):
 
 
 def test_cross_lingual_join_by_id_in_stable_order(tmp_path):
-    ds = load_prompts(PromptsConfig(source=write(tmp_path, ROWS), languages=["en", "de"]), ScoringConfig())
-    assert list(zip(ds["lang"], ds["prompt_id"])) == [("en", "p1"), ("en", "p2"), ("de", "p1"), ("de", "p2")]
+    ds = load_prompts(
+        PromptsConfig(source=write(tmp_path, ROWS), languages=["en", "de"]), ScoringConfig()
+    )
+    assert list(zip(ds["lang"], ds["prompt_id"])) == [
+        ("en", "p1"),
+        ("en", "p2"),
+        ("de", "p1"),
+        ("de", "p2"),
+    ]
     de = ds.filter(lambda r: r["lang"] == "de")
     assert de["instruction"] == ["Nenne drei Früchte.", "Sag hallo."]
     assert de["scoring_prompt"][0].endswith("German, unless explicitly instructed to respond in a "
@@ -38,28 +45,44 @@ def test_native_mode_and_parquet(tmp_path):
 
     path = tmp_path / "p.parquet"
     pq.write_table(pa.Table.from_pylist(ROWS), path)
-    ds = load_prompts(PromptsConfig(source=str(path), languages=["fr"]), ScoringConfig(mode="native"))
+    ds = load_prompts(
+        PromptsConfig(source=str(path), languages=["fr"]), ScoringConfig(mode="native")
+    )
     assert ds["scoring_prompt"] == ["Dis bonjour."]
 
 
 def test_limit_keeps_first_prompt_ids(tmp_path):
-    ds = load_prompts(PromptsConfig(source=write(tmp_path, ROWS), languages=["en", "de"], limit=1), ScoringConfig())
+    ds = load_prompts(
+        PromptsConfig(source=write(tmp_path, ROWS), languages=["en", "de"], limit=1),
+        ScoringConfig(),
+    )
     assert set(ds["prompt_id"]) == {"p1"}
 
 
 @pytest.mark.parametrize(
     "rows, message",
     [
-        (ROWS + [{"prompt_id": "p3", "lang": "de", "instruction": "Hallo"}], "prompt_id p3 \\(de\\) has no English row"),
+        (
+            ROWS + [{"prompt_id": "p3", "lang": "de", "instruction": "Hallo"}],
+            "prompt_id p3 \\(de\\) has no English row",
+        ),
         (ROWS + [ROWS[0]], "row 6: duplicate \\(prompt_id, lang\\) = \\(p1, de\\)"),
-        (ROWS + [{"prompt_id": "p4", "lang": "xx", "instruction": "?"}], "row 6 \\(prompt_id p4\\): unknown language code 'xx'"),
-        (ROWS + [{"prompt_id": "p4", "lang": "en", "instruction": "  "}], "row 6 \\(prompt_id p4, en\\): empty instruction"),
+        (
+            ROWS + [{"prompt_id": "p4", "lang": "xx", "instruction": "?"}],
+            "row 6 \\(prompt_id p4\\): unknown language code 'xx'",
+        ),
+        (
+            ROWS + [{"prompt_id": "p4", "lang": "en", "instruction": "  "}],
+            "row 6 \\(prompt_id p4, en\\): empty instruction",
+        ),
         (ROWS + [{"prompt_id": "p4", "lang": "en"}], "row 6 lacks column\\(s\\) instruction"),
     ],
 )
 def test_bad_rows_are_named(tmp_path, rows, message):
     with pytest.raises(PromptError, match=message):
-        load_prompts(PromptsConfig(source=write(tmp_path, rows), languages=["en", "de"]), ScoringConfig())
+        load_prompts(
+            PromptsConfig(source=write(tmp_path, rows), languages=["en", "de"]), ScoringConfig()
+        )
 
 
 def test_malformed_jsonl_names_the_line(tmp_path):

@@ -59,9 +59,9 @@ def test_first_response_token_counts(models, tokenizer):
     first = naive_logp(models[0], a.prompt_ids, a.response_ids[:1]) - naive_logp(
         models[0], b.prompt_ids, b.response_ids[:1]
     )
-    rest = naive_logp(models[0], a.prompt_ids + a.response_ids[:1], a.response_ids[1:]) - naive_logp(
-        models[0], b.prompt_ids + b.response_ids[:1], b.response_ids[1:]
-    )
+    rest = naive_logp(
+        models[0], a.prompt_ids + a.response_ids[:1], a.response_ids[1:]
+    ) - naive_logp(models[0], b.prompt_ids + b.response_ids[:1], b.response_ids[1:])
     assert la - lb == pytest.approx(first + rest, abs=1e-4)
 
 

@@ -30,7 +30,9 @@ def tables(shift=0.0):
     recipe = Recipe(dataset="t", license="apache-2.0")
     recipe.prompts.source = "p.jsonl"
     ids = {r: {"name": r} for r in ("generator", "policy", "reference")}
-    return {"pairs": pairs, "candidates": cands}, make_manifest(recipe, ids, stats, counts, margins, {})
+    return {"pairs": pairs, "candidates": cands}, make_manifest(
+        recipe, ids, stats, counts, margins, {}
+    )
 
 
 def digest(folder: Path) -> dict:

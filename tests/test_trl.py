@@ -18,7 +18,11 @@ from icr_data.score import score  # noqa: E402
 
 ROWS = [
     ("Name three fruits.", "Apple, kiwi and orange.", "I don't know."),
-    ("Nenne drei Früchte.", "Apfel, Kiwi und Orange.", "Ich weiß es nicht, frag jemand anderen bitte."),
+    (
+        "Nenne drei Früchte.",
+        "Apfel, Kiwi und Orange.",
+        "Ich weiß es nicht, frag jemand anderen bitte.",
+    ),
     ("Назовите три фрукта.", "Яблоко", ""),
 ]
 
