@@ -1,20 +1,31 @@
-"""Build: run every stage of a recipe and write a new dataset version.
+"""Build: run the stages of a recipe, shard by shard, resumably, and write a dataset version.
 
-    icr-data build recipes/demo.yaml [--store DIR]
+    icr-data build recipes/demo.yaml [--store DIR]        # everything, then a new version
+    icr-data generate RECIPE --shard 0/4                  # one process's part of generation
+    icr-data score RECIPE --shard 0/4                     # ... and of scoring
+    icr-data merge RECIPE                                 # all parts done -> a new version
 
-prompts -> generate (vLLM) -> score (policy and reference log-probs) -> pairs -> store + card.
-Each stage's output is kept in memory as a datasets.Dataset and written into the version.
+prompts -> generate (vLLM) -> log-probs under the policy, then under the reference -> assemble
+candidates (reward = beta * (logp_policy - logp_ref)) -> pairs -> version + card. Work is kept in
+shards under <store>/<dataset>/.work (see shards.py): a re-run after a crash skips every finished
+shard, and changing the recipe recomputes only the stages whose inputs changed (beta and pairing
+recompute nothing).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import platform
+import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import polars as pl
-from datasets import Dataset
+from datasets import Dataset, concatenate_datasets
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -29,21 +40,55 @@ import icr_data
 from icr_data import models, store
 from icr_data.card import render_card
 from icr_data.config import Recipe
-from icr_data.generate import generate
 from icr_data.languages import DIRECTIVE
 from icr_data.pairs import PairStats, make_pairs
 from icr_data.prompts import load_prompts
-from icr_data.score import score
+from icr_data.shards import Shard, WorkDir, digest, mine, plan_shards
 
 SCORING_CONVENTION = (
     "sum of log p over the assistant-turn tokens of the chat template's rendering of "
     "[user: scoring_prompt, assistant: response], prompt and response tokenized separately; "
     "first response token included"
 )
+CANDIDATE_COLUMNS = [
+    "prompt_id", "lang", "instruction", "scoring_prompt", "sample_idx", "response",
+    "finish_reason", "response_tokens", "logp_policy", "logp_ref", "reward",
+]  # fmt: skip
+GEN_COLUMNS = ["prompt_id", "lang", "instruction", "sample_idx", "response", "finish_reason"]
+ROLES = ("policy", "reference")
+
+
+class MissingWork(store.StoreError):
+    """Merge asked for before every shard was generated and scored."""
+
+
+@dataclass
+class Plan:
+    recipe: Recipe
+    resolved: dict[str, str]
+    ids: dict[str, dict]
+    prompts: Dataset
+    langs: list[str]
+    shards: list[Shard]
+    rows_of: dict[int, list[int]]
+    work: WorkDir
+    skipped_english: dict[str, int]
+    gen_keys: dict[int, str] = field(default_factory=dict)
+    logp_keys: dict[str, dict[int, str]] = field(default_factory=dict)
+
+    def shard_prompts(self, shard: Shard) -> Dataset:
+        return self.prompts.select(self.rows_of[shard.index])
+
+
+@dataclass
+class Result:
+    path: Path | None
+    manifest: dict | None
+    report: dict[str, dict[str, int]]
 
 
 @contextmanager
-def _progress(console: Console):
+def _progress(console: Console) -> Iterator[Progress]:
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -51,9 +96,199 @@ def _progress(console: Console):
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
-        transient=False,
     ) as progress:
         yield progress
+
+
+def _model_key(identity: dict) -> str:
+    return identity.get("sha256") or f"{identity['name']}@{identity.get('revision')}"
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise store.StoreError(f"store is not writable: {folder} ({e.strerror})") from None
+
+
+@contextmanager
+def _writing(what: Path):
+    try:
+        yield
+    except OSError as e:
+        hint = " (disk full)" if e.errno == errno.ENOSPC else ""
+        raise store.StoreError(f"cannot write {what}: {e.strerror}{hint}") from None
+
+
+def make_plan(recipe: Recipe) -> Plan:
+    resolved = {
+        role: models.resolve(getattr(recipe.models, role), role)
+        for role in ("generator", "policy", "reference")
+    }
+    ids = {
+        role: models.identity(getattr(recipe.models, role), path) for role, path in resolved.items()
+    }
+    skipped: dict[str, int] = {}
+    prompts = load_prompts(recipe.prompts, recipe.scoring, skipped)
+    langs = [lang for lang in recipe.prompts.languages if lang in set(prompts["lang"])]
+    shards = plan_shards(prompts["prompt_id"], recipe.shard_prompts)
+    shard_of = {pid: s.index for s in shards for pid in s.prompt_ids}
+    rows_of: dict[int, list[int]] = {s.index: [] for s in shards}
+    for i, pid in enumerate(prompts["prompt_id"]):
+        rows_of[shard_of[pid]].append(i)
+    work = WorkDir(Path(recipe.store) / recipe.dataset / ".work")
+    plan = Plan(recipe, resolved, ids, prompts, langs, shards, rows_of, work, skipped)
+
+    s, sc = recipe.sampling, recipe.scoring
+    sampling = {
+        k: getattr(s, k)
+        for k in ("backend", "n", "temperature", "top_p", "max_tokens", "seed", "dtype")
+    }
+    device = models.pick_device(sc.device)
+    convention = {"count_eot": sc.count_eot, "device": device, "dtype": str(models.pick_dtype(sc.dtype, device)),
+                  "chat_template": recipe.models.chat_template, "convention": SCORING_CONVENTION}  # fmt: skip
+    plan.logp_keys = {role: {} for role in ROLES}
+    for shard in shards:
+        rows = plan.shard_prompts(shard)
+        plan.gen_keys[shard.index] = digest({
+            "stage": "generate", "generator": _model_key(ids["generator"]), "sampling": sampling,
+            "chat_template": recipe.models.chat_template,
+            "rows": list(zip(rows["prompt_id"], rows["lang"], rows["instruction"])),
+        })  # fmt: skip
+        for role in ROLES:
+            plan.logp_keys[role][shard.index] = digest({
+                "stage": "logp", "generation": plan.gen_keys[shard.index], "model": _model_key(ids[role]),
+                "scoring_prompts": rows["scoring_prompt"], **convention,
+            })  # fmt: skip
+    return plan
+
+
+def run_generate(plan: Plan, part, console: Console, progress: Progress) -> dict[str, int]:
+    from icr_data.generate import open_backend, sample
+
+    todo = [
+        s for s in mine(plan.shards, part) if not plan.work.done("generate", plan.gen_keys[s.index])
+    ]
+    report = {"done": len(todo), "skipped": len(mine(plan.shards, part)) - len(todo)}
+    if report["skipped"]:
+        console.print(f"generate: {report['skipped']} shard(s) finished earlier, skipped")
+    if not todo:
+        return report
+    task = progress.add_task("generate", total=sum(len(plan.rows_of[s.index]) for s in todo))
+    backend = open_backend(
+        plan.resolved["generator"], plan.recipe.sampling, plan.recipe.models.chat_template
+    )
+    try:
+        for shard in todo:
+            prompts = plan.shard_prompts(shard).select_columns(["prompt_id", "lang", "instruction"])
+            out = sample(
+                backend, prompts, plan.recipe.sampling, advance=lambda k: progress.advance(task, k)
+            )
+            key = plan.gen_keys[shard.index]
+            with _writing(plan.work.root):
+                plan.work.save("generate", key, out.select_columns(GEN_COLUMNS),
+                               {"shard": shard.index, "generator": plan.ids["generator"]})  # fmt: skip
+    finally:
+        backend.close()
+    return report
+
+
+def _with_scoring_prompt(plan: Plan, shard: Shard, gen: Dataset) -> Dataset:
+    rows = plan.shard_prompts(shard)
+    sp = {
+        (p, lang): x for p, lang, x in zip(rows["prompt_id"], rows["lang"], rows["scoring_prompt"])
+    }
+    return gen.add_column(
+        "scoring_prompt", [sp[(p, lang)] for p, lang in zip(gen["prompt_id"], gen["lang"])]
+    )
+
+
+def _need_generation(plan: Plan, shards: list[Shard], then: str) -> None:
+    missing = [s.index for s in shards if not plan.work.done("generate", plan.gen_keys[s.index])]
+    if missing:
+        raise MissingWork(
+            f"shard(s) {', '.join(map(str, missing))} of {len(plan.shards)} are not generated yet "
+            f"for this recipe; run `icr-data generate` (with the same --shard) before `{then}`"
+        )
+
+
+def run_score(plan: Plan, part, console: Console, progress: Progress) -> dict[str, dict[str, int]]:
+    from icr_data.score import encode_candidates, sequence_logps
+
+    shards = mine(plan.shards, part)
+    _need_generation(plan, shards, "score")
+    cfg, template = plan.recipe.scoring, plan.recipe.models.chat_template
+    tok = models.load_tokenizer(plan.resolved["policy"], template)
+    models.check_same_tokenizer(tok, models.load_tokenizer(plan.resolved["reference"], template))
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    device = models.pick_device(cfg.device)
+    dtype = models.pick_dtype(cfg.dtype, device)
+    reports = {}
+    for role in ROLES:
+        keys = plan.logp_keys[role]
+        todo = [s for s in shards if not plan.work.done("logp", keys[s.index])]
+        reports[role] = {"done": len(todo), "skipped": len(shards) - len(todo)}
+        if reports[role]["skipped"]:
+            console.print(
+                f"score ({role}): {reports[role]['skipped']} shard(s) finished earlier, skipped"
+            )
+        if not todo:
+            continue
+        cands = {
+            s.index: _with_scoring_prompt(
+                plan, s, plan.work.load("generate", plan.gen_keys[s.index])
+            )
+            for s in todo
+        }
+        task = progress.add_task(f"score ({role})", total=sum(len(c) for c in cands.values()))
+        model = models.load_causal_lm(plan.resolved[role], device, dtype)
+        try:
+            for shard in todo:
+                rows = encode_candidates(cands[shard.index], tok, cfg.count_eot)
+                logps = sequence_logps(model, rows, cfg.batch_size, pad_id, device,
+                                       advance=lambda k, t=task: progress.advance(t, k))  # fmt: skip
+                out = Dataset.from_dict(
+                    {"logp": logps, "response_tokens": [len(r.response_ids) for r in rows]}
+                )
+                with _writing(plan.work.root):
+                    plan.work.save(
+                        "logp",
+                        keys[shard.index],
+                        out,
+                        {"shard": shard.index, "role": role, "model": plan.ids[role]},
+                    )
+        finally:
+            del model
+    return reports
+
+
+def assemble(plan: Plan) -> Dataset:
+    """The candidates table of the whole recipe, from finished shards, in shard order."""
+    missing = [
+        f"{s.index} ({stage})"
+        for s in plan.shards
+        for stage, key in [("generate", plan.gen_keys[s.index])]
+        + [(f"logp/{r}", plan.logp_keys[r][s.index]) for r in ROLES]
+        if not plan.work.done(stage.split("/")[0], key)
+    ]
+    if missing:
+        raise MissingWork(
+            f"unfinished shard(s): {', '.join(missing)}; run `icr-data generate` and `icr-data score` for them (or `icr-data build`)"
+        )
+    parts = []
+    for s in plan.shards:
+        gen = _with_scoring_prompt(plan, s, plan.work.load("generate", plan.gen_keys[s.index]))
+        lp = plan.work.load("logp", plan.logp_keys["policy"][s.index])
+        lr = plan.work.load("logp", plan.logp_keys["reference"][s.index])
+        beta = plan.recipe.scoring.beta
+        gen = gen.add_column("response_tokens", lp["response_tokens"])
+        gen = gen.add_column("logp_policy", lp["logp"]).add_column("logp_ref", lr["logp"])
+        parts.append(
+            gen.add_column("reward", [beta * (a - b) for a, b in zip(lp["logp"], lr["logp"])])
+        )
+    return concatenate_datasets(parts).select_columns(CANDIDATE_COLUMNS)
 
 
 def margin_summary(
@@ -93,7 +328,11 @@ def make_manifest(
     margins: dict,
     timings: dict,
     parent: str | None = None,
+    skipped_english: dict[str, int] | None = None,
 ) -> dict:
+    drops = {lang: dict(d) for lang, d in stats.drops.items()}
+    for lang, n in (skipped_english or {}).items():
+        drops.setdefault(lang, {})["prompt_without_english_row"] = n
     return {
         "dataset": recipe.dataset,
         "version": None,
@@ -130,55 +369,58 @@ def make_manifest(
         "totals": {
             k: sum(c[k] for c in counts.values()) for k in ("prompts", "candidates", "pairs")
         },
-        "drops": stats.drops,
+        "drops": drops,
         "margins": margins,
         "timings": timings,
         "hardware": {"machine": platform.machine(), "python": platform.python_version()},
     }
 
 
-def build(recipe: Recipe, console: Console | None = None, version: str | None = None):
-    """Run the recipe end to end; returns (version folder, manifest)."""
-    console = console or Console(stderr=True)
-    resolved = {
-        role: models.resolve(getattr(recipe.models, role), role)
-        for role in ("generator", "policy", "reference")
-    }
-    timings = {}
-    prompts = load_prompts(recipe.prompts, recipe.scoring)
-    langs = [lang for lang in recipe.prompts.languages if lang in set(prompts["lang"])]
-    console.print(
-        f"[bold]{recipe.dataset}[/]: {len(prompts)} prompts in {', '.join(langs)}; "
-        f"{recipe.sampling.n} samples each with {recipe.sampling.backend}"
-    )
-    with _progress(console) as progress:
-        t0 = time.perf_counter()
-        task = progress.add_task("generate", total=len(prompts))
-        candidates = generate(prompts, resolved["generator"], recipe.sampling,
-                              advance=lambda k: progress.advance(task, k))  # fmt: skip
-        timings["generate_s"] = round(time.perf_counter() - t0, 2)
-
-        t0 = time.perf_counter()
-        tasks = {
-            role: progress.add_task(f"score ({role})", total=len(candidates))
-            for role in ("policy", "reference")
-        }
-        scored = score(candidates, resolved["policy"], resolved["reference"], recipe.scoring,
-                       advance=lambda role, k: progress.advance(tasks[role], k))  # fmt: skip
-        timings["score_s"] = round(time.perf_counter() - t0, 2)
-
-    pairs, stats = make_pairs(scored, recipe.pairing)
-    counts, margins = margin_summary(pairs, scored, prompts, langs)
-    model_ids = {
-        role: models.identity(getattr(recipe.models, role), path) for role, path in resolved.items()
-    }
-    manifest = make_manifest(recipe, model_ids, stats, counts, margins, timings)
-    path = store.write_version(
-        recipe.store,
-        recipe.dataset,
-        {"pairs": pairs, "candidates": scored},
-        manifest,
-        render_card,
-        name=version,
-    )
+def merge(plan: Plan, version: str | None = None, timings: dict | None = None) -> tuple[Path, dict]:
+    recipe = plan.recipe
+    candidates = assemble(plan)
+    pairs, stats = make_pairs(candidates, recipe.pairing)
+    counts, margins = margin_summary(pairs, candidates, plan.prompts, plan.langs)
+    manifest = make_manifest(recipe, plan.ids, stats, counts, margins, timings or {},
+                             skipped_english=plan.skipped_english)  # fmt: skip
+    with _writing(Path(recipe.store) / recipe.dataset):
+        path = store.write_version(recipe.store, recipe.dataset, {"pairs": pairs, "candidates": candidates},
+                                   manifest, render_card, name=version)  # fmt: skip
     return path, manifest
+
+
+def build(
+    recipe: Recipe,
+    console: Console | None = None,
+    version: str | None = None,
+    part: tuple[int, int] | None = None,
+    stages: tuple[str, ...] = ("generate", "score", "merge"),
+) -> Result:
+    """Run `stages` of the recipe (for shards I mod N with `part=(I, N)`)."""
+    console = console or Console(stderr=True)
+    dataset_dir = Path(recipe.store) / recipe.dataset
+    if version is not None and (dataset_dir / version).exists():
+        raise store.StoreError(
+            f"version {version} already exists at {dataset_dir / version}; versions are immutable"
+        )
+    plan = make_plan(recipe)  # validates prompts and models before anything is written
+    _check_writable(dataset_dir)
+    console.print(
+        f"[bold]{recipe.dataset}[/]: {len(plan.prompts)} prompts in {', '.join(plan.langs)}, "
+        f"{len(plan.shards)} shard(s); {recipe.sampling.n} samples each with {recipe.sampling.backend}"
+    )
+    report: dict[str, dict[str, int]] = {}
+    timings = {}
+    with _progress(console) as progress:
+        if "generate" in stages:
+            t0 = time.perf_counter()
+            report["generate"] = run_generate(plan, part, console, progress)
+            timings["generate_s"] = round(time.perf_counter() - t0, 2)
+        if "score" in stages:
+            t0 = time.perf_counter()
+            report.update(run_score(plan, part, console, progress))
+            timings["score_s"] = round(time.perf_counter() - t0, 2)
+    if "merge" not in stages:
+        return Result(None, None, report)
+    path, manifest = merge(plan, version, timings)
+    return Result(path, manifest, report)

@@ -45,45 +45,85 @@ def summary_table(manifest: dict) -> Table:
     return table
 
 
-@app.command()
-def build(
-    recipe: Annotated[Path, typer.Argument(help="YAML build recipe, e.g. recipes/demo.yaml.")],
-    store: Annotated[
-        str | None, typer.Option(help="Store folder for versions (overrides the recipe's 'store').")
-    ] = None,
-    version: Annotated[
-        str | None, typer.Option(help="Name the new version (default: the next free vN).")
-    ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a recipe key, e.g. --set sampling.n=4 (repeatable)."),
-    ] = None,
-) -> None:
-    """Run every stage of RECIPE (prompts, vLLM generation, dual-logit scoring, pairing) and
-    write a new immutable dataset version with its card. Prints the version's path."""
+RecipeArg = Annotated[Path, typer.Argument(help="YAML build recipe, e.g. recipes/demo.yaml.")]
+StoreOpt = Annotated[
+    str | None, typer.Option(help="Store folder for versions (overrides the recipe's 'store').")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a recipe key, e.g. --set sampling.n=4 (repeatable)."),
+]
+VersionOpt = Annotated[
+    str | None, typer.Option(help="Name the new version (default: the next free vN).")
+]
+ShardOpt = Annotated[
+    str | None,
+    typer.Option(help="Do only shards I, I+N, I+2N, ... (I/N, e.g. 0/4); merge when all are done."),
+]
+
+
+def _run(recipe: Path, store: str | None, set_: list[str] | None, **kwargs):
     from icr_data.config import RecipeError, load_recipe
+    from icr_data.shards import parse_shard
 
     overrides = list(set_ or [])
     if store is not None:
         overrides.append(f"store={store}")
     try:
         cfg = load_recipe(recipe, overrides)
-    except RecipeError as e:
+        part = parse_shard(kwargs.pop("shard", None))
+    except (RecipeError, ValueError) as e:
         _fail(str(e))
-    if version is not None and (Path(cfg.store) / cfg.dataset / version).exists():
-        _fail(
-            f"version {version} already exists in {Path(cfg.store) / cfg.dataset}; versions are immutable"
-        )
 
     from icr_data.build import build as run_build
 
     try:
-        path, manifest = run_build(cfg, console=err, version=version)
+        return run_build(cfg, console=err, part=part, **kwargs)
     except _user_errors() as e:
         _fail(str(e))
-    err.print(summary_table(manifest))
-    err.print(f"[green]wrote[/] {path}")
-    print(path)
+
+
+def _report_version(result) -> None:
+    err.print(summary_table(result.manifest))
+    err.print(f"[green]wrote[/] {result.path}")
+    print(result.path)
+
+
+@app.command()
+def build(
+    recipe: RecipeArg, store: StoreOpt = None, version: VersionOpt = None, set_: SetOpt = None
+) -> None:
+    """Run every stage of RECIPE (prompts, vLLM generation, dual-logit scoring, pairing) and
+    write a new immutable dataset version with its card. Prints the version's path.
+
+    Work is saved shard by shard: after a crash, the same command skips finished shards."""
+    _report_version(_run(recipe, store, set_, version=version))
+
+
+@app.command()
+def generate(
+    recipe: RecipeArg, store: StoreOpt = None, set_: SetOpt = None, shard: ShardOpt = None
+) -> None:
+    """Generate candidates for RECIPE's shards (all, or I mod N with --shard I/N)."""
+    _run(recipe, store, set_, shard=shard, stages=("generate",))
+    err.print("[green]generation done[/] for " + (f"shard {shard}" if shard else "all shards"))
+
+
+@app.command()
+def score(
+    recipe: RecipeArg, store: StoreOpt = None, set_: SetOpt = None, shard: ShardOpt = None
+) -> None:
+    """Score generated candidates of RECIPE's shards under the policy and the reference."""
+    _run(recipe, store, set_, shard=shard, stages=("score",))
+    err.print("[green]scoring done[/] for " + (f"shard {shard}" if shard else "all shards"))
+
+
+@app.command()
+def merge(
+    recipe: RecipeArg, store: StoreOpt = None, version: VersionOpt = None, set_: SetOpt = None
+) -> None:
+    """Pair the finished shards of RECIPE and write a new version (after generate/score --shard)."""
+    _report_version(_run(recipe, store, set_, version=version, stages=("merge",)))
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

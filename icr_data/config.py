@@ -35,6 +35,8 @@ class PromptsConfig:
     """Languages to build pairs for (ISO 639-1). English rows are also the scoring source."""
     limit: int | None = None
     """Keep at most this many prompt_ids (the first ones in source order); None keeps all."""
+    missing_english: Literal["error", "skip"] = "error"
+    """Cross-lingual mode, a prompt without its English row: refuse the file, or skip and count."""
 
 
 @dataclass
@@ -45,6 +47,8 @@ class ModelsConfig:
     """pi_dpo of the implicit reward."""
     reference: str = ""
     """pi_ref of the implicit reward."""
+    chat_template: str | None = None
+    """Jinja chat template (inline, or a file) for models whose tokenizer has none."""
 
 
 @dataclass
@@ -97,6 +101,8 @@ class Recipe:
     dataset: str = ""
     """Dataset name: versions go to <store>/<dataset>/v<N>."""
     store: str = "icr_store"
+    shard_prompts: int = 64
+    """prompt_ids per shard: the unit of resumable work and of --shard I/N."""
     description: str = ""
     license: str = "other"
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
@@ -198,8 +204,10 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     recipe = from_dict(Recipe, data, where=str(path))
     base = path.resolve().parent
     recipe.prompts.source = _resolve_relative(recipe.prompts.source, base)
-    for name in ("generator", "policy", "reference"):
-        setattr(recipe.models, name, _resolve_relative(getattr(recipe.models, name), base))
+    for name in ("generator", "policy", "reference", "chat_template"):
+        value = getattr(recipe.models, name)
+        if value:
+            setattr(recipe.models, name, _resolve_relative(value, base))
     validate(recipe, str(path))
     return recipe
 
@@ -230,6 +238,8 @@ def validate(recipe: Recipe, where: str = "recipe") -> None:
         raise RecipeError(f"{where}: 'sampling.top_p' must be in (0, 1], got {s.top_p}")
     if s.temperature < 0:
         raise RecipeError(f"{where}: 'sampling.temperature' must be >= 0, got {s.temperature}")
+    if recipe.shard_prompts < 1:
+        raise RecipeError(f"{where}: 'shard_prompts' must be >= 1")
     if recipe.scoring.batch_size < 1:
         raise RecipeError(f"{where}: 'scoring.batch_size' must be >= 1")
     p = recipe.pairing

@@ -56,7 +56,7 @@ class VLLMBackend:
             enforce_eager=eager,
             **kwargs,
         )
-        self.cfg = cfg
+        self.cfg, self.tok = cfg, tokenizer
         self.stop_ids = eot_token_ids(tokenizer)
 
     def generate(self, prompt_ids: list[list[int]], seeds: list[int]) -> Samples:
@@ -134,38 +134,46 @@ class TransformersBackend:
         gc.collect()
 
 
+def open_backend(model: str, cfg: SamplingConfig, chat_template: str | None = None):
+    """Start the sampling engine once; reuse it for every shard, then `.close()` it."""
+    from icr_data.models import load_tokenizer
+
+    tok = load_tokenizer(model, chat_template)
+    backend_cls = {"vllm": VLLMBackend, "transformers": TransformersBackend}[cfg.backend]
+    return backend_cls(model, cfg, tok)
+
+
+def sample(
+    backend, prompts: Dataset, cfg: SamplingConfig, advance: Callable[[int], None] | None = None
+) -> Dataset:
+    """Candidates for every prompt row; `advance(k)` is called after each chunk of k prompts."""
+    rows: list[dict] = []
+    for start in range(0, len(prompts), cfg.chunk_prompts):
+        chunk = prompts.select(range(start, min(start + cfg.chunk_prompts, len(prompts))))
+        ids = [prompt_token_ids(backend.tok, text) for text in chunk["instruction"]]
+        seeds = [
+            prompt_seed(cfg.seed, p, lang) for p, lang in zip(chunk["prompt_id"], chunk["lang"])
+        ]
+        for row, samples in zip(chunk, backend.generate(ids, seeds)):
+            for idx, (text, finish) in enumerate(samples):
+                rows.append(
+                    {**row, "sample_idx": idx, "response": text.strip(), "finish_reason": finish}
+                )
+        if advance:
+            advance(len(chunk))
+    return Dataset.from_list(rows)
+
+
 def generate(
     prompts: Dataset,
     model: str,
     cfg: SamplingConfig,
     advance: Callable[[int], None] | None = None,
+    chat_template: str | None = None,
 ) -> Dataset:
-    """Candidates for every prompt row; `advance(k)` is called after each chunk of k prompts."""
-    from icr_data.models import load_tokenizer
-
-    tok = load_tokenizer(model)
-    backend_cls = {"vllm": VLLMBackend, "transformers": TransformersBackend}[cfg.backend]
-    backend = backend_cls(model, cfg, tok)
-    rows: list[dict] = []
+    """Open an engine for `model`, sample every prompt row, close the engine."""
+    backend = open_backend(model, cfg, chat_template)
     try:
-        for start in range(0, len(prompts), cfg.chunk_prompts):
-            chunk = prompts.select(range(start, min(start + cfg.chunk_prompts, len(prompts))))
-            ids = [prompt_token_ids(tok, text) for text in chunk["instruction"]]
-            seeds = [
-                prompt_seed(cfg.seed, p, lang) for p, lang in zip(chunk["prompt_id"], chunk["lang"])
-            ]
-            for row, samples in zip(chunk, backend.generate(ids, seeds)):
-                for idx, (text, finish) in enumerate(samples):
-                    rows.append(
-                        {
-                            **row,
-                            "sample_idx": idx,
-                            "response": text.strip(),
-                            "finish_reason": finish,
-                        }
-                    )
-            if advance:
-                advance(len(chunk))
+        return sample(backend, prompts, cfg, advance)
     finally:
         backend.close()
-    return Dataset.from_list(rows)

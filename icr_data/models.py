@@ -8,6 +8,7 @@ where the network allows, the Hub).
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 
@@ -44,10 +45,7 @@ def identity(spec: str, resolved: str) -> dict:
         return out
     h = hashlib.sha256()
     for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(str(f.relative_to(path)).encode() + b"\0")
-        with open(f, "rb") as fh:
-            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                h.update(block)
+        h.update(str(f.relative_to(path)).encode() + b"\0" + _file_sha256(f).encode())
     out["sha256"] = h.hexdigest()
     snap = path.parent.name == "snapshots"  # HF cache layout: .../snapshots/<revision>
     if snap:
@@ -55,10 +53,47 @@ def identity(spec: str, resolved: str) -> dict:
     return out
 
 
-def load_tokenizer(path: str):
+def _file_sha256(f: Path) -> str:
+    """sha256 of a file, cached by (path, size, mtime): an 8B model is not re-read every run."""
+    import json
+
+    from icr_data.tiny import builtin_cache
+
+    st = f.stat()
+    key = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    cache_file = builtin_cache() / "file_hashes.json"
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key in cache:
+        return cache[key]
+    h = hashlib.sha256()
+    with open(f, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    cache[key] = h.hexdigest()
+    if st.st_size > 1 << 20:  # only worth remembering for large files
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(cache))
+            os.replace(tmp, cache_file)
+        except OSError:
+            pass
+    return cache[key]
+
+
+def load_tokenizer(path: str, chat_template: str | None = None):
+    """The model's tokenizer; `chat_template` (a Jinja string or a file holding one) is used only
+    when the tokenizer has none of its own."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path)
+    if chat_template and not tok.chat_template:
+        p = Path(chat_template)
+        tok.chat_template = p.read_text(encoding="utf-8") if p.is_file() else chat_template
+    return tok
 
 
 def check_same_tokenizer(a, b, names: tuple[str, str] = ("policy", "reference")) -> None:

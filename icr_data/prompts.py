@@ -82,8 +82,14 @@ def check_rows(rows: list[dict], source: str) -> None:
         seen.add((pid, lang))
 
 
-def load_prompts(cfg: PromptsConfig, scoring: ScoringConfig) -> Dataset:
-    """The prompt rows to generate for, each with its scoring prompt."""
+def load_prompts(
+    cfg: PromptsConfig, scoring: ScoringConfig, skipped: dict[str, int] | None = None
+) -> Dataset:
+    """The prompt rows to generate for, each with its scoring prompt.
+
+    With `missing_english: skip`, rows without an English source are left out and counted per
+    language in `skipped`.
+    """
     rows = read_rows(cfg.source)
     check_rows(rows, cfg.source)
     english = {r["prompt_id"]: r["instruction"] for r in rows if r["lang"] == "en"}
@@ -102,9 +108,14 @@ def load_prompts(cfg: PromptsConfig, scoring: ScoringConfig) -> Dataset:
             continue
         en = english.get(r["prompt_id"])
         if scoring.mode == "cross_lingual" and en is None:
+            if cfg.missing_english == "skip":
+                if skipped is not None:
+                    skipped[r["lang"]] = skipped.get(r["lang"], 0) + 1
+                continue
             raise PromptError(
                 f"{cfg.source}: prompt_id {r['prompt_id']} ({r['lang']}) has no English row; "
-                "cross-lingual scoring needs the English instruction"
+                "cross-lingual scoring needs the English instruction "
+                "(or set prompts.missing_english: skip)"
             )
         out.append(
             {

@@ -120,6 +120,7 @@ def score(
     reference: str,
     cfg: ScoringConfig,
     advance: Callable[[str, int], None] | None = None,
+    chat_template: str | None = None,
 ) -> Dataset:
     """Add response_tokens, logp_policy, logp_ref and reward to `candidates`.
 
@@ -133,8 +134,8 @@ def score(
         pick_dtype,
     )
 
-    tok = load_tokenizer(policy)
-    check_same_tokenizer(tok, load_tokenizer(reference))
+    tok = load_tokenizer(policy, chat_template)
+    check_same_tokenizer(tok, load_tokenizer(reference, chat_template))
     rows = encode_candidates(candidates, tok, cfg.count_eot)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     device = pick_device(cfg.device)

@@ -36,7 +36,8 @@ def digest(folder):
 
 def test_build_with_transformers_backend(tmp_path, tiny_pair):
     recipe = small_recipe(tmp_path, tiny_pair)
-    v1, manifest = build(recipe)
+    result = build(recipe)
+    v1, manifest = result.path, result.manifest
     assert v1.name == "v1" and v1.parent == tmp_path / "store" / "demo"
     cands = store.read_table(v1, "candidates")
     pairs = store.read_table(v1, "pairs")
@@ -78,7 +79,10 @@ def test_build_with_transformers_backend(tmp_path, tiny_pair):
 
     # a second build makes v2 and leaves v1 byte-identical
     before = digest(v1)
-    v2, _ = build(small_recipe(tmp_path, tiny_pair, **{"scoring.count_eot": "false"}))
+    second = build(small_recipe(tmp_path, tiny_pair, **{"scoring.count_eot": "false"}))
+    v2 = second.path
+    assert second.report["generate"] == {"done": 0, "skipped": 1}  # generation reused
+    assert second.report["policy"] == {"done": 1, "skipped": 0}  # the convention changed
     assert v2.name == "v2" and digest(v1) == before
     c2 = store.read_table(v2, "candidates")
     assert c2["response"] == cands["response"]  # same per-prompt seeds, same samples

@@ -1,0 +1,100 @@
+"""Resumable work: stage output in shards, each with a completion marker keyed by its inputs.
+
+A shard is a fixed block of prompt_ids (in source order, `shard_prompts` per block) with all their
+languages. Every finished piece of work is a Parquet file plus a `.done` marker under
+
+    <store>/<dataset>/.work/<stage>/<key>.parquet   (+ <key>.done: what the key was made of)
+
+where `key` is a digest of everything the output depends on: for generation the shard's prompt
+rows, the generator's content hash and the sampling settings; for log-probs the generation key,
+the shard's scoring prompts, the model's content hash and the scoring convention. The Parquet file
+is renamed into place before its marker is written, so a process killed at any moment (even
+SIGKILL) leaves either a finished piece of work or nothing that counts. A re-run skips every
+piece whose marker exists, and a changed recipe misses exactly the keys it changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from datasets import Dataset
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int
+    prompt_ids: tuple[str, ...]
+
+
+def plan_shards(prompt_ids_in_order: list[str], shard_prompts: int) -> list[Shard]:
+    """Blocks of `shard_prompts` prompt_ids, in order of first appearance."""
+    unique = list(dict.fromkeys(prompt_ids_in_order))
+    return [
+        Shard(i // shard_prompts, tuple(unique[i : i + shard_prompts]))
+        for i in range(0, len(unique), shard_prompts)
+    ]
+
+
+def parse_shard(spec: str | None) -> tuple[int, int] | None:
+    """'I/N' -> (I, N): this process does the shards whose index is I modulo N."""
+    if spec is None:
+        return None
+    try:
+        i, n = (int(x) for x in spec.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like I/N (e.g. 0/4), got {spec!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"--shard {spec}: need 0 <= I < N")
+    return i, n
+
+
+def mine(shards: list[Shard], part: tuple[int, int] | None) -> list[Shard]:
+    return shards if part is None else [s for s in shards if s.index % part[1] == part[0]]
+
+
+def digest(obj) -> str:
+    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+class WorkDir:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def _paths(self, stage: str, key: str) -> tuple[Path, Path]:
+        base = self.root / stage / key
+        return base.with_suffix(".parquet"), base.with_suffix(".done")
+
+    def done(self, stage: str, key: str) -> bool:
+        data, marker = self._paths(stage, key)
+        return marker.is_file() and data.is_file()
+
+    def load(self, stage: str, key: str) -> Dataset:
+        import pyarrow.parquet as pq
+
+        return Dataset(pq.read_table(self._paths(stage, key)[0]))
+
+    def save(self, stage: str, key: str, ds: Dataset, made_of: dict) -> None:
+        import pyarrow.parquet as pq
+
+        data, marker = self._paths(stage, key)
+        data.parent.mkdir(parents=True, exist_ok=True)
+        for target, write in (
+            (data, lambda f: pq.write_table(ds.data.table, f)),
+            (marker, lambda f: Path(f).write_text(json.dumps(made_of, indent=1, default=str))),
+        ):
+            fd, tmp = tempfile.mkstemp(prefix=".part-", dir=data.parent)
+            os.close(fd)
+            try:
+                write(tmp)
+                with open(tmp, "rb+") as fh:
+                    os.fsync(fh.fileno())
+                os.replace(tmp, target)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
