@@ -122,6 +122,17 @@ def _writing(what: Path):
         raise store.StoreError(f"cannot write {what}: {e.strerror}{hint}") from None
 
 
+def _check_models(recipe: Recipe, resolved: dict[str, str]) -> None:
+    """Refuse, before any work, a reward pair that cannot be scored together or a missing template."""
+    from icr_data.chat import render_prompt
+
+    template = recipe.models.chat_template
+    toks = {role: models.load_tokenizer(resolved[role], template) for role in resolved}
+    for tok in toks.values():
+        render_prompt(tok, "x")  # raises TemplateError naming the model if it has no template
+    models.check_same_tokenizer(toks["policy"], toks["reference"])
+
+
 def make_plan(recipe: Recipe) -> Plan:
     resolved = {
         role: models.resolve(getattr(recipe.models, role), role)
@@ -130,6 +141,7 @@ def make_plan(recipe: Recipe) -> Plan:
     ids = {
         role: models.identity(getattr(recipe.models, role), path) for role, path in resolved.items()
     }
+    _check_models(recipe, resolved)
     skipped: dict[str, int] = {}
     prompts = load_prompts(recipe.prompts, recipe.scoring, skipped)
     langs = [lang for lang in recipe.prompts.languages if lang in set(prompts["lang"])]

@@ -44,7 +44,9 @@ def same_content(a, b):
         for x, y in zip(ra, rb):
             assert x.keys() == y.keys()
             for k in x:
-                assert x[k] == (pytest.approx(y[k], abs=1e-9) if isinstance(x[k], float) else y[k]), k
+                assert x[k] == (
+                    pytest.approx(y[k], abs=1e-9) if isinstance(x[k], float) else y[k]
+                ), k
 
 
 def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_content(tmp_path, tiny_pair):
@@ -55,7 +57,9 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_content(tmp_path, ti
     for o in overrides(tmp_path / "b", tiny_pair, **extra):
         args += ["--set", o]
     work = tmp_path / "b" / "demo" / ".work" / "generate"
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy()
+    )
     deadline = time.time() + 300
     while time.time() < deadline and len(list(work.glob("*.done"))) < 2:
         time.sleep(0.02)
@@ -104,7 +108,9 @@ def test_recipe_changes_invalidate_exactly_the_affected_stages(tmp_path, tiny_pa
     first = build(recipe(tmp_path, tiny_pair))
     assert first.report["generate"] == {"done": 4, "skipped": 0}
 
-    rescaled = build(recipe(tmp_path, tiny_pair, **{"scoring.beta": 0.5, "pairing.length_control": "false"}))
+    rescaled = build(
+        recipe(tmp_path, tiny_pair, **{"scoring.beta": 0.5, "pairing.length_control": "false"})
+    )
     assert rescaled.report == {"generate": {"done": 0, "skipped": 4}, "policy": {"done": 0, "skipped": 4},
                                "reference": {"done": 0, "skipped": 4}}  # fmt: skip
     r1, r2 = table(first.path, "candidates"), table(rescaled.path, "candidates")

@@ -1,0 +1,212 @@
+"""Bad input: one clear error naming the file, row or option, and nothing written."""
+
+import errno
+import json
+import string
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from icr_data import build as build_mod
+from icr_data import store
+from icr_data.build import build
+from icr_data.chat import TemplateError
+from icr_data.config import PromptsConfig, ScoringConfig, load_recipe
+from icr_data.languages import DIRECTIVE, LANGUAGES
+from icr_data.models import ModelError
+from icr_data.prompts import PromptError, load_prompts
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "recipes" / "demo.yaml"
+
+
+def recipe(tmp_path, tiny_pair, **extra):
+    policy, reference = tiny_pair
+    base = {"store": tmp_path / "store", "models.generator": policy, "models.policy": policy,
+            "models.reference": reference, "sampling.backend": "transformers", "sampling.n": 2,
+            "sampling.max_tokens": 6, "prompts.limit": 2, "prompts.languages": "[en, de]"}  # fmt: skip
+    base.update(extra)
+    return load_recipe(DEMO, [f"{k}={v}" for k, v in base.items()])
+
+
+def nothing_written(tmp_path):
+    return not (tmp_path / "store").exists() or not any((tmp_path / "store").rglob("*.parquet"))
+
+
+def test_missing_english_skip_is_counted(tmp_path, tiny_pair):
+    src = tmp_path / "p.jsonl"
+    rows = [
+        json.loads(x) for x in (ROOT / "recipes/data/demo_prompts.jsonl").read_text().splitlines()
+    ]
+    rows = [r for r in rows if not (r["lang"] == "en" and r["prompt_id"] == "demo-002")]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(PromptError, match="prompt_id demo-002 \\(de\\) has no English row"):
+        build(recipe(tmp_path, tiny_pair, **{"prompts.source": src, "prompts.limit": "null"}))
+    assert nothing_written(tmp_path)
+    skip = {"prompts.source": src, "prompts.limit": "null", "prompts.missing_english": "skip",
+            "sampling.n": 1}  # fmt: skip
+    result = build(recipe(tmp_path, tiny_pair, **skip))
+    assert result.manifest["counts"]["de"]["prompts"] == 9
+    assert result.manifest["counts"]["en"]["prompts"] == 9
+    assert result.manifest["drops"]["de"]["prompt_without_english_row"] == 1
+
+
+def test_malformed_parquet_is_named(tmp_path):
+    bad = tmp_path / "p.parquet"
+    bad.write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(PromptError, match=r"p.parquet: not a readable Parquet file"):
+        load_prompts(PromptsConfig(source=str(bad)), ScoringConfig())
+
+
+def test_model_without_chat_template(tmp_path, tiny_pair):
+    from transformers import AutoTokenizer
+
+    bare = tmp_path / "bare"
+    policy = tiny_pair[0]
+    for f in policy.iterdir():
+        (bare / f.name).parent.mkdir(exist_ok=True)
+        (bare / f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((bare / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (bare / "tokenizer_config.json").write_text(json.dumps(cfg))
+    (bare / "chat_template.jinja").unlink(missing_ok=True)
+    assert not AutoTokenizer.from_pretrained(bare).chat_template
+    models = {"models.generator": bare, "models.policy": bare, "models.reference": bare}
+    with pytest.raises(TemplateError, match="has no chat template"):
+        build(recipe(tmp_path, tiny_pair, **models))
+    assert nothing_written(tmp_path)
+    template = AutoTokenizer.from_pretrained(policy).chat_template
+    (tmp_path / "chatml.jinja").write_text(template)
+    result = build(
+        recipe(tmp_path, tiny_pair, **models, **{"models.chat_template": tmp_path / "chatml.jinja"})
+    )
+    assert result.manifest["totals"]["candidates"] == 8
+
+
+def test_missing_model_and_existing_version(tmp_path, tiny_pair):
+    with pytest.raises(ModelError, match="models.reference: model path not found: ./nope"):
+        build(recipe(tmp_path, tiny_pair, **{"models.reference": "./nope"}))
+    assert not (tmp_path / "store").exists()
+    build(recipe(tmp_path, tiny_pair), version="v1")
+    with pytest.raises(store.StoreError, match="version v1 already exists"):
+        build(recipe(tmp_path, tiny_pair), version="v1")
+
+
+def test_read_only_store(tmp_path, tiny_pair, monkeypatch):
+    def refuse(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(build_mod.tempfile, "TemporaryFile", refuse)
+    with pytest.raises(
+        store.StoreError, match=r"store is not writable: .*demo \(Read-only file system\)"
+    ):
+        build(recipe(tmp_path, tiny_pair))
+    assert nothing_written(tmp_path)
+
+
+def test_full_disk_mid_run_keeps_no_partial_shard(tmp_path, tiny_pair, monkeypatch):
+    import pyarrow.parquet as pq
+
+    real = pq.write_table
+    calls = []
+
+    def fill_up(table, where, *a, **k):
+        calls.append(where)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(table, where, *a, **k)
+
+    monkeypatch.setattr(pq, "write_table", fill_up)
+    r = recipe(tmp_path, tiny_pair, shard_prompts=1)
+    with pytest.raises(
+        store.StoreError, match=r"cannot write .*\.work: No space left on device \(disk full\)"
+    ):
+        build(r)
+    work = tmp_path / "store" / "demo" / ".work" / "generate"
+    assert len(list(work.glob("*.done"))) == 1 and len(list(work.glob("*.parquet"))) == 1
+    assert not list(work.glob(".part-*"))  # the half-written file is gone
+    monkeypatch.setattr(pq, "write_table", real)
+    assert build(r).report["generate"] == {"done": 1, "skipped": 1}
+
+
+# --- property-based: the prompt loader -------------------------------------------------------
+
+LANGS = sorted(LANGUAGES)
+text = st.text(alphabet=string.ascii_letters + " .,?!äöüßñéèçЖжзи", min_size=1, max_size=30).filter(
+    str.strip
+)
+
+
+@st.composite
+def prompt_sets(draw):
+    ids = draw(st.lists(st.text(alphabet=string.ascii_lowercase + string.digits, min_size=1, max_size=8),
+                        min_size=1, max_size=6, unique=True))  # fmt: skip
+    rows = []
+    for pid in ids:
+        for lang in ["en"] + draw(st.lists(st.sampled_from(LANGS[:12]), max_size=4, unique=True)):
+            if lang == "en" and any(r["prompt_id"] == pid and r["lang"] == "en" for r in rows):
+                continue
+            rows.append({"prompt_id": pid, "lang": lang, "instruction": draw(text)})
+    return draw(st.permutations(rows))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=prompt_sets(),
+    langs=st.lists(st.sampled_from(LANGS[:12]), min_size=1, max_size=4, unique=True),
+)
+def test_loader_property(tmp_path_factory, rows, langs):
+    path = tmp_path_factory.mktemp("p") / "p.jsonl"
+    path.write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
+    )
+    wanted = [r for r in rows if r["lang"] in langs]
+    if not wanted:
+        with pytest.raises(PromptError, match="no prompts in languages"):
+            load_prompts(PromptsConfig(source=str(path), languages=langs), ScoringConfig())
+        return
+    ds = load_prompts(PromptsConfig(source=str(path), languages=langs), ScoringConfig())
+    english = {r["prompt_id"]: r["instruction"] for r in rows if r["lang"] == "en"}
+    got = ds.to_list()
+    # exactly the rows in the asked languages, each once, joined to its own English row by id
+    assert sorted((r["prompt_id"], r["lang"], r["instruction"]) for r in got) == sorted(
+        (r["prompt_id"], r["lang"], r["instruction"]) for r in wanted
+    )
+    for r in got:
+        prefix = "" if r["lang"] == "en" else DIRECTIVE.format(language=LANGUAGES[r["lang"]])
+        assert r["scoring_prompt"] == prefix + english[r["prompt_id"]]
+    # grouped by language in the recipe's order
+    assert [langs.index(r["lang"]) for r in got] == sorted(langs.index(r["lang"]) for r in got)
+    # dropping one English row makes the loader name that prompt
+    victim = next((r for r in wanted if r["lang"] != "en"), None)
+    if victim:
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows
+                                if not (r["lang"] == "en" and r["prompt_id"] == victim["prompt_id"])))  # fmt: skip
+        with pytest.raises(
+            PromptError, match=f"prompt_id {victim['prompt_id']} .* has no English row"
+        ):
+            load_prompts(PromptsConfig(source=str(path), languages=langs), ScoringConfig())
+
+
+def test_different_chat_templates_refused(tmp_path, tiny_pair):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    other = tmp_path / "other-template"
+    tok = AutoTokenizer.from_pretrained(tiny_pair[1])
+    tok.chat_template = tok.chat_template + "{# a variant #}"
+    AutoModelForCausalLM.from_pretrained(tiny_pair[1]).save_pretrained(other)
+    tok.save_pretrained(other)
+    with pytest.raises(ModelError, match="policy and reference have different chat templates"):
+        build(recipe(tmp_path, tiny_pair, **{"models.reference": other}))
+    assert nothing_written(tmp_path)
+
+
+def test_cli_bad_shard_spec(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "icr_data.cli", "generate", str(DEMO), "--shard", "3/2",
+                        "--store", str(tmp_path)], capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 2 and "--shard 3/2: need 0 <= I < N" in r.stderr
