@@ -43,6 +43,7 @@ from icr_data.config import Recipe
 from icr_data.languages import DIRECTIVE
 from icr_data.pairs import PairStats, make_pairs
 from icr_data.prompts import load_prompts
+from icr_data.score import with_rewards
 from icr_data.shards import Shard, WorkDir, digest, mine, plan_shards
 
 SCORING_CONVENTION = (
@@ -52,7 +53,7 @@ SCORING_CONVENTION = (
 )
 CANDIDATE_COLUMNS = [
     "prompt_id", "lang", "instruction", "scoring_prompt", "sample_idx", "response",
-    "finish_reason", "response_tokens", "logp_policy", "logp_ref", "reward",
+    "finish_reason", "response_tokens", "logp_policy", "logp_ref", "reward", "reward_mean",
 ]  # fmt: skip
 GEN_COLUMNS = ["prompt_id", "lang", "instruction", "sample_idx", "response", "finish_reason"]
 ROLES = ("policy", "reference")
@@ -93,6 +94,7 @@ def _progress(console: Console) -> Iterator[Progress]:
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
@@ -188,7 +190,9 @@ def run_generate(plan: Plan, part, console: Console, progress: Progress) -> dict
         console.print(f"generate: {report['skipped']} shard(s) finished earlier, skipped")
     if not todo:
         return report
-    task = progress.add_task("generate", total=sum(len(plan.rows_of[s.index]) for s in todo))
+    task = progress.add_task(
+        "generate", total=sum(len(plan.rows_of[s.index]) for s in todo), rate=""
+    )
     backend = open_backend(
         plan.resolved["generator"], plan.recipe.sampling, plan.recipe.models.chat_template
     )
@@ -227,7 +231,7 @@ def _need_generation(plan: Plan, shards: list[Shard], then: str) -> None:
 
 
 def run_score(plan: Plan, part, console: Console, progress: Progress) -> dict[str, dict[str, int]]:
-    from icr_data.score import encode_candidates, sequence_logps
+    from icr_data.score import ScoreStats, encode_candidates, sequence_logps
 
     shards = mine(plan.shards, part)
     _need_generation(plan, shards, "score")
@@ -254,13 +258,20 @@ def run_score(plan: Plan, part, console: Console, progress: Progress) -> dict[st
             )
             for s in todo
         }
-        task = progress.add_task(f"score ({role})", total=sum(len(c) for c in cands.values()))
+        task = progress.add_task(
+            f"score ({role})", total=sum(len(c) for c in cands.values()), rate=""
+        )
+        stats = ScoreStats()
+
+        def step(k: int, _tokens: int, task=task, stats=stats) -> None:
+            progress.update(task, advance=k, rate=f"{stats.tokens_per_s:,.0f} tok/s")
+
         model = models.load_causal_lm(plan.resolved[role], device, dtype)
         try:
             for shard in todo:
                 rows = encode_candidates(cands[shard.index], tok, cfg.count_eot)
-                logps = sequence_logps(model, rows, cfg.batch_size, pad_id, device,
-                                       advance=lambda k, t=task: progress.advance(t, k))  # fmt: skip
+                logps = sequence_logps(model, rows, pad_id, device, cfg.token_budget,
+                                       cfg.max_batch_size, advance=step, stats=stats)  # fmt: skip
                 out = Dataset.from_dict(
                     {"logp": logps, "response_tokens": [len(r.response_ids) for r in rows]}
                 )
@@ -271,6 +282,7 @@ def run_score(plan: Plan, part, console: Console, progress: Progress) -> dict[st
                         out,
                         {"shard": shard.index, "role": role, "model": plan.ids[role]},
                     )
+            reports[role]["throughput"] = stats.as_dict()
         finally:
             del model
     return reports
@@ -295,11 +307,7 @@ def assemble(plan: Plan) -> Dataset:
         lp = plan.work.load("logp", plan.logp_keys["policy"][s.index])
         lr = plan.work.load("logp", plan.logp_keys["reference"][s.index])
         beta = plan.recipe.scoring.beta
-        gen = gen.add_column("response_tokens", lp["response_tokens"])
-        gen = gen.add_column("logp_policy", lp["logp"]).add_column("logp_ref", lr["logp"])
-        parts.append(
-            gen.add_column("reward", [beta * (a - b) for a, b in zip(lp["logp"], lr["logp"])])
-        )
+        parts.append(with_rewards(gen, lp["response_tokens"], lp["logp"], lr["logp"], beta))
     return concatenate_datasets(parts).select_columns(CANDIDATE_COLUMNS)
 
 
@@ -384,8 +392,26 @@ def make_manifest(
         "drops": drops,
         "margins": margins,
         "timings": timings,
-        "hardware": {"machine": platform.machine(), "python": platform.python_version()},
+        "hardware": hardware(),
     }
+
+
+def hardware() -> dict:
+    import torch
+
+    out = {"machine": platform.machine(), "python": platform.python_version(),
+           "torch": torch.__version__, "cpu_threads": torch.get_num_threads()}  # fmt: skip
+    try:
+        out["cpu"] = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        out["cpu"] = platform.processor()
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name(0)
+    return out
 
 
 def merge(plan: Plan, version: str | None = None, timings: dict | None = None) -> tuple[Path, dict]:
@@ -432,6 +458,7 @@ def build(
             t0 = time.perf_counter()
             report.update(run_score(plan, part, console, progress))
             timings["score_s"] = round(time.perf_counter() - t0, 2)
+    timings["scoring_throughput"] = {r: report[r].get("throughput") for r in ROLES if r in report}
     if "merge" not in stages:
         return Result(None, None, report)
     path, manifest = merge(plan, version, timings)

@@ -1,12 +1,13 @@
 """Score stage: the implicit reward of every candidate from dual logits.
 
-candidates Dataset (+ scoring_prompt, response) -> + response_tokens, logp_policy, logp_ref, reward.
+candidates Dataset (+ scoring_prompt, response) -> + response_tokens, logp_policy, logp_ref, reward,
+reward_mean (reward per response token).
 
 logp_* is the summed log-probability of the response tokens (chat.py defines which: the assistant
 turn from its first token through the end-of-turn token, the latter optional) given the scoring
 prompt, under the policy and under the reference; reward = beta * (logp_policy - logp_ref).
-One model is resident at a time (policy pass, then reference pass). Batches are right-padded; the
-LM head runs only at response positions and log-softmax is taken in float32, in chunks, so no
+One model is resident at a time (policy pass, then reference pass). Rows are sorted by length and
+batched to a padded-token budget (`scoring.token_budget`), right-padded; the LM head runs only at response positions and log-softmax is taken in float32, in chunks, so no
 [batch, seq, vocab] float32 tensor is built. Per-token log-probs are float32, the per-row
 sums float64.
 """
@@ -14,7 +15,9 @@ sums float64.
 from __future__ import annotations
 
 import gc
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 
 from datasets import Dataset
 
@@ -91,26 +94,81 @@ def _batch_logps(model, rows: Sequence[Encoded], pad_id: int, device: str):
     return sums
 
 
+@dataclass
+class ScoreStats:
+    """What a scoring pass did: rows, real and padded tokens, time."""
+
+    rows: int = 0
+    tokens: int = 0
+    padded_tokens: int = 0
+    response_tokens: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+
+    @property
+    def padding_waste(self) -> float:
+        return 1.0 - self.tokens / self.padded_tokens if self.padded_tokens else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "padding_waste": round(self.padding_waste, 4),
+                "tokens_per_s": round(self.tokens_per_s, 1)}  # fmt: skip
+
+
+def plan_batches(lengths: Sequence[int], token_budget: int, max_batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches, longest first, each filling at most `token_budget` padded
+    tokens (rows x longest row) and `max_batch_size` rows; a row longer than the budget goes alone."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        width = lengths[current[0]] if current else lengths[i]
+        if current and (
+            width * (len(current) + 1) > token_budget or len(current) >= max_batch_size
+        ):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
 def sequence_logps(
     model,
     rows: Sequence[Encoded],
-    batch_size: int,
     pad_id: int,
     device: str,
-    advance: Callable[[int], None] | None = None,
+    token_budget: int = 16384,
+    max_batch_size: int = 64,
+    advance: Callable[[int, int], None] | None = None,
+    stats: ScoreStats | None = None,
 ) -> list[float]:
-    """Summed response log-prob for each row, batched in length order, returned in input order."""
-    order = sorted(
-        range(len(rows)), key=lambda i: -(len(rows[i].prompt_ids) + len(rows[i].response_ids))
-    )
+    """Summed response log-prob for each row, in input order.
+
+    Rows are batched longest first to a padded-token budget; `advance(rows, tokens)` is called
+    after each batch and `stats` (if given) accumulates what was done.
+    """
+    lengths = [len(r.prompt_ids) + len(r.response_ids) for r in rows]
     out = [0.0] * len(rows)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
+    for idx in plan_batches(lengths, token_budget, max_batch_size):
+        t0 = time.perf_counter()
         sums = _batch_logps(model, [rows[i] for i in idx], pad_id, device)
         for i, v in zip(idx, sums.tolist()):
             out[i] = v
+        real = sum(lengths[i] for i in idx)
+        if stats is not None:
+            stats.rows += len(idx)
+            stats.tokens += real
+            stats.padded_tokens += len(idx) * max(lengths[i] for i in idx)
+            stats.response_tokens += sum(len(rows[i].response_ids) for i in idx)
+            stats.batches += 1
+            stats.seconds += time.perf_counter() - t0
         if advance:
-            advance(len(idx))
+            advance(len(idx), real)
     return out
 
 
@@ -143,16 +201,29 @@ def score(
     logps = {}
     for role, path in (("policy", policy), ("reference", reference)):
         model = load_causal_lm(path, device, dtype)
-        step = (lambda k, role=role: advance(role, k)) if advance else None
-        logps[role] = sequence_logps(model, rows, cfg.batch_size, pad_id, device, step)
+        step = (lambda k, _t, role=role: advance(role, k)) if advance else None
+        logps[role] = sequence_logps(model, rows, pad_id, device, cfg.token_budget,
+                                     cfg.max_batch_size, step)  # fmt: skip
         del model
         gc.collect()
     out = candidates
-    for name in ("response_tokens", "logp_policy", "logp_ref", "reward"):
+    return with_rewards(out, [len(r.response_ids) for r in rows], logps["policy"],
+                        logps["reference"], cfg.beta)  # fmt: skip
+
+
+def with_rewards(
+    candidates: Dataset, response_tokens: list[int], logp_policy: list[float],
+    logp_ref: list[float], beta: float,
+) -> Dataset:  # fmt: skip
+    """Candidates with (fresh) response_tokens, logp_policy, logp_ref, reward, reward_mean."""
+    out = candidates
+    for name in ("response_tokens", "logp_policy", "logp_ref", "reward", "reward_mean"):
         if name in out.column_names:
             out = out.remove_columns(name)
-    reward = [cfg.beta * (p - r) for p, r in zip(logps["policy"], logps["reference"])]
-    out = out.add_column("response_tokens", [len(r.response_ids) for r in rows])
-    out = out.add_column("logp_policy", logps["policy"])
-    out = out.add_column("logp_ref", logps["reference"])
-    return out.add_column("reward", reward)
+    reward = [beta * (p - r) for p, r in zip(logp_policy, logp_ref)]
+    out = out.add_column("response_tokens", response_tokens)
+    out = out.add_column("logp_policy", logp_policy).add_column("logp_ref", logp_ref)
+    out = out.add_column("reward", reward)
+    return out.add_column(
+        "reward_mean", [r / n if n else 0.0 for r, n in zip(reward, response_tokens)]
+    )

@@ -118,7 +118,7 @@ def test_recipe_changes_invalidate_exactly_the_affected_stages(tmp_path, tiny_pa
 
     native = build(recipe(tmp_path, tiny_pair, **{"scoring.mode": "native"}))
     assert native.report["generate"]["skipped"] == 4
-    assert native.report["policy"] == {"done": 4, "skipped": 0}
+    assert (native.report["policy"]["done"], native.report["policy"]["skipped"]) == (4, 0)
 
     hotter = build(recipe(tmp_path, tiny_pair, **{"sampling.temperature": 1.3}))
     assert hotter.report["generate"] == {"done": 4, "skipped": 0}

@@ -54,6 +54,6 @@ def test_logps_equal_trl_reference_logps(tiny_pair, tokenizer, tmp_path):
          "response": y, "finish_reason": "stop"}
         for i, (x, c, r) in enumerate(ROWS) for j, y in enumerate((c, r))
     ])  # fmt: skip
-    ours = score(cands, str(policy), str(reference), ScoringConfig(batch_size=4))["logp_ref"]
+    ours = score(cands, str(policy), str(reference), ScoringConfig(token_budget=64))["logp_ref"]
     assert ours[0::2] == pytest.approx(trl_chosen, abs=1e-4)
     assert ours[1::2] == pytest.approx(trl_rejected, abs=1e-4)
