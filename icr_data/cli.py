@@ -111,10 +111,53 @@ def generate(
 
 @app.command()
 def score(
-    recipe: RecipeArg, store: StoreOpt = None, set_: SetOpt = None, shard: ShardOpt = None
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="A recipe (score its generated shards) or a version folder (rescore its "
+            "candidates under a new reward pair, into a new version)."
+        ),
+    ],
+    store: StoreOpt = None,
+    set_: SetOpt = None,
+    shard: ShardOpt = None,
+    policy: Annotated[str | None, typer.Option(help="Version mode: the new policy.")] = None,
+    reference: Annotated[str | None, typer.Option(help="Version mode: the new reference.")] = None,
+    mode: Annotated[
+        str | None, typer.Option(help="Version mode: cross_lingual or native scoring prompts.")
+    ] = None,
+    beta: Annotated[float | None, typer.Option(help="Version mode: reward scale.")] = None,
+    count_eot: Annotated[
+        bool | None, typer.Option(help="Version mode: count the end-of-turn token.")
+    ] = None,
+    version: VersionOpt = None,
 ) -> None:
-    """Score generated candidates of RECIPE's shards under the policy and the reference."""
-    _run(recipe, store, set_, shard=shard, stages=("score",))
+    """Score candidates under the policy and the reference.
+
+    With a recipe: score its generated shards (all, or I mod N with --shard I/N).
+    With a version folder: rescore its candidates (no regeneration) and write a new version."""
+    if (source / "manifest.json").is_file():
+        from icr_data.derive import DeriveError, rescore
+
+        if mode not in (None, "cross_lingual", "native"):
+            _fail(f"--mode must be cross_lingual or native, got {mode!r}")
+        scoring = {
+            k: v
+            for k, v in {"mode": mode, "beta": beta, "count_eot": count_eot}.items()
+            if v is not None
+        }
+        try:
+            path, manifest = rescore(source, policy, reference, scoring, name=version)
+        except (*_user_errors(), DeriveError) as e:
+            _fail(str(e))
+        from icr_data.build import Result
+
+        _report_version(Result(path, manifest, {}))
+        return
+    if policy or reference or mode or beta is not None or count_eot is not None:
+        _fail("--policy/--reference/--mode/--beta/--count-eot rescore a version folder; "
+              "with a recipe use --set models.policy=... etc.")  # fmt: skip
+    _run(source, store, set_, shard=shard, stages=("score",))
     err.print("[green]scoring done[/] for " + (f"shard {shard}" if shard else "all shards"))
 
 

@@ -1,7 +1,7 @@
 """Model references: resolve a recipe's model string, identify it, load it, check a reward pair.
 
 A model string is a local folder, `builtin:tiny-policy` / `builtin:tiny-reference` (tiny models
-built offline, see tiny.py), or a Hub id (loaded by transformers/vLLM from the local HF cache or,
+built offline, see tiny.py), `builtin:smollm2-135m-instruct` (see smollm2.py), or a Hub id (loaded by transformers/vLLM from the local HF cache or,
 where the network allows, the Hub).
 """
 
@@ -18,6 +18,13 @@ class ModelError(ValueError):
 
 def resolve(spec: str, role: str = "model") -> str:
     """A loadable path or Hub id for `spec`; raises ModelError naming the role if it is missing."""
+    if spec == "builtin:smollm2-135m-instruct":
+        from icr_data.smollm2 import smollm2_path
+
+        try:
+            return str(smollm2_path())
+        except FileNotFoundError as e:
+            raise ModelError(f"models.{role}: {e}") from None
     if spec.startswith("builtin:"):
         from icr_data.tiny import resolve_builtin
 

@@ -1,0 +1,91 @@
+"""New versions from existing ones, without regenerating: rescore with another reward pair.
+
+    icr-data score icr_store/demo/v1 --policy P --reference R [--mode native] [--beta 0.1]
+
+The candidates of the parent version are read back (responses are never regenerated), scored
+under the new pair, paired with the parent's pairing rule, and written as a new version of the
+same dataset whose manifest names its parent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+from datasets import Dataset
+
+from icr_data import models, store
+from icr_data.config import Recipe, from_dict
+from icr_data.languages import scoring_prompt
+
+
+class DeriveError(ValueError):
+    """A derived version that cannot be made from its parent."""
+
+
+def parent_recipe(version_dir: Path) -> tuple[dict, Recipe]:
+    manifest = store.read_manifest(version_dir)
+    return manifest, from_dict(Recipe, manifest["recipe"], where=str(version_dir / "manifest.json"))
+
+
+def rescoring_prompts(candidates: Dataset, mode: str) -> list[str]:
+    """Scoring prompts for `mode`, using the English rows the candidates carry."""
+    english = {p: x for p, lang, x in zip(candidates["prompt_id"], candidates["lang"], candidates["instruction"]) if lang == "en"}  # fmt: skip
+    out = []
+    for p, lang, x in zip(candidates["prompt_id"], candidates["lang"], candidates["instruction"]):
+        if mode == "cross_lingual" and p not in english:
+            raise DeriveError(
+                f"prompt_id {p} ({lang}) has no English candidates in this version, so its "
+                "English instruction is unknown; cross-lingual rescoring needs English rows"
+            )
+        out.append(scoring_prompt(english.get(p, ""), x, lang, mode))
+    return out
+
+
+def rescore(
+    version: str | Path,
+    policy: str | None = None,
+    reference: str | None = None,
+    scoring: dict | None = None,
+    name: str | None = None,
+    advance=None,
+) -> tuple[Path, dict]:
+    """Score the parent's candidates under a (new) reward pair; write and return a new version."""
+    from icr_data.build import CANDIDATE_COLUMNS, make_manifest, margin_summary
+    from icr_data.card import render_card
+    from icr_data.pairs import make_pairs
+    from icr_data.score import score
+
+    version_dir = store.resolve_version(version)
+    parent_manifest, recipe = parent_recipe(version_dir)
+    if policy:
+        recipe.models.policy = policy
+    if reference:
+        recipe.models.reference = reference
+    if scoring:
+        recipe.scoring = dataclasses.replace(recipe.scoring, **scoring)
+    resolved = {r: models.resolve(getattr(recipe.models, r), r) for r in ("policy", "reference")}
+    candidates = store.read_table(version_dir, "candidates")
+    candidates = candidates.remove_columns("scoring_prompt").add_column(
+        "scoring_prompt", rescoring_prompts(candidates, recipe.scoring.mode)
+    )
+    t0 = time.perf_counter()
+    scored = score(candidates, resolved["policy"], resolved["reference"], recipe.scoring,
+                   advance=advance, chat_template=recipe.models.chat_template)  # fmt: skip
+    scored = scored.select_columns(CANDIDATE_COLUMNS)
+    pairs, stats = make_pairs(scored, recipe.pairing)
+    langs = list(parent_manifest["counts"])
+    prompts = Dataset.from_dict({"lang": [lang for lang, c in parent_manifest["counts"].items()
+                                          for _ in range(c["prompts"])]})  # fmt: skip
+    counts, margins = margin_summary(pairs, scored, prompts, langs)
+    ids = dict(parent_manifest["models"])
+    ids.update({r: models.identity(getattr(recipe.models, r), p) for r, p in resolved.items()})
+    manifest = make_manifest(recipe, ids, stats, counts, margins,
+                             {"score_s": round(time.perf_counter() - t0, 2)},
+                             parent=f"{parent_manifest['dataset']}/{parent_manifest['version']}")  # fmt: skip
+    manifest["derived"] = {"operation": "rescore", "reused": ["candidates (responses)"]}
+    dataset_dir = version_dir.parent
+    path = store.write_version(dataset_dir.parent, dataset_dir.name, {"pairs": pairs, "candidates": scored},
+                               manifest, render_card, name=name)  # fmt: skip
+    return path, manifest

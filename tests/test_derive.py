@@ -1,0 +1,80 @@
+"""Rescoring a version: a new version from the parent's candidates, with the parent recorded."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from icr_data import store
+from icr_data.build import build
+from icr_data.config import load_recipe
+from icr_data.derive import DeriveError, rescore
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def v1(tiny_pair, tmp_path_factory):
+    policy, reference = tiny_pair
+    tmp = tmp_path_factory.mktemp("derive")
+    overrides = [f"store={tmp / 'store'}", f"models.generator={policy}", f"models.policy={policy}",
+                 f"models.reference={reference}", "sampling.backend=transformers", "sampling.n=3",
+                 "sampling.max_tokens=10", "prompts.limit=3", "prompts.languages=[en, fr]"]  # fmt: skip
+    return build(load_recipe(ROOT / "recipes/demo.yaml", overrides)).path
+
+
+def test_swapped_pair_negates_every_reward(v1, tiny_pair):
+    policy, reference = tiny_pair
+    v2, manifest = rescore(v1, policy=str(reference), reference=str(policy))
+    a, b = store.read_table(v1, "candidates"), store.read_table(v2, "candidates")
+    assert b["response"] == a["response"] and b["scoring_prompt"] == a["scoring_prompt"]
+    assert b["reward"] == pytest.approx([-r for r in a["reward"]], abs=1e-9)
+    assert b["logp_policy"] == pytest.approx(a["logp_ref"], abs=1e-9)
+    assert manifest["parent"] == "demo/v1" and manifest["derived"]["operation"] == "rescore"
+    assert (
+        manifest["models"]["policy"]["sha256"]
+        == store.read_manifest(v1)["models"]["reference"]["sha256"]
+    )
+    assert manifest["counts"]["fr"]["candidates"] == 9 and manifest["counts"]["fr"]["prompts"] == 3
+    assert "from parent version `demo/v1`" in (v2 / "README.md").read_text()
+
+
+def test_native_mode_uses_each_rows_own_instruction(v1):
+    v2, manifest = rescore(v1, scoring={"mode": "native"})
+    b = store.read_table(v2, "candidates")
+    assert b["scoring_prompt"] == b["instruction"] and manifest["scoring"]["mode"] == "native"
+    v3, _ = rescore(v2, scoring={"mode": "cross_lingual"})  # English rows restore the directive
+    assert (
+        store.read_table(v3, "candidates")["scoring_prompt"]
+        == store.read_table(v1, "candidates")["scoring_prompt"]
+    )
+
+
+def test_cross_lingual_rescore_needs_english_rows(v1, tmp_path):
+    from icr_data.card import render_card
+
+    m = store.read_manifest(v1)
+    fr_only = store.read_table(v1, "candidates").filter(lambda r: r["lang"] == "fr")
+    v = store.write_version(
+        tmp_path,
+        "x",
+        {"pairs": store.read_table(v1, "pairs"), "candidates": fr_only},
+        m,
+        render_card,
+    )
+    with pytest.raises(DeriveError, match="prompt_id demo-001 \\(fr\\) has no English candidates"):
+        rescore(v)
+
+
+def test_cli_rescore_with_beta(v1):
+    r = subprocess.run([sys.executable, "-m", "icr_data.cli", "score", str(v1), "--beta", "0.5"],
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    v = Path(r.stdout.strip().splitlines()[-1])
+    assert store.read_table(v, "candidates")["reward"] == pytest.approx(
+        [0.5 * x for x in store.read_table(v1, "candidates")["reward"]], abs=1e-9
+    )
+    bad = subprocess.run([sys.executable, "-m", "icr_data.cli", "score", str(v1), "--mode", "english"],
+                         capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2 and "--mode must be cross_lingual or native" in bad.stderr
