@@ -161,7 +161,7 @@ def main() -> None:
     )
     ap.add_argument("--models", default="smollm2,tiny", help="comma list of smollm2, tiny")
     ap.add_argument("--candidates", type=int, default=200)
-    ap.add_argument("--token-budget", type=int, default=8192)
+    ap.add_argument("--token-budget", type=int, default=None, help="default: the scorer's own")
     ap.add_argument("--methods", default="a,b,c")
     ap.add_argument("--worker", nargs=2, metavar=("MODEL_PATH", "METHOD"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -187,8 +187,8 @@ def main() -> None:
             for m in args.methods.split(","):
                 console.print(f"{name}: running ({m}) {METHODS[m]} ...")
                 proc = subprocess.run(
-                    [sys.executable, __file__, "--worker", path, m, "--candidates", str(args.candidates),
-                     "--token-budget", str(args.token_budget)],
+                    [sys.executable, __file__, "--worker", path, m, "--candidates", str(args.candidates)]
+                    + (["--token-budget", str(args.token_budget)] if args.token_budget else []),
                     capture_output=True, text=True, check=True,
                 )  # fmt: skip
                 results[m] = json.loads(proc.stdout.strip().splitlines()[-1])

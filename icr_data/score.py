@@ -137,12 +137,16 @@ def plan_batches(lengths: Sequence[int], token_budget: int, max_batch_size: int)
     return batches
 
 
+def default_token_budget(device: str) -> int:
+    return 16384 if device.startswith("cuda") else 4096
+
+
 def sequence_logps(
     model,
     rows: Sequence[Encoded],
     pad_id: int,
     device: str,
-    token_budget: int = 16384,
+    token_budget: int | None = None,
     max_batch_size: int = 64,
     advance: Callable[[int, int], None] | None = None,
     stats: ScoreStats | None = None,
@@ -154,7 +158,8 @@ def sequence_logps(
     """
     lengths = [len(r.prompt_ids) + len(r.response_ids) for r in rows]
     out = [0.0] * len(rows)
-    for idx in plan_batches(lengths, token_budget, max_batch_size):
+    budget = token_budget or default_token_budget(device)
+    for idx in plan_batches(lengths, budget, max_batch_size):
         t0 = time.perf_counter()
         sums = _batch_logps(model, [rows[i] for i in idx], pad_id, device)
         for i, v in zip(idx, sums.tolist()):
