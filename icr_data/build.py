@@ -14,6 +14,7 @@ recompute nothing).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import errno
 import platform
@@ -54,6 +55,7 @@ SCORING_CONVENTION = (
 CANDIDATE_COLUMNS = [
     "prompt_id", "lang", "instruction", "scoring_prompt", "sample_idx", "response",
     "finish_reason", "response_tokens", "logp_policy", "logp_ref", "reward", "reward_mean",
+    "lid_lang", "lid_score",
 ]  # fmt: skip
 GEN_COLUMNS = ["prompt_id", "lang", "instruction", "sample_idx", "response", "finish_reason"]
 ROLES = ("policy", "reference")
@@ -308,7 +310,9 @@ def assemble(plan: Plan) -> Dataset:
         lr = plan.work.load("logp", plan.logp_keys["reference"][s.index])
         beta = plan.recipe.scoring.beta
         parts.append(with_rewards(gen, lp["response_tokens"], lp["logp"], lr["logp"], beta))
-    return concatenate_datasets(parts).select_columns(CANDIDATE_COLUMNS)
+    from icr_data.langid import add_lid
+
+    return add_lid(concatenate_datasets(parts), plan.langs).select_columns(CANDIDATE_COLUMNS)
 
 
 def margin_summary(
@@ -350,9 +354,12 @@ def make_manifest(
     parent: str | None = None,
     skipped_english: dict[str, int] | None = None,
 ) -> dict:
-    drops = {lang: dict(d) for lang, d in stats.drops.items()}
+    funnel = {lang: dict(f) for lang, f in stats.funnel.items()}
     for lang, n in (skipped_english or {}).items():
-        drops.setdefault(lang, {})["prompt_without_english_row"] = n
+        f = funnel.setdefault(lang, {"prompts": 0, "candidates": 0, "kept_candidates": 0, "pairs": 0,
+                                     "dropped_candidates": {}, "prompts_without_pair": {},
+                                     "dropped_pairs": {}, "off_target_rate": None})  # fmt: skip
+        f["prompts_skipped"] = {"no_english_row": n}
     return {
         "dataset": recipe.dataset,
         "version": None,
@@ -384,12 +391,14 @@ def make_manifest(
             },
             "alphas": stats.alphas,
             "mean_length_diff": stats.mean_length_diff,
+            "length_margin_corr": stats.length_margin_corr,
+            "settings": dataclasses.asdict(recipe.pairing),
         },
         "counts": counts,
         "totals": {
             k: sum(c[k] for c in counts.values()) for k in ("prompts", "candidates", "pairs")
         },
-        "drops": drops,
+        "funnel": funnel,
         "margins": margins,
         "timings": timings,
         "hardware": hardware(),

@@ -64,5 +64,6 @@ def render_card(manifest: dict) -> str:
     )
     env.filters["language_name"] = language_name
     env.filters["fmt"] = lambda v: "-" if v is None else f"{v:.3f}"
+    env.filters["reasons"] = lambda d: ", ".join(f"{k} {v}" for k, v in d.items()) or "-"
     header = yaml.safe_dump(card_header(manifest), sort_keys=False, allow_unicode=True)
     return env.get_template("dataset_card.md").render(header=header, m=manifest)

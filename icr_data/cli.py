@@ -31,17 +31,25 @@ def _group() -> None:
 
 def summary_table(manifest: dict) -> Table:
     table = Table(title=f"{manifest['dataset']} {manifest['version']}")
-    for col in ("lang", "prompts", "candidates", "pairs", "margin mean", "margin median", "alpha"):
-        table.add_column(col, justify="left" if col == "lang" else "right")
+    cols = ("lang", "prompts", "candidates", "kept", "pairs", "off-target", "margin mean",
+            "margin median", "alpha", "dropped")  # fmt: skip
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("lang", "dropped") else "right")
 
     def fmt(v):
         return "-" if v is None else f"{v:.3f}"
 
     for lang, c in manifest["counts"].items():
         q = manifest["margins"][lang]
+        f = manifest.get("funnel", {}).get(lang, {})
         alpha = manifest["pairing"]["alphas"].get(lang)
-        table.add_row(lang, str(c["prompts"]), str(c["candidates"]), str(c["pairs"]),
-                      fmt(q["mean"]), fmt(q["median"]), fmt(alpha))  # fmt: skip
+        off = f.get("off_target_rate")
+        reasons = {**f.get("dropped_candidates", {}), **f.get("prompts_without_pair", {}),
+                   **f.get("dropped_pairs", {})}  # fmt: skip
+        table.add_row(lang, str(c["prompts"]), str(c["candidates"]), str(f.get("kept_candidates", "-")),
+                      str(c["pairs"]), "-" if off is None else f"{off:.0%}", fmt(q["mean"]),
+                      fmt(q["median"]), fmt(alpha),
+                      ", ".join(f"{k} {v}" for k, v in reasons.items()) or "-")  # fmt: skip
     return table
 
 
@@ -159,6 +167,53 @@ def score(
               "with a recipe use --set models.policy=... etc.")  # fmt: skip
     _run(source, store, set_, shard=shard, stages=("score",))
     err.print("[green]scoring done[/] for " + (f"shard {shard}" if shard else "all shards"))
+
+
+@app.command()
+def pair(
+    version_dir: Annotated[Path, typer.Argument(help="An existing version folder.")],
+    strategy: Annotated[
+        str | None,
+        typer.Option(help="max_min, max_random, top_bottom or threshold (default: the parent's)."),
+    ] = None,
+    filters: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma list of filters, e.g. truncated,empty,duplicate,off_target,tie "
+            "('' for none; default: the parent's)."
+        ),
+    ] = None,
+    k: Annotated[
+        int | None, typer.Option(help="top_bottom: pairs from the top k x bottom k.")
+    ] = None,
+    threshold: Annotated[float | None, typer.Option(help="threshold: minimum margin.")] = None,
+    min_margin: Annotated[float | None, typer.Option(help="Drop pairs below this margin.")] = None,
+    min_margin_quantile: Annotated[
+        float | None, typer.Option(help="Drop pairs below this per-language margin quantile.")
+    ] = None,
+    length_unit: Annotated[str | None, typer.Option(help="chars or tokens.")] = None,
+    version: VersionOpt = None,
+) -> None:
+    """Pair an existing version again (new strategy or filters) into a new version; candidates,
+    their responses and scores are reused, nothing is regenerated or rescored."""
+    from icr_data.derive import DeriveError, repair
+
+    if strategy not in (None, "max_min", "max_random", "top_bottom", "threshold"):
+        _fail(f"--strategy must be max_min, max_random, top_bottom or threshold, got {strategy!r}")
+    if length_unit not in (None, "chars", "tokens"):
+        _fail(f"--length-unit must be chars or tokens, got {length_unit!r}")
+    settings = {"rule": strategy, "k": k, "threshold": threshold, "min_margin": min_margin,
+                "min_margin_quantile": min_margin_quantile, "length_unit": length_unit}  # fmt: skip
+    settings = {key: v for key, v in settings.items() if v is not None}
+    if filters is not None:
+        settings["filters"] = [f.strip() for f in filters.split(",") if f.strip()]
+    try:
+        path, manifest = repair(version_dir, settings, name=version)
+    except (*_user_errors(), DeriveError) as e:
+        _fail(str(e))
+    from icr_data.build import Result
+
+    _report_version(Result(path, manifest, {}))
 
 
 @app.command()

@@ -89,14 +89,39 @@ class ScoringConfig:
     """auto: bfloat16 weights on CUDA, float32 on CPU. Sums are always accumulated in float32."""
 
 
+CANDIDATE_FILTERS = ("truncated", "empty", "duplicate", "repetition", "off_target")
+PAIR_FILTERS = ("chosen_eq_rejected", "tie")
+DEFAULT_FILTERS = list(CANDIDATE_FILTERS + PAIR_FILTERS)
+
+
 @dataclass
 class PairingConfig:
-    rule: Literal["max_min"] = "max_min"
+    rule: Literal["max_min", "max_random", "top_bottom", "threshold"] = "max_min"
+    """max_min: best vs worst (the paper's). max_random: best vs a random other. top_bottom:
+    every top-k x bottom-k pair. threshold: every pair whose margin is at least `threshold`."""
+    k: int = 2
+    """top_bottom: how many from each end."""
+    threshold: float = 0.0
+    """threshold rule: minimum reward margin of a pair."""
+    seed: int = 0
+    """max_random: the rejected response is drawn with a seed derived from this and the prompt."""
     length_control: bool = True
     """Choose alpha per language so that mean(len(chosen) - len(rejected)) is closest to 0."""
     length_unit: Literal["chars", "tokens"] = "chars"
     alpha_max: float = 1.0
     alpha_step: float = 0.001
+    filters: list[str] = field(default_factory=lambda: list(DEFAULT_FILTERS))
+    """Candidate filters (truncated, empty, duplicate, repetition, off_target) and pair filters
+    (chosen_eq_rejected, tie); each drop is counted by reason in the funnel."""
+    tie_epsilon: float = 1e-6
+    """tie filter: drop pairs with |margin| below this."""
+    min_margin: float | None = None
+    """Drop pairs whose margin is below this absolute value."""
+    min_margin_quantile: float | None = None
+    """Drop pairs whose margin is below this quantile (0..1) of their language's margins."""
+    repetition_ngram: int = 4
+    repetition_max: float = 0.5
+    """repetition filter: drop responses whose share of repeated word n-grams exceeds this."""
 
 
 @dataclass
@@ -250,3 +275,19 @@ def validate(recipe: Recipe, where: str = "recipe") -> None:
     p = recipe.pairing
     if p.alpha_step <= 0 or p.alpha_max < 0:
         raise RecipeError(f"{where}: 'pairing.alpha_step' must be > 0 and alpha_max >= 0")
+    validate_pairing(p, where)
+
+
+def validate_pairing(p: PairingConfig, where: str = "pairing") -> None:
+    known = CANDIDATE_FILTERS + PAIR_FILTERS
+    for f in p.filters:
+        if f not in known:
+            close = difflib.get_close_matches(f, known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise RecipeError(
+                f"{where}: unknown filter 'pairing.filters: {f}'{hint}; known: {', '.join(known)}"
+            )
+    if p.k < 1:
+        raise RecipeError(f"{where}: 'pairing.k' must be >= 1")
+    if p.min_margin_quantile is not None and not 0 <= p.min_margin_quantile <= 1:
+        raise RecipeError(f"{where}: 'pairing.min_margin_quantile' must be in [0, 1]")

@@ -73,6 +73,10 @@ def rescore(
     t0 = time.perf_counter()
     scored = score(candidates, resolved["policy"], resolved["reference"], recipe.scoring,
                    advance=advance, chat_template=recipe.models.chat_template)  # fmt: skip
+    if "lid_lang" not in scored.column_names:
+        from icr_data.langid import add_lid
+
+        scored = add_lid(scored, list(parent_manifest["counts"]))
     scored = scored.select_columns(CANDIDATE_COLUMNS)
     pairs, stats = make_pairs(scored, recipe.pairing)
     langs = list(parent_manifest["counts"])
@@ -87,5 +91,38 @@ def rescore(
     manifest["derived"] = {"operation": "rescore", "reused": ["candidates (responses)"]}
     dataset_dir = version_dir.parent
     path = store.write_version(dataset_dir.parent, dataset_dir.name, {"pairs": pairs, "candidates": scored},
+                               manifest, render_card, name=name)  # fmt: skip
+    return path, manifest
+
+
+def repair(
+    version: str | Path, pairing: dict | None = None, name: str | None = None
+) -> tuple[Path, dict]:
+    """Pair the parent's scored candidates again under new pairing settings (nothing regenerated
+    or rescored); write and return a new version."""
+    from icr_data.build import make_manifest, margin_summary
+    from icr_data.card import render_card
+    from icr_data.config import RecipeError, validate_pairing
+    from icr_data.pairs import make_pairs
+
+    version_dir = store.resolve_version(version)
+    parent_manifest, recipe = parent_recipe(version_dir)
+    if pairing:
+        recipe.pairing = dataclasses.replace(recipe.pairing, **pairing)
+    try:
+        validate_pairing(recipe.pairing, "icr-data pair")
+    except RecipeError as e:
+        raise DeriveError(str(e)) from None
+    candidates = store.read_table(version_dir, "candidates")
+    pairs, stats = make_pairs(candidates, recipe.pairing)
+    langs = list(parent_manifest["counts"])
+    prompts = Dataset.from_dict({"lang": [lang for lang, c in parent_manifest["counts"].items()
+                                          for _ in range(c["prompts"])]})  # fmt: skip
+    counts, margins = margin_summary(pairs, candidates, prompts, langs)
+    manifest = make_manifest(recipe, parent_manifest["models"], stats, counts, margins, {},
+                             parent=f"{parent_manifest['dataset']}/{parent_manifest['version']}")  # fmt: skip
+    manifest["derived"] = {"operation": "pair", "reused": ["candidates (responses and scores)"]}
+    dataset_dir = version_dir.parent
+    path = store.write_version(dataset_dir.parent, dataset_dir.name, {"pairs": pairs, "candidates": candidates},
                                manifest, render_card, name=name)  # fmt: skip
     return path, manifest

@@ -1,20 +1,28 @@
-"""Pair stage: one chosen/rejected pair per prompt from scored candidates.
+"""Pair stage: chosen/rejected pairs from scored candidates, with filters and a drop funnel.
 
 scored candidates Dataset -> pairs Dataset in TRL's conversational explicit-prompt format
 (prompt / chosen / rejected as message lists) + prompt_id, lang, chosen_reward, rejected_reward,
 margin, chosen_tokens, rejected_tokens, chosen_sample_idx, rejected_sample_idx.
 
-Rule `max_min` (the paper's): per prompt, chosen = argmax and rejected = argmin of
-reward - alpha * length, where alpha is chosen per language from the grid 0, step, ..., alpha_max
-so that mean(len(chosen) - len(rejected)) over that language's prompts is closest to zero (the
-smallest such alpha on ties). Length is in characters (default) or response tokens. Duplicate
-responses within a prompt count once (the lowest sample_idx); a prompt with fewer than two
-distinct responses, or whose scores do not separate two responses, yields no pair.
+1. Candidate filters, in this order, each a counted reason: truncated (finish_reason "length"),
+   empty, duplicate (same normalised text as an earlier sample of the prompt), repetition (share
+   of repeated word n-grams above `repetition_max`), off_target (language ID disagrees with the
+   prompt's language; needs `lid_lang`).
+2. Length control: per language, alpha from the grid 0, step, ..., alpha_max such that the mean
+   len(chosen) - len(rejected) of the max/min pairs is closest to zero (smallest alpha on ties);
+   responses are ranked by reward - alpha * length (characters, or tokens).
+3. Strategy: max_min (the paper's), max_random (best vs a seeded random other), top_bottom
+   (every top-k x bottom-k pair), threshold (every pair whose reward margin >= threshold).
+4. Pair filters: no_separation (the ranking does not separate two responses; always),
+   chosen_eq_rejected (same normalised text), tie (|margin| < tie_epsilon), below_min_margin,
+   below_margin_quantile (per language).
 `margin` is chosen_reward - rejected_reward (rewards before length control).
 """
 
 from __future__ import annotations
 
+import hashlib
+import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -39,12 +47,56 @@ PAIR_FEATURES = Features(
 )  # fmt: skip
 
 
+def _funnel() -> dict:
+    return {"prompts": 0, "candidates": 0, "kept_candidates": 0, "pairs": 0,
+            "dropped_candidates": {}, "prompts_without_pair": {}, "dropped_pairs": {},
+            "off_target_rate": None}  # fmt: skip
+
+
 @dataclass
 class PairStats:
     alphas: dict[str, float] = field(default_factory=dict)
     mean_length_diff: dict[str, dict[str, float]] = field(default_factory=dict)
-    """Per language: mean len(chosen) - len(rejected) at alpha 0 and at the chosen alpha."""
-    drops: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per language: mean len(chosen) - len(rejected) of max/min pairs at alpha 0 and chosen alpha."""
+    length_margin_corr: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    """Per language: correlation of length difference and margin, before (alpha 0, max/min) and
+    after (the final pairs)."""
+    funnel: dict[str, dict] = field(default_factory=dict)
+
+
+def normalise(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def repeated_ngram_ratio(text: str, n: int) -> float:
+    words = text.split()
+    if len(words) < 2 * n:
+        return 0.0
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return 1.0 - len(set(grams)) / len(grams)
+
+
+def _count(d: dict, reason: str, k: int = 1) -> None:
+    d[reason] = d.get(reason, 0) + k
+
+
+def candidate_drop(row: dict, seen: set[str], cfg: PairingConfig) -> str | None:
+    """The first candidate filter that drops `row`, or None; `seen` holds earlier kept texts."""
+    f = cfg.filters
+    if "truncated" in f and row.get("finish_reason") == "length":
+        return "truncated"
+    if "empty" in f and not row["response"].strip():
+        return "empty"
+    if "duplicate" in f and normalise(row["response"]) in seen:
+        return "duplicate"
+    if (
+        "repetition" in f
+        and repeated_ngram_ratio(row["response"], cfg.repetition_ngram) > cfg.repetition_max
+    ):
+        return "repetition"
+    if "off_target" in f and row.get("lid_lang") is not None and row["lid_lang"] != row["lang"]:
+        return "off_target"
+    return None
 
 
 def _alpha_grid(cfg: PairingConfig) -> np.ndarray:
@@ -54,23 +106,44 @@ def _alpha_grid(cfg: PairingConfig) -> np.ndarray:
     return np.arange(steps + 1) * cfg.alpha_step
 
 
-def _select(groups: list[tuple[np.ndarray, np.ndarray]], alphas: np.ndarray):
-    """argmax / argmin index per group and alpha: arrays of shape [groups, alphas]."""
-    best = np.empty((len(groups), len(alphas)), dtype=np.int64)
-    worst = np.empty_like(best)
+def choose_alpha(groups: list[tuple[np.ndarray, np.ndarray]], alphas: np.ndarray):
+    """Index into `alphas` minimising |mean length difference| of max/min pairs, the means."""
+    diffs = np.zeros((len(groups), len(alphas)))
     for g, (reward, length) in enumerate(groups):
         adjusted = reward[:, None] - alphas[None, :] * length[:, None]
-        best[g] = adjusted.argmax(axis=0)
-        worst[g] = adjusted.argmin(axis=0)
-    return best, worst
-
-
-def choose_alpha(groups: list[tuple[np.ndarray, np.ndarray]], alphas: np.ndarray):
-    """Index into `alphas` minimising |mean length difference|, and the mean at each alpha."""
-    best, worst = _select(groups, alphas)
-    diffs = np.stack([length[best[g]] - length[worst[g]] for g, (_, length) in enumerate(groups)])
+        diffs[g] = length[adjusted.argmax(axis=0)] - length[adjusted.argmin(axis=0)]
     mean = diffs.mean(axis=0)
-    return int(np.argmin(np.abs(mean))), mean, best, worst
+    return int(np.argmin(np.abs(mean))), mean
+
+
+def _corr(x: list[float], y: list[float]) -> float | None:
+    if len(x) < 2 or np.std(x) == 0 or np.std(y) == 0:
+        return None
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def _rng(cfg: PairingConfig, lang: str, prompt_id: str) -> random.Random:
+    digest = hashlib.sha256(f"{cfg.seed}\x1f{prompt_id}\x1f{lang}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def select(adjusted: np.ndarray, reward: np.ndarray, cfg: PairingConfig, rng: random.Random):
+    """(chosen, rejected) index pairs for one prompt under the strategy."""
+    n = len(adjusted)
+    best, worst = int(adjusted.argmax()), int(adjusted.argmin())
+    if cfg.rule == "max_min":
+        return [(best, worst)]
+    if cfg.rule == "max_random":
+        others = [i for i in range(n) if i != best]
+        return [(best, rng.choice(others))] if others else [(best, best)]
+    if cfg.rule == "top_bottom":
+        order = sorted(range(n), key=lambda i: (-adjusted[i], i))
+        top, bottom = order[: cfg.k], order[::-1][: cfg.k]
+        out = [(i, j) for i in top for j in bottom if i != j and adjusted[i] > adjusted[j]]
+        return out or [(best, worst)]
+    # threshold: every ordered pair whose reward margin clears the threshold
+    return [(i, j) for i in range(n) for j in range(n)
+            if i != j and reward[i] - reward[j] >= cfg.threshold and reward[i] > reward[j]]  # fmt: skip
 
 
 def make_pairs(candidates: Dataset, cfg: PairingConfig) -> tuple[Dataset, PairStats]:
@@ -78,39 +151,85 @@ def make_pairs(candidates: Dataset, cfg: PairingConfig) -> tuple[Dataset, PairSt
     by_prompt: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for row in candidates:
         by_prompt[(row["lang"], row["prompt_id"])].append(row)
-    by_lang: dict[str, list[list[dict]]] = defaultdict(list)
+
+    kept_by_lang: dict[str, list[list[dict]]] = defaultdict(list)
+    lid_total: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for (lang, _), rows in by_prompt.items():
-        stats.drops.setdefault(lang, {"fewer_than_two_distinct": 0, "no_separation": 0})
-        rows = sorted(rows, key=lambda r: r["sample_idx"])
-        distinct, seen = [], set()
-        for r in rows:
-            if r["response"] not in seen:
-                seen.add(r["response"])
-                distinct.append(r)
-        if len(distinct) < 2:
-            stats.drops[lang]["fewer_than_two_distinct"] += 1
+        funnel = stats.funnel.setdefault(lang, _funnel())
+        funnel["prompts"] += 1
+        seen: set[str] = set()
+        kept = []
+        for r in sorted(rows, key=lambda r: r["sample_idx"]):
+            funnel["candidates"] += 1
+            if r.get("lid_lang") is not None:
+                lid_total[lang][0] += r["lid_lang"] != lang
+                lid_total[lang][1] += 1
+            reason = candidate_drop(r, seen, cfg)
+            if reason:
+                _count(funnel["dropped_candidates"], reason)
+                continue
+            seen.add(normalise(r["response"]))
+            kept.append(r)
+        funnel["kept_candidates"] += len(kept)
+        if len(kept) < 2:
+            _count(funnel["prompts_without_pair"], "fewer_than_two_kept")
         else:
-            by_lang[lang].append(distinct)
+            kept_by_lang[lang].append(kept)
+    for lang, (off, total) in lid_total.items():
+        stats.funnel[lang]["off_target_rate"] = off / total if total else None
 
     alphas = _alpha_grid(cfg)
+    unit = "response_tokens" if cfg.length_unit == "tokens" else None
     out: list[dict] = []
-    for lang, prompts in by_lang.items():
-        unit = "response_tokens" if cfg.length_unit == "tokens" else None
+    for lang, prompts in kept_by_lang.items():
+        funnel = stats.funnel[lang]
         groups = [
-            (
-                np.array([r["reward"] for r in rows], dtype=np.float64),
-                np.array([r[unit] if unit else len(r["response"]) for r in rows], dtype=np.float64),
-            )
+            (np.array([r["reward"] for r in rows], dtype=np.float64),
+             np.array([r[unit] if unit else len(r["response"]) for r in rows], dtype=np.float64))
             for rows in prompts
-        ]
-        k, mean, best, worst = choose_alpha(groups, alphas)
-        stats.alphas[lang] = float(alphas[k])
+        ]  # fmt: skip
+        k, mean = choose_alpha(groups, alphas)
+        alpha = float(alphas[k])
+        stats.alphas[lang] = alpha
         stats.mean_length_diff[lang] = {"alpha_0": float(mean[0]), "chosen_alpha": float(mean[k])}
-        for g, rows in enumerate(prompts):
-            c, r = rows[best[g, k]], rows[worst[g, k]]
-            if c is r:
-                stats.drops[lang]["no_separation"] += 1
-                continue
+        before = [(length[reward.argmax()] - length[reward.argmin()], reward.max() - reward.min())
+                  for reward, length in groups]  # fmt: skip
+        lang_pairs = []
+        for rows, (reward, length) in zip(prompts, groups):
+            adjusted = reward - alpha * length
+            chosen = select(adjusted, reward, cfg, _rng(cfg, lang, rows[0]["prompt_id"]))
+            if not chosen:
+                _count(funnel["prompts_without_pair"], "no_pair_clears_threshold")
+            for i, j in chosen:
+                c, r = rows[i], rows[j]
+                margin = c["reward"] - r["reward"]
+                reason = None
+                if i == j or adjusted[i] <= adjusted[j] and cfg.rule != "threshold":
+                    reason = "no_separation"
+                elif "chosen_eq_rejected" in cfg.filters and normalise(c["response"]) == normalise(
+                    r["response"]
+                ):
+                    reason = "chosen_eq_rejected"
+                elif "tie" in cfg.filters and abs(margin) < cfg.tie_epsilon:
+                    reason = "tie"
+                elif cfg.min_margin is not None and margin < cfg.min_margin:
+                    reason = "below_min_margin"
+                if reason:
+                    _count(funnel["dropped_pairs"], reason)
+                    continue
+                lang_pairs.append((c, r, margin, length[i] - length[j]))
+        if cfg.min_margin_quantile is not None and lang_pairs:
+            cut = float(np.quantile([p[2] for p in lang_pairs], cfg.min_margin_quantile))
+            low = [p for p in lang_pairs if p[2] < cut]
+            if low:
+                _count(funnel["dropped_pairs"], "below_margin_quantile", len(low))
+            lang_pairs = [p for p in lang_pairs if p[2] >= cut]
+        stats.length_margin_corr[lang] = {
+            "before": _corr([b[0] for b in before], [b[1] for b in before]),
+            "after": _corr([p[3] for p in lang_pairs], [p[2] for p in lang_pairs]),
+        }
+        funnel["pairs"] = len(lang_pairs)
+        for c, r, margin, _ in lang_pairs:
             out.append(
                 {
                     "prompt_id": c["prompt_id"],
@@ -120,7 +239,7 @@ def make_pairs(candidates: Dataset, cfg: PairingConfig) -> tuple[Dataset, PairSt
                     "rejected": [{"role": "assistant", "content": r["response"]}],
                     "chosen_reward": c["reward"],
                     "rejected_reward": r["reward"],
-                    "margin": c["reward"] - r["reward"],
+                    "margin": margin,
                     "chosen_tokens": c["response_tokens"],
                     "rejected_tokens": r["response_tokens"],
                     "chosen_sample_idx": c["sample_idx"],

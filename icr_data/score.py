@@ -104,6 +104,7 @@ class ScoreStats:
     response_tokens: int = 0
     batches: int = 0
     seconds: float = 0.0
+    duplicates_skipped: int = 0
 
     @property
     def padding_waste(self) -> float:
@@ -156,24 +157,39 @@ def sequence_logps(
     Rows are batched longest first to a padded-token budget; `advance(rows, tokens)` is called
     after each batch and `stats` (if given) accumulates what was done.
     """
-    lengths = [len(r.prompt_ids) + len(r.response_ids) for r in rows]
-    out = [0.0] * len(rows)
+    # identical (prompt, response) rows, e.g. duplicate samples of one prompt, are scored once
+    first: dict[tuple, int] = {}
+    back = [
+        first.setdefault((tuple(r.prompt_ids), tuple(r.response_ids)), len(first)) for r in rows
+    ]
+    unique = []
+    for r, b in zip(rows, back):
+        if b == len(unique):  # first appearance
+            unique.append(r)
+    weight = [0] * len(unique)
+    for b in back:
+        weight[b] += 1
+    lengths = [len(r.prompt_ids) + len(r.response_ids) for r in unique]
+    scored = [0.0] * len(unique)
     budget = token_budget or default_token_budget(device)
     for idx in plan_batches(lengths, budget, max_batch_size):
         t0 = time.perf_counter()
-        sums = _batch_logps(model, [rows[i] for i in idx], pad_id, device)
+        sums = _batch_logps(model, [unique[i] for i in idx], pad_id, device)
         for i, v in zip(idx, sums.tolist()):
-            out[i] = v
+            scored[i] = v
         real = sum(lengths[i] for i in idx)
         if stats is not None:
             stats.rows += len(idx)
             stats.tokens += real
             stats.padded_tokens += len(idx) * max(lengths[i] for i in idx)
-            stats.response_tokens += sum(len(rows[i].response_ids) for i in idx)
+            stats.response_tokens += sum(len(unique[i].response_ids) for i in idx)
             stats.batches += 1
             stats.seconds += time.perf_counter() - t0
         if advance:
-            advance(len(idx), real)
+            advance(sum(weight[i] for i in idx), real)
+    if stats is not None:
+        stats.duplicates_skipped += len(rows) - len(unique)
+    out = [scored[b] for b in back]
     return out
 
 

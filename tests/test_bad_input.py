@@ -50,7 +50,7 @@ def test_missing_english_skip_is_counted(tmp_path, tiny_pair):
     result = build(recipe(tmp_path, tiny_pair, **skip))
     assert result.manifest["counts"]["de"]["prompts"] == 9
     assert result.manifest["counts"]["en"]["prompts"] == 9
-    assert result.manifest["drops"]["de"]["prompt_without_english_row"] == 1
+    assert result.manifest["funnel"]["de"]["prompts_skipped"] == {"no_english_row": 1}
 
 
 def test_malformed_parquet_is_named(tmp_path):

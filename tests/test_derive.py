@@ -78,3 +78,34 @@ def test_cli_rescore_with_beta(v1):
     bad = subprocess.run([sys.executable, "-m", "icr_data.cli", "score", str(v1), "--mode", "english"],
                          capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2 and "--mode must be cross_lingual or native" in bad.stderr
+
+
+def test_repair_reuses_candidates_and_records_parent(v1):
+    from icr_data.derive import repair
+
+    v2, manifest = repair(v1, {"rule": "top_bottom", "k": 2, "filters": ["empty"]})
+    a, b = store.read_table(v1, "candidates"), store.read_table(v2, "candidates")
+    assert b.to_list() == a.to_list()  # nothing regenerated or rescored
+    assert manifest["parent"] == "demo/v1" and manifest["derived"]["operation"] == "pair"
+    assert manifest["pairing"]["rule"] == "top_bottom" and manifest["pairing"]["settings"]["k"] == 2
+    pairs = store.read_table(v2, "pairs")
+    assert len(pairs) == sum(f["pairs"] for f in manifest["funnel"].values())
+    for p in pairs:
+        assert p["margin"] == pytest.approx(p["chosen_reward"] - p["rejected_reward"])
+    assert "| fr |" in (v2 / "README.md").read_text()
+
+
+def test_cli_pair_refuses_unknown_filter(v1):
+    r = subprocess.run([sys.executable, "-m", "icr_data.cli", "pair", str(v1), "--filters", "truncted"],
+                       capture_output=True, text=True)  # fmt: skip
+    assert (
+        r.returncode == 2
+        and "unknown filter 'pairing.filters: truncted' (did you mean 'truncated'?)" in r.stderr
+    )
+    r = subprocess.run([sys.executable, "-m", "icr_data.cli", "pair", str(v1), "--strategy", "max_random"],
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (
+        store.read_manifest(Path(r.stdout.strip().splitlines()[-1]))["pairing"]["rule"]
+        == "max_random"
+    )

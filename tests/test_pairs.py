@@ -1,19 +1,29 @@
-"""Pairing on hand-made tables: the known argmax/argmin and the per-language alpha."""
+"""Pairing on hand-made tables: exact pairs, alphas and funnel counts for every strategy and filter."""
 
 import pytest
 from datasets import Dataset
 
 from icr_data.config import PairingConfig
-from icr_data.pairs import make_pairs
+from icr_data.pairs import make_pairs, repeated_ngram_ratio
+
+
+def cand(pid, idx, reward, text, lang="en", finish="stop", lid=None, tokens=None):
+    return {"prompt_id": pid, "lang": lang, "instruction": f"instr {pid}", "sample_idx": idx,
+            "response": text, "reward": reward, "response_tokens": tokens if tokens is not None else len(text) // 2,
+            "finish_reason": finish, "lid_lang": lid}  # fmt: skip
 
 
 def rows(lang, pid, rewards, lengths, texts=None):
     texts = texts or [chr(ord("a") + i) * n for i, n in enumerate(lengths)]
-    return [
-        {"prompt_id": pid, "lang": lang, "instruction": f"instr {pid}", "sample_idx": i,
-         "response": t, "reward": r, "response_tokens": n // 2}
-        for i, (r, n, t) in enumerate(zip(rewards, lengths, texts))
-    ]  # fmt: skip
+    return [cand(pid, i, r, t, lang) for i, (r, t) in enumerate(zip(rewards, texts))]
+
+
+def run(table, **cfg):
+    return make_pairs(Dataset.from_list(table), PairingConfig(**cfg))
+
+
+def idx(pairs):
+    return [(p["prompt_id"], p["chosen_sample_idx"], p["rejected_sample_idx"]) for p in pairs]
 
 
 # es/p1: the reward favours the longest response. Crossings of reward - alpha * len:
@@ -30,45 +40,211 @@ TABLE = (
 )
 
 
-def by_prompt(pairs):
-    return {r["prompt_id"]: r for r in pairs}
-
-
-def test_max_min_with_length_control():
-    pairs, stats = make_pairs(Dataset.from_list(TABLE), PairingConfig())
+def test_max_min_with_length_control_and_funnel():
+    pairs, stats = run(TABLE)
     assert stats.alphas["es"] == pytest.approx(0.040)
     assert stats.mean_length_diff["es"] == {"alpha_0": 10.0, "chosen_alpha": 5.0}
-    p = by_prompt(pairs)
-    assert (p["p1"]["chosen_sample_idx"], p["p1"]["rejected_sample_idx"]) == (2, 0)
-    assert (p["p2"]["chosen_sample_idx"], p["p2"]["rejected_sample_idx"]) == (1, 0)
-    assert (p["q3"]["chosen_sample_idx"], p["q3"]["rejected_sample_idx"]) == (1, 0)
-    assert p["p1"]["margin"] == pytest.approx(0.6055)
-    assert p["q3"]["margin"] == pytest.approx(1.5)
+    assert idx(pairs) == [("p1", 2, 0), ("p2", 1, 0), ("q3", 1, 0)]
+    p = {r["prompt_id"]: r for r in pairs}
+    assert p["p1"]["margin"] == pytest.approx(0.6055) and p["q3"]["margin"] == pytest.approx(1.5)
     assert p["p1"]["chosen"] == [{"role": "assistant", "content": "c" * 20}]
     assert p["p1"]["rejected"] == [{"role": "assistant", "content": "a" * 10}]
     assert p["p1"]["prompt"] == [{"role": "user", "content": "instr p1"}]
     assert (p["p1"]["chosen_tokens"], p["p1"]["rejected_tokens"]) == (10, 5)
-    assert stats.drops["de"] == {"fewer_than_two_distinct": 1, "no_separation": 1}
-    assert stats.drops["es"] == {"fewer_than_two_distinct": 0, "no_separation": 0}
-    assert len(pairs) == 3
+    de = stats.funnel["de"]
+    assert (de["prompts"], de["candidates"], de["kept_candidates"], de["pairs"]) == (3, 7, 6, 1)
+    assert de["dropped_candidates"] == {"duplicate": 1}
+    assert de["prompts_without_pair"] == {"fewer_than_two_kept": 1}
+    assert de["dropped_pairs"] == {"no_separation": 1}
+    assert stats.funnel["es"]["pairs"] == 2 and stats.funnel["es"]["off_target_rate"] is None
+    # before: alpha 0 pairs (length diff 20, margin 1.0; 0, 2.0) -> corr -1; after: one kind of pair
+    assert stats.length_margin_corr["es"]["before"] == pytest.approx(-1.0)
 
 
-def test_without_length_control_is_plain_argmax_argmin():
-    pairs, stats = make_pairs(Dataset.from_list(TABLE), PairingConfig(length_control=False))
-    assert stats.alphas == {"es": 0.0, "de": 0.0}
-    p = by_prompt(pairs)
-    assert (p["p1"]["chosen_sample_idx"], p["p1"]["rejected_sample_idx"]) == (1, 0)
-    assert p["p1"]["margin"] == pytest.approx(1.0)
-
-
-def test_length_in_tokens():
-    # token lengths are half the character lengths: the crossing points double, so the
-    # first grid point with mean difference 5 (in tokens: 2.5 of 5/10) is 0.079
-    pairs, stats = make_pairs(Dataset.from_list(TABLE), PairingConfig(length_unit="tokens"))
+def test_without_length_control_and_in_tokens():
+    pairs, stats = run(TABLE, length_control=False)
+    assert stats.alphas == {"es": 0.0, "de": 0.0} and idx(pairs)[0] == ("p1", 1, 0)
+    # token lengths are half the characters: crossings double; first grid point past 0.0789
+    _, stats = run(TABLE, length_unit="tokens")
     assert stats.alphas["es"] == pytest.approx(0.079)
 
 
+FIVE = [cand("p", i, r, f"answer number {i}") for i, r in enumerate([0.1, 0.9, 0.5, 0.3, 0.7])]
+
+
+@pytest.mark.parametrize(
+    "cfg, expected",
+    [
+        ({"rule": "max_min"}, [("p", 1, 0)]),
+        ({"rule": "top_bottom", "k": 2}, [("p", 1, 0), ("p", 1, 3), ("p", 4, 0), ("p", 4, 3)]),
+        ({"rule": "top_bottom", "k": 1}, [("p", 1, 0)]),
+        ({"rule": "threshold", "threshold": 0.45}, [("p", 1, 0), ("p", 1, 3), ("p", 4, 0)]),
+        ({"rule": "max_min", "min_margin": 0.85}, []),
+        (
+            {"rule": "top_bottom", "k": 2, "min_margin": 0.5},
+            [("p", 1, 0), ("p", 1, 3), ("p", 4, 0)],
+        ),
+        (
+            {"rule": "top_bottom", "k": 2, "min_margin_quantile": 0.3},
+            [("p", 1, 0), ("p", 1, 3), ("p", 4, 0)],
+        ),
+    ],
+)
+def test_strategies(cfg, expected):
+    pairs, stats = run(FIVE, length_control=False, **cfg)
+    assert idx(pairs) == expected
+    assert stats.funnel["en"]["pairs"] == len(expected)
+
+
+def test_margin_filters_are_counted():
+    _, stats = run(FIVE, length_control=False, rule="top_bottom", k=2, min_margin=0.5)
+    assert stats.funnel["en"]["dropped_pairs"] == {"below_min_margin": 1}
+    _, stats = run(FIVE, length_control=False, rule="top_bottom", k=2, min_margin_quantile=0.3)
+    assert stats.funnel["en"]["dropped_pairs"] == {"below_margin_quantile": 1}
+    _, stats = run(FIVE, length_control=False, rule="threshold", threshold=5.0)
+    assert stats.funnel["en"]["prompts_without_pair"] == {"no_pair_clears_threshold": 1}
+
+
+def test_max_random_is_seeded_per_prompt():
+    pairs, _ = run(FIVE, length_control=False, rule="max_random")
+    ((pid, chosen, rejected),) = idx(pairs)
+    assert chosen == 1 and rejected in {0, 2, 3, 4}
+    assert idx(run(FIVE, length_control=False, rule="max_random")[0]) == idx(pairs)  # reproducible
+    drawn = {
+        idx(run(FIVE, length_control=False, rule="max_random", seed=s)[0])[0][2] for s in range(12)
+    }
+    assert len(drawn) > 1 and 1 not in drawn
+
+
+@pytest.mark.parametrize(
+    "name, table, cfg, pairs, dropped_candidates, without_pair, dropped_pairs",
+    [
+        ("N=1", [cand("p", 0, 1.0, "only one")], {}, 0, {}, {"fewer_than_two_kept": 1}, {}),
+        (
+            "all ties",
+            [cand("p", i, 1.0, f"text {i}") for i in range(3)],
+            {},
+            0,
+            {},
+            {},
+            {"no_separation": 1},
+        ),
+        (
+            "near tie",
+            [cand("p", 0, 1.0, "one"), cand("p", 1, 1.0 + 1e-9, "two")],
+            {},
+            0,
+            {},
+            {},
+            {"tie": 1},
+        ),
+        (
+            "all truncated",
+            [cand("p", i, i, f"cut {i}", finish="length") for i in range(3)],
+            {},
+            0,
+            {"truncated": 3},
+            {"fewer_than_two_kept": 1},
+            {},
+        ),
+        (
+            "truncated kept when not filtered",
+            [cand("p", i, i, f"cut {i}", finish="length") for i in range(3)],
+            {"filters": ["empty"]},
+            1,
+            {},
+            {},
+            {},
+        ),
+        (
+            "all off-target",
+            [cand("p", i, i, f"hola {i}", lid="es") for i in range(3)],
+            {},
+            0,
+            {"off_target": 3},
+            {"fewer_than_two_kept": 1},
+            {},
+        ),
+        (
+            "identical samples",
+            [cand("p", i, i, "Same answer.") for i in range(4)],
+            {},
+            0,
+            {"duplicate": 3},
+            {"fewer_than_two_kept": 1},
+            {},
+        ),
+        (
+            "normalised duplicate",
+            [
+                cand("p", 0, 0.0, "Same  answer."),
+                cand("p", 1, 1.0, "same answer. "),
+                cand("p", 2, 2.0, "other"),
+            ],
+            {},
+            1,
+            {"duplicate": 1},
+            {},
+            {},
+        ),
+        (
+            "empty",
+            [cand("p", 0, 0.0, "  "), cand("p", 1, 1.0, "x"), cand("p", 2, 2.0, "y")],
+            {},
+            1,
+            {"empty": 1},
+            {},
+            {},
+        ),
+        (
+            "repetition",
+            [
+                cand("p", 0, 5.0, "la di da dum " * 10),
+                cand("p", 1, 1.0, "a fine answer"),
+                cand("p", 2, 0.0, "another fine answer"),
+            ],
+            {},
+            1,
+            {"repetition": 1},
+            {},
+            {},
+        ),
+        (
+            "chosen == rejected after normalising",
+            [cand("p", 0, 0.0, "Hello"), cand("p", 1, 1.0, "hello ")],
+            {"filters": ["chosen_eq_rejected"]},
+            0,
+            {},
+            {},
+            {"chosen_eq_rejected": 1},
+        ),
+    ],
+)
+def test_filters(name, table, cfg, pairs, dropped_candidates, without_pair, dropped_pairs):
+    out, stats = run(table, length_control=False, **cfg)
+    f = stats.funnel["en"]
+    assert len(out) == f["pairs"] == pairs
+    assert f["dropped_candidates"] == dropped_candidates
+    assert f["prompts_without_pair"] == without_pair
+    assert f["dropped_pairs"] == dropped_pairs
+    assert f["candidates"] == len(table) and f["kept_candidates"] == len(table) - sum(
+        dropped_candidates.values()
+    )
+
+
+def test_off_target_rate_counts_every_candidate():
+    table = [cand("p", 0, 0.0, "a", lid="en"), cand("p", 1, 1.0, "b", lid="de"),
+             cand("p", 2, 2.0, "c", lid="en", finish="length"), cand("p", 3, 3.0, "d", lid="fr")]  # fmt: skip
+    _, stats = run(table, length_control=False)
+    assert stats.funnel["en"]["off_target_rate"] == pytest.approx(0.5)
+
+
+def test_repeated_ngram_ratio():
+    assert repeated_ngram_ratio("one two three four five six seven eight", 4) == 0.0
+    assert repeated_ngram_ratio("a b c d " * 10, 4) == pytest.approx(1 - 4 / 37)
+    assert repeated_ngram_ratio("too short", 4) == 0.0
+
+
 def test_no_pairs_gives_empty_dataset_with_columns():
-    pairs, stats = make_pairs(Dataset.from_list(TABLE[5:7]), PairingConfig())
+    pairs, _ = run(TABLE[5:7])
     assert len(pairs) == 0 and pairs.features["margin"].dtype == "float64"
-    assert stats.drops["de"]["fewer_than_two_distinct"] == 1

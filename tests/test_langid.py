@@ -1,0 +1,48 @@
+"""Language ID on a handful of sentences per language, restricted to the languages in play."""
+
+import pytest
+from datasets import Dataset
+
+from icr_data.langid import add_lid, identify
+
+SENTENCES = {
+    "en": ["The weather is lovely today, so we are going for a walk in the park.",
+           "Please remember to bring your notebook to the meeting on Friday.",
+           "Photosynthesis turns sunlight, water and carbon dioxide into sugar."],
+    "es": ["Hoy hace un tiempo estupendo, así que vamos a pasear por el parque.",
+           "Por favor, recuerda traer tu cuaderno a la reunión del viernes.",
+           "La fotosíntesis convierte la luz del sol, el agua y el dióxido de carbono en azúcar."],
+    "de": ["Heute ist das Wetter herrlich, also gehen wir im Park spazieren.",
+           "Bitte denk daran, dein Notizbuch zum Treffen am Freitag mitzubringen.",
+           "Die Photosynthese verwandelt Sonnenlicht, Wasser und Kohlendioxid in Zucker."],
+    "fr": ["Il fait un temps magnifique aujourd'hui, alors nous allons nous promener au parc.",
+           "N'oubliez pas d'apporter votre carnet à la réunion de vendredi.",
+           "La photosynthèse transforme la lumière du soleil, l'eau et le dioxyde de carbone en sucre."],
+    "ru": ["Сегодня прекрасная погода, поэтому мы идём гулять в парк.",
+           "Пожалуйста, не забудьте взять блокнот на встречу в пятницу.",
+           "Фотосинтез превращает солнечный свет, воду и углекислый газ в сахар."],
+}  # fmt: skip
+
+
+def test_every_sentence_is_identified():
+    texts = [t for ts in SENTENCES.values() for t in ts]
+    truth = [lang for lang, ts in SENTENCES.items() for _ in ts]
+    got, scores = identify(texts, list(SENTENCES))
+    assert got == truth
+    assert all(0.5 < s <= 1.0 for s in scores)
+
+
+def test_empty_and_single_language():
+    got, scores = identify(["", "Hola amigo"], ["en", "es"])
+    assert got[0] is None and scores[0] == 0.0 and got[1] == "es"
+    assert identify(["Hello there"], ["en"]) == ([None], [0.0])  # nothing to tell apart
+
+
+def test_add_lid_marks_off_target_rows():
+    ds = Dataset.from_list([
+        {"lang": "de", "response": SENTENCES["de"][0]},
+        {"lang": "de", "response": SENTENCES["en"][1]},  # answered in English: off-target
+    ])  # fmt: skip
+    out = add_lid(ds, ["de", "fr"])
+    assert out["lid_lang"] == ["de", "en"]
+    assert out["lid_score"][0] == pytest.approx(out["lid_score"][0]) and out["lid_score"][0] > 0.5
