@@ -22,6 +22,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 err = Console(stderr=True)
+if not err.is_terminal:  # logs and pipes: do not cut the summary table at 80 columns
+    err.width = 160
 
 
 @app.callback()
