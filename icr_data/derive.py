@@ -1,10 +1,11 @@
-"""New versions from existing ones, without regenerating: rescore with another reward pair.
+"""New versions from existing ones, without regenerating: rescore, or pair again.
 
     icr-data score icr_store/demo/v1 --policy P --reference R [--mode native] [--beta 0.1]
+    icr-data pair icr_store/demo/v1 --strategy top_bottom --k 2 [--filters truncated,empty]
 
 The candidates of the parent version are read back (responses are never regenerated), scored
-under the new pair, paired with the parent's pairing rule, and written as a new version of the
-same dataset whose manifest names its parent.
+under the new pair (rescore) or reused as they are (pair), paired, and written as a new version of
+the same dataset whose manifest names its parent.
 """
 
 from __future__ import annotations
@@ -52,9 +53,7 @@ def rescore(
     advance=None,
 ) -> tuple[Path, dict]:
     """Score the parent's candidates under a (new) reward pair; write and return a new version."""
-    from icr_data.build import CANDIDATE_COLUMNS, make_manifest, margin_summary
-    from icr_data.card import render_card
-    from icr_data.pairs import make_pairs
+    from icr_data.build import CANDIDATE_COLUMNS
     from icr_data.score import score
 
     version_dir = store.resolve_version(version)
@@ -78,20 +77,11 @@ def rescore(
 
         scored = add_lid(scored, list(parent_manifest["counts"]))
     scored = scored.select_columns(CANDIDATE_COLUMNS)
-    pairs, stats = make_pairs(scored, recipe.pairing)
-    langs = list(parent_manifest["counts"])
-    prompts = Dataset.from_dict({"lang": [lang for lang, c in parent_manifest["counts"].items()
-                                          for _ in range(c["prompts"])]})  # fmt: skip
-    counts, margins = margin_summary(pairs, scored, prompts, langs)
     ids = dict(parent_manifest["models"])
     ids.update({r: models.identity(getattr(recipe.models, r), p) for r, p in resolved.items()})
-    manifest = make_manifest(recipe, ids, stats, counts, margins,
-                             {"score_s": round(time.perf_counter() - t0, 2)},
-                             parent=f"{parent_manifest['dataset']}/{parent_manifest['version']}")  # fmt: skip
-    manifest["derived"] = {"operation": "rescore", "reused": ["candidates (responses)"]}
-    dataset_dir = version_dir.parent
-    path = store.write_version(dataset_dir.parent, dataset_dir.name, {"pairs": pairs, "candidates": scored},
-                               manifest, render_card, name=name)  # fmt: skip
+    timings = {"score_s": round(time.perf_counter() - t0, 2)}
+    path, manifest = write_child(version_dir, parent_manifest, recipe, scored, ids, timings,
+                                 {"operation": "rescore", "reused": ["candidates (responses)"]}, name)  # fmt: skip
     return path, manifest
 
 
@@ -100,10 +90,7 @@ def repair(
 ) -> tuple[Path, dict]:
     """Pair the parent's scored candidates again under new pairing settings (nothing regenerated
     or rescored); write and return a new version."""
-    from icr_data.build import make_manifest, margin_summary
-    from icr_data.card import render_card
     from icr_data.config import RecipeError, validate_pairing
-    from icr_data.pairs import make_pairs
 
     version_dir = store.resolve_version(version)
     parent_manifest, recipe = parent_recipe(version_dir)
@@ -114,14 +101,28 @@ def repair(
     except RecipeError as e:
         raise DeriveError(str(e)) from None
     candidates = store.read_table(version_dir, "candidates")
+    return write_child(version_dir, parent_manifest, recipe, candidates, parent_manifest["models"], {},
+                       {"operation": "pair", "reused": ["candidates (responses and scores)"]}, name)  # fmt: skip
+
+
+def write_child(
+    version_dir: Path, parent_manifest: dict, recipe: Recipe, candidates: Dataset, model_ids: dict,
+    timings: dict, derived: dict, name: str | None,
+) -> tuple[Path, dict]:  # fmt: skip
+    """Pair `candidates` under `recipe` and write them as a new version whose parent is the given one."""
+    from icr_data.build import make_manifest, margin_summary
+    from icr_data.card import render_card
+    from icr_data.pairs import make_pairs
+
     pairs, stats = make_pairs(candidates, recipe.pairing)
-    langs = list(parent_manifest["counts"])
-    prompts = Dataset.from_dict({"lang": [lang for lang, c in parent_manifest["counts"].items()
-                                          for _ in range(c["prompts"])]})  # fmt: skip
-    counts, margins = margin_summary(pairs, candidates, prompts, langs)
-    manifest = make_manifest(recipe, parent_manifest["models"], stats, counts, margins, {},
+    counts = parent_manifest["counts"]
+    prompts = Dataset.from_dict(
+        {"lang": [lang for lang, c in counts.items() for _ in range(c["prompts"])]}
+    )
+    counts, margins = margin_summary(pairs, candidates, prompts, list(counts))
+    manifest = make_manifest(recipe, model_ids, stats, counts, margins, timings,
                              parent=f"{parent_manifest['dataset']}/{parent_manifest['version']}")  # fmt: skip
-    manifest["derived"] = {"operation": "pair", "reused": ["candidates (responses and scores)"]}
+    manifest["derived"] = derived
     dataset_dir = version_dir.parent
     path = store.write_version(dataset_dir.parent, dataset_dir.name, {"pairs": pairs, "candidates": candidates},
                                manifest, render_card, name=name)  # fmt: skip
