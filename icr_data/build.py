@@ -42,7 +42,7 @@ from icr_data import models, store
 from icr_data.card import render_card
 from icr_data.config import Recipe
 from icr_data.languages import DIRECTIVE
-from icr_data.pairs import PairStats, make_pairs
+from icr_data.pairs import PairStats, empty_funnel, make_pairs
 from icr_data.prompts import load_prompts
 from icr_data.score import with_rewards
 from icr_data.shards import Shard, WorkDir, digest, mine, plan_shards
@@ -76,6 +76,8 @@ class Plan:
     rows_of: dict[int, list[int]]
     work: WorkDir
     skipped_english: dict[str, int]
+    tokenizer: object
+    """The reward pair's shared tokenizer (checked in make_plan)."""
     gen_keys: dict[int, str] = field(default_factory=dict)
     logp_keys: dict[str, dict[int, str]] = field(default_factory=dict)
 
@@ -126,15 +128,16 @@ def _writing(what: Path):
         raise store.StoreError(f"cannot write {what}: {e.strerror}{hint}") from None
 
 
-def _check_models(recipe: Recipe, resolved: dict[str, str]) -> None:
-    """Refuse, before any work, a reward pair that cannot be scored together or a missing template."""
+def _check_models(recipe: Recipe, resolved: dict[str, str]):
+    """Refuse, before any work, a reward pair that cannot be scored together or a missing
+    template; return the pair's tokenizer."""
     from icr_data.chat import render_prompt
 
     template = recipe.models.chat_template
-    toks = {role: models.load_tokenizer(resolved[role], template) for role in resolved}
-    for tok in toks.values():
-        render_prompt(tok, "x")  # raises TemplateError naming the model if it has no template
-    models.check_same_tokenizer(toks["policy"], toks["reference"])
+    tok = models.pair_tokenizer(resolved["policy"], resolved["reference"], template)
+    for t in (models.load_tokenizer(resolved["generator"], template), tok):
+        render_prompt(t, "x")  # raises TemplateError naming the model if it has no template
+    return tok
 
 
 def make_plan(recipe: Recipe) -> Plan:
@@ -145,7 +148,7 @@ def make_plan(recipe: Recipe) -> Plan:
     ids = {
         role: models.identity(getattr(recipe.models, role), path) for role, path in resolved.items()
     }
-    _check_models(recipe, resolved)
+    tokenizer = _check_models(recipe, resolved)
     skipped: dict[str, int] = {}
     prompts = load_prompts(recipe.prompts, recipe.scoring, skipped)
     langs = [lang for lang in recipe.prompts.languages if lang in set(prompts["lang"])]
@@ -155,7 +158,7 @@ def make_plan(recipe: Recipe) -> Plan:
     for i, pid in enumerate(prompts["prompt_id"]):
         rows_of[shard_of[pid]].append(i)
     work = WorkDir(Path(recipe.store) / recipe.dataset / ".work")
-    plan = Plan(recipe, resolved, ids, prompts, langs, shards, rows_of, work, skipped)
+    plan = Plan(recipe, resolved, ids, prompts, langs, shards, rows_of, work, skipped, tokenizer)
 
     s, sc = recipe.sampling, recipe.scoring
     sampling = {
@@ -184,10 +187,9 @@ def make_plan(recipe: Recipe) -> Plan:
 def run_generate(plan: Plan, part, console: Console, progress: Progress) -> dict[str, int]:
     from icr_data.generate import open_backend, sample
 
-    todo = [
-        s for s in mine(plan.shards, part) if not plan.work.done("generate", plan.gen_keys[s.index])
-    ]
-    report = {"done": len(todo), "skipped": len(mine(plan.shards, part)) - len(todo)}
+    shards = mine(plan.shards, part)
+    todo = [s for s in shards if not plan.work.done("generate", plan.gen_keys[s.index])]
+    report = {"done": len(todo), "skipped": len(shards) - len(todo)}
     if report["skipped"]:
         console.print(f"generate: {report['skipped']} shard(s) finished earlier, skipped")
     if not todo:
@@ -237,9 +239,7 @@ def run_score(plan: Plan, part, console: Console, progress: Progress) -> dict[st
 
     shards = mine(plan.shards, part)
     _need_generation(plan, shards, "score")
-    cfg, template = plan.recipe.scoring, plan.recipe.models.chat_template
-    tok = models.load_tokenizer(plan.resolved["policy"], template)
-    models.check_same_tokenizer(tok, models.load_tokenizer(plan.resolved["reference"], template))
+    cfg, tok = plan.recipe.scoring, plan.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     device = models.pick_device(cfg.device)
     dtype = models.pick_dtype(cfg.dtype, device)
@@ -292,13 +292,12 @@ def run_score(plan: Plan, part, console: Console, progress: Progress) -> dict[st
 
 def assemble(plan: Plan) -> Dataset:
     """The candidates table of the whole recipe, from finished shards, in shard order."""
-    missing = [
-        f"{s.index} ({stage})"
-        for s in plan.shards
-        for stage, key in [("generate", plan.gen_keys[s.index])]
-        + [(f"logp/{r}", plan.logp_keys[r][s.index]) for r in ROLES]
-        if not plan.work.done(stage.split("/")[0], key)
-    ]
+    missing = []
+    for s in plan.shards:
+        if not plan.work.done("generate", plan.gen_keys[s.index]):
+            missing.append(f"{s.index} (generate)")
+        missing += [f"{s.index} (logp/{r})" for r in ROLES
+                    if not plan.work.done("logp", plan.logp_keys[r][s.index])]  # fmt: skip
     if missing:
         raise MissingWork(
             f"unfinished shard(s): {', '.join(missing)}; run `icr-data generate` and `icr-data score` for them (or `icr-data build`)"
@@ -356,10 +355,7 @@ def make_manifest(
 ) -> dict:
     funnel = {lang: dict(f) for lang, f in stats.funnel.items()}
     for lang, n in (skipped_english or {}).items():
-        f = funnel.setdefault(lang, {"prompts": 0, "candidates": 0, "kept_candidates": 0, "pairs": 0,
-                                     "dropped_candidates": {}, "prompts_without_pair": {},
-                                     "dropped_pairs": {}, "off_target_rate": None})  # fmt: skip
-        f["prompts_skipped"] = {"no_english_row": n}
+        funnel.setdefault(lang, empty_funnel())["prompts_skipped"] = {"no_english_row": n}
     return {
         "dataset": recipe.dataset,
         "version": None,

@@ -93,10 +93,10 @@ def _run(recipe: Path, store: str | None, set_: list[str] | None, **kwargs):
         _fail(str(e))
 
 
-def _report_version(result) -> None:
-    err.print(summary_table(result.manifest))
-    err.print(f"[green]wrote[/] {result.path}")
-    print(result.path)
+def _report_version(path: Path, manifest: dict) -> None:
+    err.print(summary_table(manifest))
+    err.print(f"[green]wrote[/] {path}")
+    print(path)
 
 
 @app.command()
@@ -107,7 +107,8 @@ def build(
     write a new immutable dataset version with its card. Prints the version's path.
 
     Work is saved shard by shard: after a crash, the same command skips finished shards."""
-    _report_version(_run(recipe, store, set_, version=version))
+    result = _run(recipe, store, set_, version=version)
+    _report_version(result.path, result.manifest)
 
 
 @app.command()
@@ -147,7 +148,7 @@ def score(
     With a recipe: score its generated shards (all, or I mod N with --shard I/N).
     With a version folder: rescore its candidates (no regeneration) and write a new version."""
     if (source / "manifest.json").is_file():
-        from icr_data.derive import DeriveError, rescore
+        from icr_data.derive import rescore
 
         if mode not in (None, "cross_lingual", "native"):
             _fail(f"--mode must be cross_lingual or native, got {mode!r}")
@@ -158,11 +159,9 @@ def score(
         }
         try:
             path, manifest = rescore(source, policy, reference, scoring, name=version)
-        except (*_user_errors(), DeriveError) as e:
+        except _user_errors() as e:
             _fail(str(e))
-        from icr_data.build import Result
-
-        _report_version(Result(path, manifest, {}))
+        _report_version(path, manifest)
         return
     if policy or reference or mode or beta is not None or count_eot is not None:
         _fail("--policy/--reference/--mode/--beta/--count-eot rescore a version folder; "
@@ -198,7 +197,7 @@ def pair(
 ) -> None:
     """Pair an existing version again (new strategy or filters) into a new version; candidates,
     their responses and scores are reused, nothing is regenerated or rescored."""
-    from icr_data.derive import DeriveError, repair
+    from icr_data.derive import repair
 
     if strategy not in (None, "max_min", "max_random", "top_bottom", "threshold"):
         _fail(f"--strategy must be max_min, max_random, top_bottom or threshold, got {strategy!r}")
@@ -211,11 +210,9 @@ def pair(
         settings["filters"] = [f.strip() for f in filters.split(",") if f.strip()]
     try:
         path, manifest = repair(version_dir, settings, name=version)
-    except (*_user_errors(), DeriveError) as e:
+    except _user_errors() as e:
         _fail(str(e))
-    from icr_data.build import Result
-
-    _report_version(Result(path, manifest, {}))
+    _report_version(path, manifest)
 
 
 @app.command()
@@ -223,16 +220,18 @@ def merge(
     recipe: RecipeArg, store: StoreOpt = None, version: VersionOpt = None, set_: SetOpt = None
 ) -> None:
     """Pair the finished shards of RECIPE and write a new version (after generate/score --shard)."""
-    _report_version(_run(recipe, store, set_, version=version, stages=("merge",)))
+    result = _run(recipe, store, set_, version=version, stages=("merge",))
+    _report_version(result.path, result.manifest)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from icr_data.chat import TemplateError
+    from icr_data.derive import DeriveError
     from icr_data.models import ModelError
     from icr_data.prompts import PromptError
     from icr_data.store import StoreError
 
-    return (PromptError, ModelError, StoreError, TemplateError)
+    return (PromptError, ModelError, StoreError, TemplateError, DeriveError)
 
 
 def _fail(message: str) -> None:

@@ -1,8 +1,8 @@
 """Model references: resolve a recipe's model string, identify it, load it, check a reward pair.
 
 A model string is a local folder, `builtin:tiny-policy` / `builtin:tiny-reference` (tiny models
-built offline, see tiny.py), `builtin:smollm2-135m-instruct` (see smollm2.py), or a Hub id (loaded by transformers/vLLM from the local HF cache or,
-where the network allows, the Hub).
+built offline, see tiny.py), `builtin:smollm2-135m-instruct` (see smollm2.py), or a Hub id
+(loaded by transformers/vLLM from the local HF cache or, where the network allows, the Hub).
 """
 
 from __future__ import annotations
@@ -50,9 +50,11 @@ def identity(spec: str, resolved: str) -> dict:
     if not path.is_dir():
         out["revision"] = "unresolved (Hub id; record a revision by pinning a local snapshot)"
         return out
+    cache = _HashCache()
     h = hashlib.sha256()
     for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(str(f.relative_to(path)).encode() + b"\0" + _file_sha256(f).encode())
+        h.update(str(f.relative_to(path)).encode() + b"\0" + cache.sha256(f).encode())
+    cache.save()
     out["sha256"] = h.hexdigest()
     snap = path.parent.name == "snapshots"  # HF cache layout: .../snapshots/<revision>
     if snap:
@@ -60,35 +62,45 @@ def identity(spec: str, resolved: str) -> dict:
     return out
 
 
-def _file_sha256(f: Path) -> str:
-    """sha256 of a file, cached by (path, size, mtime): an 8B model is not re-read every run."""
-    import json
+class _HashCache:
+    """File sha256s remembered by (path, size, mtime), so an 8B model is not re-read every run."""
 
-    from icr_data.tiny import builtin_cache
+    def __init__(self):
+        import json
 
-    st = f.stat()
-    key = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-    cache_file = builtin_cache() / "file_hashes.json"
-    try:
-        cache = json.loads(cache_file.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    if key in cache:
-        return cache[key]
-    h = hashlib.sha256()
-    with open(f, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    cache[key] = h.hexdigest()
-    if st.st_size > 1 << 20:  # only worth remembering for large files
+        from icr_data.tiny import builtin_cache
+
+        self.file = builtin_cache() / "file_hashes.json"
         try:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(cache))
-            os.replace(tmp, cache_file)
+            self.known = json.loads(self.file.read_text())
+        except (OSError, ValueError):
+            self.known = {}
+        self.changed = False
+
+    def sha256(self, f: Path) -> str:
+        from icr_data.store import sha256_file
+
+        st = f.stat()
+        key = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        if key not in self.known:
+            digest = sha256_file(f)
+            if st.st_size <= 1 << 20:  # only worth remembering for large files
+                return digest
+            self.known[key], self.changed = digest, True
+        return self.known[key]
+
+    def save(self) -> None:
+        import json
+
+        if not self.changed:
+            return
+        try:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.file.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.known))
+            os.replace(tmp, self.file)
         except OSError:
             pass
-    return cache[key]
 
 
 def load_tokenizer(path: str, chat_template: str | None = None):
@@ -100,6 +112,13 @@ def load_tokenizer(path: str, chat_template: str | None = None):
     if chat_template and not tok.chat_template:
         p = Path(chat_template)
         tok.chat_template = p.read_text(encoding="utf-8") if p.is_file() else chat_template
+    return tok
+
+
+def pair_tokenizer(policy: str, reference: str, chat_template: str | None = None):
+    """The tokenizer shared by a reward pair; refuses a pair whose tokenizers or templates differ."""
+    tok = load_tokenizer(policy, chat_template)
+    check_same_tokenizer(tok, load_tokenizer(reference, chat_template))
     return tok
 
 

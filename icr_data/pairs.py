@@ -47,7 +47,7 @@ PAIR_FEATURES = Features(
 )  # fmt: skip
 
 
-def _funnel() -> dict:
+def empty_funnel() -> dict:
     return {"prompts": 0, "candidates": 0, "kept_candidates": 0, "pairs": 0,
             "dropped_candidates": {}, "prompts_without_pair": {}, "dropped_pairs": {},
             "off_target_rate": None}  # fmt: skip
@@ -155,7 +155,7 @@ def make_pairs(candidates: Dataset, cfg: PairingConfig) -> tuple[Dataset, PairSt
     kept_by_lang: dict[str, list[list[dict]]] = defaultdict(list)
     lid_total: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for (lang, _), rows in by_prompt.items():
-        funnel = stats.funnel.setdefault(lang, _funnel())
+        funnel = stats.funnel.setdefault(lang, empty_funnel())
         funnel["prompts"] += 1
         seen: set[str] = set()
         kept = []

@@ -7,8 +7,9 @@ logp_* is the summed log-probability of the response tokens (chat.py defines whi
 turn from its first token through the end-of-turn token, the latter optional) given the scoring
 prompt, under the policy and under the reference; reward = beta * (logp_policy - logp_ref).
 One model is resident at a time (policy pass, then reference pass). Rows are sorted by length and
-batched to a padded-token budget (`scoring.token_budget`), right-padded; the LM head runs only at response positions and log-softmax is taken in float32, in chunks, so no
-[batch, seq, vocab] float32 tensor is built. Per-token log-probs are float32, the per-row
+batched to a padded-token budget (`scoring.token_budget`), right-padded; the LM head runs only
+at response positions and log-softmax is taken in float32, in chunks, so no [batch, seq, vocab]
+float32 tensor is built; identical rows are scored once. Per-token log-probs are float32, the per-row
 sums float64.
 """
 
@@ -205,16 +206,9 @@ def score(
 
     `advance(model_role, k)` is called after each batch of k rows.
     """
-    from icr_data.models import (
-        check_same_tokenizer,
-        load_causal_lm,
-        load_tokenizer,
-        pick_device,
-        pick_dtype,
-    )
+    from icr_data.models import load_causal_lm, pair_tokenizer, pick_device, pick_dtype
 
-    tok = load_tokenizer(policy, chat_template)
-    check_same_tokenizer(tok, load_tokenizer(reference, chat_template))
+    tok = pair_tokenizer(policy, reference, chat_template)
     rows = encode_candidates(candidates, tok, cfg.count_eot)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     device = pick_device(cfg.device)
@@ -227,8 +221,7 @@ def score(
                                      cfg.max_batch_size, step)  # fmt: skip
         del model
         gc.collect()
-    out = candidates
-    return with_rewards(out, [len(r.response_ids) for r in rows], logps["policy"],
+    return with_rewards(candidates, [len(r.response_ids) for r in rows], logps["policy"],
                         logps["reference"], cfg.beta)  # fmt: skip
 
 

@@ -49,6 +49,14 @@ def next_version(dataset_dir: str | Path) -> str:
     return f"v{int(existing[-1][1:]) + 1}" if existing else "v1"
 
 
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _write_parquet(ds: Dataset, folder: Path) -> str:
     """Write one config as a Parquet file named by a digest of its content; return the name.
 
@@ -65,11 +73,7 @@ def _write_parquet(ds: Dataset, folder: Path) -> str:
         ds.to_parquet(str(tmp))
     finally:
         enable_progress_bar()
-    h = hashlib.sha256()
-    with open(tmp, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    name = f"train-00000-of-00001-{h.hexdigest()[:16]}.parquet"
+    name = f"train-00000-of-00001-{sha256_file(tmp)[:16]}.parquet"
     os.rename(tmp, folder / name)
     return name
 
