@@ -140,6 +140,36 @@ def _check_models(recipe: Recipe, resolved: dict[str, str]):
     return tok
 
 
+def training_reference(recipe: Recipe, resolved: dict[str, str], ids: dict) -> dict:
+    """Identity of the reference the DPO trainer will use on this version (default: generator)."""
+    spec = recipe.training.reference
+    if not spec:
+        return ids["generator"]
+    return models.identity(spec, models.resolve(spec, "training.reference"))
+
+
+def round_history(recipe: Recipe, model_ids: dict) -> list[dict]:
+    """Per round: the generator, the reward pair and the training reference; earlier rounds come
+    from the previous round's training record, with what that round trained."""
+    earlier: list[dict] = []
+    if recipe.round.previous:
+        from icr_data.config import read_training_record
+
+        record = read_training_record(recipe.round.previous)
+        earlier = [dict(r) for r in record.get("rounds") or []]
+        if not earlier:
+            earlier = [{"round": recipe.round.index - 1}]
+        earlier[-1]["trained"] = {k: record.get(k) for k in ("output_model", "start_model",
+                                                               "reference", "data", "method")}  # fmt: skip
+    current = {
+        "round": recipe.round.index,
+        "generator": model_ids.get("generator"),
+        "reward": {"policy": model_ids.get("policy"), "reference": model_ids.get("reference")},
+        "training_reference": model_ids.get("training_reference"),
+    }
+    return earlier + [current]
+
+
 def make_plan(recipe: Recipe) -> Plan:
     resolved = {
         role: models.resolve(getattr(recipe.models, role), role)
@@ -148,6 +178,7 @@ def make_plan(recipe: Recipe) -> Plan:
     ids = {
         role: models.identity(getattr(recipe.models, role), path) for role, path in resolved.items()
     }
+    ids["training_reference"] = training_reference(recipe, resolved, ids)
     tokenizer = _check_models(recipe, resolved)
     skipped: dict[str, int] = {}
     prompts = load_prompts(recipe.prompts, recipe.scoring, skipped)
@@ -352,6 +383,7 @@ def make_manifest(
     timings: dict,
     parent: str | None = None,
     skipped_english: dict[str, int] | None = None,
+    rounds: list[dict] | None = None,
 ) -> dict:
     funnel = {lang: dict(f) for lang, f in stats.funnel.items()}
     for lang, n in (skipped_english or {}).items():
@@ -390,6 +422,11 @@ def make_manifest(
             "length_margin_corr": stats.length_margin_corr,
             "settings": dataclasses.asdict(recipe.pairing),
         },
+        "training": {
+            "reference": model_ids.get("training_reference"),
+            "prompt": "the native-language instruction (the pairs' prompt column)",
+        },
+        "rounds": rounds if rounds is not None else round_history(recipe, model_ids),
         "counts": counts,
         "totals": {
             k: sum(c[k] for c in counts.values()) for k in ("prompts", "candidates", "pairs")

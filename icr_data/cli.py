@@ -224,6 +224,63 @@ def merge(
     _report_version(result.path, result.manifest)
 
 
+@app.command()
+def export(
+    version_dir: Annotated[Path, typer.Argument(help="An existing version folder.")],
+    out: Annotated[Path, typer.Option(help="Folder to write into (created if missing).")],
+    format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="trl: train.parquet in TRL's pair format. llamafactory: alpaca ranking JSONL and "
+            "its dataset_info.json entry. jsonl: flat pairs.jsonl.",
+        ),
+    ] = "trl",
+    ref_logps: Annotated[
+        bool,
+        typer.Option(
+            "--ref-logps",
+            help="trl only: add ref_chosen_logps/ref_rejected_logps from the version's scores. "
+            "Refused (with the reason) unless the version was scored with the training prompt "
+            "(native mode) and its scoring reference is the training reference.",
+        ),
+    ] = False,
+) -> None:
+    """Write a version's pairs for an external trainer (TRL, LLaMA-Factory, plain JSONL)."""
+    from icr_data.export import ExportError
+    from icr_data.export import export as run_export
+
+    try:
+        files = run_export(version_dir, format, out, ref_logps=ref_logps)
+    except (ExportError, *_user_errors()) as e:
+        _fail(str(e))
+    for f in files:
+        err.print(f"[green]wrote[/] {f}")
+        print(f)
+
+
+@app.command()
+def train(
+    config: Annotated[
+        Path, typer.Argument(help="YAML training config, e.g. recipes/dpo_demo.yaml.")
+    ],
+    set_: SetOpt = None,
+) -> None:
+    """Train on a version with the thin DPO recipe (DPO sigmoid + optional NLL; LoRA or full).
+
+    Writes the trained model, its LoRA adapter and training.json to the config's output_dir."""
+    from icr_data.train import TrainError, load_train_config
+    from icr_data.train import train as run_train
+
+    try:
+        cfg = load_train_config(config, list(set_ or []))
+        record = run_train(cfg, console=err)
+    except (TrainError, *_user_errors()) as e:
+        _fail(str(e))
+    err.print(f"[green]wrote[/] {cfg.output_dir} ({record['steps']} steps, {record['seconds']}s)")
+    print(cfg.output_dir)
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     from icr_data.chat import TemplateError
     from icr_data.derive import DeriveError
@@ -239,8 +296,8 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def main() -> None:
-    app(prog_name="icr-data")
+def main(argv: list[str] | None = None) -> None:
+    app(args=argv, prog_name="icr-data")
 
 
 if __name__ == "__main__":

@@ -125,6 +125,25 @@ class PairingConfig:
 
 
 @dataclass
+class RoundConfig:
+    index: int = 1
+    """Which round of the method this build is: 1 generates with the English DPO model; round k
+    generates with the model trained on round k-1's pairs."""
+    previous: str | None = None
+    """Round > 1: the previous round's training record (training.json, written by the DPO recipe).
+    A `models.*` field set to `previous` means the model that record trained; the manifest carries
+    the earlier rounds forward."""
+
+
+@dataclass
+class TrainingConfig:
+    reference: str | None = None
+    """The reference model the DPO trainer will use on this version. None: the generator (DPO
+    starts from the model that generated). Recorded in the manifest; `icr-data export --ref-logps`
+    checks it against the scoring reference."""
+
+
+@dataclass
 class Recipe:
     dataset: str = ""
     """Dataset name: versions go to <store>/<dataset>/v<N>."""
@@ -138,6 +157,8 @@ class Recipe:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     pairing: PairingConfig = field(default_factory=PairingConfig)
+    round: RoundConfig = field(default_factory=RoundConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -232,12 +253,47 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     recipe = from_dict(Recipe, data, where=str(path))
     base = path.resolve().parent
     recipe.prompts.source = _resolve_relative(recipe.prompts.source, base)
+    if recipe.round.previous:
+        recipe.round.previous = _resolve_relative(recipe.round.previous, base)
     for name in ("generator", "policy", "reference", "chat_template"):
         value = getattr(recipe.models, name)
-        if value:
+        if value == "previous":
+            setattr(recipe.models, name, previous_model(recipe.round, f"{path}: 'models.{name}'"))
+        elif value:
             setattr(recipe.models, name, _resolve_relative(value, base))
+    if recipe.training.reference == "previous":
+        recipe.training.reference = previous_model(recipe.round, f"{path}: 'training.reference'")
+    elif recipe.training.reference:
+        recipe.training.reference = _resolve_relative(recipe.training.reference, base)
     validate(recipe, str(path))
     return recipe
+
+
+def read_training_record(path: str | Path, where: str = "round.previous") -> dict:
+    """A training record (training.json written by the DPO recipe), or a RecipeError naming it."""
+    import json
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / "training.json"
+    try:
+        record = json.loads(p.read_text(encoding="utf-8"))
+    except OSError:
+        raise RecipeError(f"{where}: training record not found: {p}") from None
+    except ValueError as e:
+        raise RecipeError(f"{where}: {p} is not valid JSON: {e}") from None
+    if not isinstance(record, dict) or "output" not in record:
+        raise RecipeError(f"{where}: {p} is not a training record (no 'output')")
+    record["_path"] = str(p.resolve())
+    return record
+
+
+def previous_model(rnd: RoundConfig, where: str) -> str:
+    """The model the previous round trained (its output folder), for fields set to `previous`."""
+    if not rnd.previous:
+        raise RecipeError(f"{where} is 'previous' but 'round.previous' names no training record")
+    record = read_training_record(rnd.previous)
+    return str((Path(record["_path"]).parent / record["output"]["model"]).resolve())
 
 
 def validate(recipe: Recipe, where: str = "recipe") -> None:
@@ -272,6 +328,8 @@ def validate(recipe: Recipe, where: str = "recipe") -> None:
         raise RecipeError(
             f"{where}: 'scoring.token_budget' and 'scoring.max_batch_size' must be >= 1"
         )
+    if recipe.round.index < 1:
+        raise RecipeError(f"{where}: 'round.index' must be >= 1, got {recipe.round.index}")
     p = recipe.pairing
     if p.alpha_step <= 0 or p.alpha_max < 0:
         raise RecipeError(f"{where}: 'pairing.alpha_step' must be > 0 and alpha_max >= 0")

@@ -120,8 +120,15 @@ def write_child(
         {"lang": [lang for lang, c in counts.items() for _ in range(c["prompts"])]}
     )
     counts, margins = margin_summary(pairs, candidates, prompts, list(counts))
+    rounds = [dict(r) for r in parent_manifest.get("rounds") or []]
+    if rounds:  # same round; a rescore changes its reward pair
+        rounds[-1]["reward"] = {
+            "policy": model_ids.get("policy"),
+            "reference": model_ids.get("reference"),
+        }
     manifest = make_manifest(recipe, model_ids, stats, counts, margins, timings,
-                             parent=f"{parent_manifest['dataset']}/{parent_manifest['version']}")  # fmt: skip
+                             parent=f"{parent_manifest['dataset']}/{parent_manifest['version']}",
+                             rounds=rounds or None)  # fmt: skip
     manifest["derived"] = derived
     dataset_dir = version_dir.parent
     path = store.write_version(dataset_dir.parent, dataset_dir.name, {"pairs": pairs, "candidates": candidates},

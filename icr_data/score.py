@@ -50,8 +50,13 @@ def _needs_full_logits(model) -> bool:
     return any(getattr(cfg, a, None) not in (None, 1.0) for a in _LOGIT_POSTPROCESSING)
 
 
-def _batch_logps(model, rows: Sequence[Encoded], pad_id: int, device: str):
-    """Summed response log-probs for one batch: float32 log-softmax, float64 sums."""
+def response_logps(model, rows: Sequence[Encoded], pad_id: int, device: str):
+    """Summed response log-probs of one batch as a float64 tensor [len(rows)] on the CPU.
+
+    Differentiable when called with gradients enabled (the DPO recipe trains through it); the
+    scorer calls it under inference mode. float32 log-softmax; the LM head runs only at
+    response positions, in chunks. `model` is a causal LM (for a peft model, its base model).
+    """
     import torch
 
     seqs = [r.prompt_ids + r.response_ids for r in rows]
@@ -67,32 +72,37 @@ def _batch_logps(model, rows: Sequence[Encoded], pad_id: int, device: str):
             b_idx.append(b)
             t_idx.append(t - 1)
             targets.append(s[t])
-    sums = torch.zeros(len(seqs), dtype=torch.float64)
     if not targets:
-        return sums
+        return torch.zeros(len(seqs), dtype=torch.float64)
     ids, mask = ids.to(device), mask.to(device)
     b_idx_t = torch.tensor(b_idx, device=device)
     t_idx_t = torch.tensor(t_idx, device=device)
     tgt = torch.tensor(targets, device=device)
+    if _needs_full_logits(model):
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        sel = logits[b_idx_t, t_idx_t]
+        logp = torch.log_softmax(sel.float(), dim=-1).gather(1, tgt[:, None])[:, 0]
+    else:
+        hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        h = hidden[b_idx_t, t_idx_t]
+        head = model.get_output_embeddings()
+        logp = torch.cat(
+            [
+                torch.log_softmax(head(h[i : i + _HEAD_CHUNK]).float(), dim=-1).gather(
+                    1, tgt[i : i + _HEAD_CHUNK, None]
+                )[:, 0]
+                for i in range(0, len(targets), _HEAD_CHUNK)
+            ]
+        )
+    sums = torch.zeros(len(seqs), dtype=torch.float64, device=logp.device)
+    return sums.index_add(0, b_idx_t, logp.double()).cpu()
+
+
+def _batch_logps(model, rows: Sequence[Encoded], pad_id: int, device: str):
+    import torch
+
     with torch.inference_mode():
-        if _needs_full_logits(model):
-            logits = model(input_ids=ids, attention_mask=mask).logits
-            sel = logits[b_idx_t, t_idx_t]
-            logp = torch.log_softmax(sel.float(), dim=-1).gather(1, tgt[:, None])[:, 0]
-        else:
-            hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
-            h = hidden[b_idx_t, t_idx_t]
-            head = model.get_output_embeddings()
-            logp = torch.cat(
-                [
-                    torch.log_softmax(head(h[i : i + _HEAD_CHUNK]).float(), dim=-1).gather(
-                        1, tgt[i : i + _HEAD_CHUNK, None]
-                    )[:, 0]
-                    for i in range(0, len(targets), _HEAD_CHUNK)
-                ]
-            )
-        sums.index_add_(0, b_idx_t.cpu(), logp.cpu().double())
-    return sums
+        return response_logps(model, rows, pad_id, device)
 
 
 @dataclass

@@ -1,0 +1,193 @@
+"""The thin DPO recipe and the exports: TRL trains on an export; our recipe learns the pairs."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from icr_data import store
+from icr_data.build import build
+from icr_data.config import load_recipe
+from icr_data.train import TrainError, load_pairs, load_train_config, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def version(tiny_pair, tmp_path_factory):
+    policy, reference = tiny_pair
+    tmp = tmp_path_factory.mktemp("train")
+    overrides = [f"store={tmp / 'store'}", f"models.generator={policy}", f"models.policy={policy}",
+                 f"models.reference={reference}", "sampling.backend=transformers", "sampling.n=3",
+                 "sampling.max_tokens=12", "prompts.limit=4", "prompts.languages=[en, es, fr]"]  # fmt: skip
+    return build(load_recipe(ROOT / "recipes/demo.yaml", overrides)).path
+
+
+def _config(tmp_path, source, model, **kw) -> Path:
+    cfg = {"data": {"source": str(source)}, "model": str(model), "output_dir": str(tmp_path / "out"),
+           "finetune": "full", "learning_rate": 1e-3, "batch_size": 4, "grad_accum": 1,
+           "warmup_ratio": 0.0, "max_steps": 12, "beta": 0.1, **kw}  # fmt: skip
+    path = tmp_path / "dpo.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _accuracy(model_dir, reference, rows, tokenizer) -> float:
+    """Implicit-reward accuracy on `rows`: log pi(c) - log ref(c) > log pi(r) - log ref(r)."""
+    from icr_data.chat import ChatEncoder
+    from icr_data.models import load_causal_lm
+    from icr_data.score import sequence_logps
+
+    enc = ChatEncoder(tokenizer)
+    flat = [enc.encode(r["instruction"], r[k]) for r in rows for k in ("chosen", "rejected")]
+    pol = sequence_logps(load_causal_lm(str(model_dir), "cpu", None), flat, 0, "cpu")
+    ref = sequence_logps(load_causal_lm(str(reference), "cpu", None), flat, 0, "cpu")
+    d = [p - q for p, q in zip(pol, ref)]
+    return sum(d[i] > d[i + 1] for i in range(0, len(d), 2)) / (len(d) // 2)
+
+
+def test_recipe_learns_the_training_pairs(version, tiny_pair, tokenizer, tmp_path):
+    policy, _ = tiny_pair
+    cfg = load_train_config(_config(tmp_path, version, policy, nll_weight=0.1))
+    record = train(cfg)
+    log = record["log"]
+    assert len(log) == 12 and record["steps"] == 12
+    assert log[0]["accuracy"] == 0.0 and log[0]["margins"] == pytest.approx(0.0, abs=1e-6)
+    assert log[0]["dpo_loss"] == pytest.approx(0.693147, abs=1e-5)  # policy == reference: log 2
+    first, last = sum(r["dpo_loss"] for r in log[:3]) / 3, sum(r["dpo_loss"] for r in log[-3:]) / 3
+    assert last < first - 0.1
+    rows, _ = load_pairs(cfg.data)
+    assert _accuracy(cfg.output_dir, policy, rows, tokenizer) > 0.5
+    saved = json.loads((Path(cfg.output_dir) / "training.json").read_text())
+    m = store.read_manifest(version)
+    assert saved["data"]["version"] == m["version"] and saved["data"]["dataset"] == "demo"
+    assert saved["data"]["manifest_sha256"] == store.sha256_file(version / "manifest.json")
+    assert saved["data"]["pairs"] == len(rows) == m["totals"]["pairs"]
+    assert saved["rounds"] == m["rounds"] and saved["round"] == 1
+    assert saved["method"]["beta"] == 0.1 and "nll" in saved["method"]["loss"]
+
+
+def test_lora_writes_adapter_and_merged_model(version, tiny_pair, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    policy, _ = tiny_pair
+    cfg = load_train_config(_config(tmp_path, version, policy, finetune="lora", max_steps=2,
+                                    save_every=1, lora={"r": 4, "alpha": 8}))  # fmt: skip
+    train(cfg)
+    out = Path(cfg.output_dir)
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    assert (out / "checkpoint-1" / "adapter" / "adapter_config.json").is_file()
+    merged = AutoModelForCausalLM.from_pretrained(out)  # a plain model: no peft needed to load
+    base = AutoModelForCausalLM.from_pretrained(policy)
+    changed = [n for n, p in merged.named_parameters() if not p.equal(base.get_parameter(n))]
+    assert changed and all("proj" in n for n in changed)  # only LoRA-targeted layers moved
+    with pytest.raises(TrainError, match="already holds a trained model"):
+        train(cfg)
+
+
+def test_bad_training_inputs_name_the_problem(version, tiny_pair, tmp_path):
+    policy, _ = tiny_pair
+    with pytest.raises(TrainError, match="data.source not found: nowhere/at/all"):
+        train(load_train_config(_config(tmp_path, "nowhere/at/all", policy)))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": [{"role": "system", "content": "x"}], "chosen": "a",
+                               "rejected": "b"}) + "\n")  # fmt: skip
+    with pytest.raises(TrainError, match=r"bad.jsonl, row 0: expected one 'user' message"):
+        train(load_train_config(_config(tmp_path, bad, policy)))
+    with pytest.raises(TrainError, match="unknown key 'learning_rte'"):
+        load_train_config(_config(tmp_path, version, policy, learning_rte=1.0))
+
+
+def _trl_trainer(model_dir, tokenizer, ds, out, precompute: bool, cls=None):
+    from transformers import AutoModelForCausalLM
+    from trl import DPOConfig, DPOTrainer
+
+    args = DPOConfig(output_dir=str(out), max_steps=1, per_device_train_batch_size=4, report_to=[],
+                     use_cpu=True, max_length=None, bf16=False, logging_steps=1,
+                     precompute_ref_log_probs=precompute, save_strategy="no")  # fmt: skip
+    return (cls or DPOTrainer)(model=AutoModelForCausalLM.from_pretrained(model_dir), args=args,
+                               train_dataset=ds, processing_class=tokenizer)  # fmt: skip
+
+
+def test_trl_trains_on_exported_version(version, tiny_pair, tokenizer, tmp_path):
+    pytest.importorskip("trl")
+    from datasets import load_dataset
+
+    from icr_data.export import export
+
+    (path,) = export(version, "trl", tmp_path / "trl")
+    ds = load_dataset("parquet", data_files=str(path), split="train")
+    assert len(ds) == store.read_manifest(version)["totals"]["pairs"]
+    assert ds[0]["prompt"][0]["role"] == "user" and ds[0]["chosen"][0]["role"] == "assistant"
+    trainer = _trl_trainer(tiny_pair[0], tokenizer, ds, tmp_path / "run", precompute=False)
+    trainer.train()
+    loss = trainer.state.log_history[0]["loss"]
+    assert loss == pytest.approx(0.693147, abs=1e-4)  # model == reference at step 1: log 2
+
+
+def test_ref_logps_export_is_what_trl_computes(version, tiny_pair, tokenizer, tmp_path):
+    """Scored natively with the training reference, the exported reference log-probs equal TRL's
+    own precomputation, and a trainer that reads them starts at zero reward (model == reference)."""
+    pytest.importorskip("trl")
+    from datasets import load_dataset
+    from trl import DPOTrainer
+
+    from icr_data.derive import rescore
+    from icr_data.export import ExportError, export
+
+    policy, reference = tiny_pair
+    with pytest.raises(ExportError, match="scored in cross_lingual mode"):
+        export(version, "trl", tmp_path / "x", ref_logps=True)
+    native, _ = rescore(version, scoring={"mode": "native"})
+    with pytest.raises(ExportError, match="scoring reference .* is not the training reference"):
+        export(native, "trl", tmp_path / "x", ref_logps=True)
+    # the generator (tiny policy) is the training reference; make it the scoring reference too
+    ok, _ = rescore(
+        version, policy=str(reference), reference=str(policy), scoring={"mode": "native"}
+    )
+    (path,) = export(ok, "trl", tmp_path / "ref", ref_logps=True)
+    ds = load_dataset("parquet", data_files=str(path), split="train")
+    own = _trl_trainer(policy, tokenizer, ds.remove_columns(["ref_chosen_logps", "ref_rejected_logps"]),
+                       tmp_path / "own", precompute=True)  # fmt: skip
+    assert ds["ref_chosen_logps"] == pytest.approx(own.train_dataset["ref_chosen_logps"], abs=1e-4)
+    assert ds["ref_rejected_logps"] == pytest.approx(
+        own.train_dataset["ref_rejected_logps"], abs=1e-4
+    )
+
+    class Precomputed(DPOTrainer):  # TRL 1.16 recomputes unless told the columns are there
+        def _precompute_ref_logps(self, dataset, name, batch_size):
+            return dataset
+
+    trainer = _trl_trainer(policy, tokenizer, ds, tmp_path / "run", True, cls=Precomputed)
+    trainer.train()
+    first = trainer.state.log_history[0]
+    assert first["rewards/chosen"] == pytest.approx(0.0, abs=1e-4)
+    assert first["rewards/rejected"] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_llamafactory_and_jsonl_exports(version, tmp_path):
+    from icr_data.export import ExportError, export
+
+    pairs = store.read_table(version, "pairs")
+    out = tmp_path / "lf"
+    out.mkdir()
+    (out / "dataset_info.json").write_text(json.dumps({"alpaca_en": {"file_name": "a.json"}}))
+    data, info = export(version, "llamafactory", out)
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    assert [r["chosen"] for r in rows] == [c[0]["content"] for c in pairs["chosen"]]
+    assert [r["instruction"] for r in rows] == [p[0]["content"] for p in pairs["prompt"]]
+    entries = json.loads(info.read_text())
+    assert "alpaca_en" in entries  # the user's other datasets are kept
+    entry = entries[data.stem]
+    assert entry["ranking"] is True and entry["file_name"] == data.name
+    assert entry["columns"]["chosen"] == "chosen" and entry["columns"]["prompt"] == "instruction"
+    with pytest.raises(ExportError, match="already exists"):
+        export(version, "llamafactory", out)
+    (flat,) = export(version, "jsonl", tmp_path / "j")
+    rows = [json.loads(line) for line in flat.read_text().splitlines()]
+    assert [r["margin"] for r in rows] == pairs["margin"] and rows[0]["prompt"] == pairs["prompt"][
+        0
+    ][0]["content"]
+    with pytest.raises(ExportError, match="--ref-logps applies to --format trl only"):
+        export(version, "jsonl", tmp_path / "k", ref_logps=True)
