@@ -52,7 +52,7 @@ def identity(spec: str, resolved: str) -> dict:
         return out
     cache = _HashCache()
     h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and not _record_only(p, path)):
         h.update(str(f.relative_to(path)).encode() + b"\0" + cache.sha256(f).encode())
     cache.save()
     out["sha256"] = h.hexdigest()
@@ -60,6 +60,13 @@ def identity(spec: str, resolved: str) -> dict:
     if snap:
         out["revision"] = path.name
     return out
+
+
+def _record_only(f: Path, root: Path) -> bool:
+    """Files of a trained model's folder that are not the model: the DPO recipe's training.json
+    and intermediate checkpoints (so the model's hash is the same before and after they appear)."""
+    first = f.relative_to(root).parts[0]
+    return first == "training.json" or first.startswith("checkpoint-")
 
 
 class _HashCache:

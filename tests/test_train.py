@@ -191,3 +191,49 @@ def test_llamafactory_and_jsonl_exports(version, tmp_path):
     ][0]["content"]
     with pytest.raises(ExportError, match="--ref-logps applies to --format trl only"):
         export(version, "jsonl", tmp_path / "k", ref_logps=True)
+
+
+def test_round_two_generates_with_round_one_model(version, tiny_pair, tmp_path):
+    """Round 2 names round 1's training record; its generator is the model round 1 trained, and
+    the manifest carries both rounds: generator, reward pair, training reference, what was trained."""
+    policy, reference = tiny_pair
+    cfg = load_train_config(_config(tmp_path, version, policy, max_steps=1))
+    record = train(cfg)
+    overrides = [f"store={tmp_path / 'store'}", "models.generator=previous", f"models.policy={policy}",
+                 f"models.reference={reference}", "training.reference=previous", "round.index=2",
+                 f"round.previous={cfg.output_dir}/training.json", "sampling.backend=transformers",
+                 "sampling.n=2", "sampling.max_tokens=8", "prompts.limit=2", "prompts.languages=[en, es]"]  # fmt: skip
+    recipe = load_recipe(ROOT / "recipes/demo.yaml", overrides)
+    assert recipe.models.generator == str(Path(cfg.output_dir).resolve())
+    manifest = build(recipe).manifest
+    one, two = manifest["rounds"]
+    trained = record["output_model"]["sha256"]
+    assert one["round"] == 1 and one["trained"]["output_model"]["sha256"] == trained
+    assert one["generator"] == store.read_manifest(version)["models"]["generator"]
+    assert one["trained"]["data"]["version"] == "v1"
+    assert two["round"] == 2 and two["generator"]["sha256"] == trained
+    assert two["training_reference"]["sha256"] == trained
+    assert two["reward"]["reference"] == manifest["models"]["reference"]
+    assert manifest["training"]["reference"]["sha256"] == trained
+
+
+def test_previous_without_a_record_is_refused(tmp_path):
+    from icr_data.config import RecipeError
+
+    with pytest.raises(RecipeError, match="'models.generator' is 'previous' but 'round.previous'"):
+        load_recipe(ROOT / "recipes/demo.yaml", ["models.generator=previous"])
+    with pytest.raises(RecipeError, match="training record not found"):
+        load_recipe(ROOT / "recipes/demo.yaml",
+                    ["models.generator=previous", f"round.previous={tmp_path}/none.json"])  # fmt: skip
+
+
+def test_shipped_training_configs_and_round_recipes_load():
+    from icr_data.config import RecipeError
+
+    for name in ("dpo_paper_round1.yaml", "dpo_paper_round2.yaml"):
+        cfg = load_train_config(ROOT / "recipes" / name)
+        assert cfg.beta == 0.1 and cfg.batch_size * cfg.grad_accum == 32 and cfg.nll_weight == 1.0
+    r1 = load_recipe(ROOT / "recipes/paper_round1.yaml")
+    assert r1.round.index == 1 and r1.sampling.n == 10 and r1.sampling.max_tokens == 2400
+    with pytest.raises(RecipeError, match=r"training record not found: .*runs/round1/training.json"):
+        load_recipe(ROOT / "recipes/paper_round2.yaml")
