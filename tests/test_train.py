@@ -237,3 +237,19 @@ def test_shipped_training_configs_and_round_recipes_load():
     assert r1.round.index == 1 and r1.sampling.n == 10 and r1.sampling.max_tokens == 2400
     with pytest.raises(RecipeError, match=r"training record not found: .*runs/round1/training.json"):
         load_recipe(ROOT / "recipes/paper_round2.yaml")
+
+
+def test_recipe_script_and_export_command(version, tiny_pair, tmp_path):
+    import subprocess
+    import sys
+
+    cfg = _config(tmp_path, version, tiny_pair[0], max_steps=1)
+    run = subprocess.run([sys.executable, str(ROOT / "recipes/dpo.py"), str(cfg), "--set", "beta=0.2"],
+                         capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    saved = json.loads((tmp_path / "out" / "training.json").read_text())
+    assert saved["method"]["beta"] == 0.2 and run.stdout.strip() == str(tmp_path / "out")
+    bad = subprocess.run(["icr-data", "export", str(version), "--out", str(tmp_path / "e"), "--ref-logps"],
+                         capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2 and not (tmp_path / "e").exists()
+    assert "--ref-logps refused: the version was scored in cross_lingual mode" in bad.stderr
