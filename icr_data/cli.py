@@ -281,6 +281,71 @@ def train(
     print(cfg.output_dir)
 
 
+def check_table(report: dict) -> Table:
+    table = Table(title=f"implicit reward on labelled pairs ({report['mode']})")
+    for col in ("lang", "pairs", "accuracy", "95% CI", "ties", "mean margin", "chosen shorter",
+                "similar length", "chosen longer", "len-margin corr"):  # fmt: skip
+        table.add_column(col, justify="left" if col == "lang" else "right")
+
+    def acc(b: dict) -> str:
+        return "-" if b["accuracy"] is None else f"{b['accuracy']:.2f} ({b['pairs']})"
+
+    for lang, r in report["languages"].items():
+        lo, hi = r["ci95"]
+        bins = r["by_length_difference"]
+        corr = r["length_margin_corr"]
+        table.add_row(lang, str(r["pairs"]), f"{r['accuracy']:.3f}", f"{lo:.2f}-{hi:.2f}",
+                      str(r["ties"]), f"{r['mean_margin']:+.3f}", acc(bins["chosen shorter"]),
+                      acc(bins["similar"]), acc(bins["chosen longer"]),
+                      "-" if corr is None else f"{corr:+.2f}")  # fmt: skip
+    return table
+
+
+@app.command("check-reward")
+def check_reward(
+    policy: Annotated[
+        str,
+        typer.Option(
+            help="pi_dpo of the implicit reward (folder, Hub id, builtin:*, train:CONFIG)."
+        ),
+    ],
+    reference: Annotated[str, typer.Option(help="pi_ref of the implicit reward.")],
+    pairs: Annotated[
+        Path,
+        typer.Option(
+            help="Labelled pairs (JSONL/Parquet): prompt_id, lang, instruction, chosen, "
+            "rejected, with the English row of every prompt."
+        ),
+    ],
+    mode: Annotated[
+        str, typer.Option(help="cross_lingual (English instruction + directive) or native.")
+    ] = "cross_lingual",
+    beta: Annotated[float, typer.Option(help="reward = beta * (logp_policy - logp_ref).")] = 1.0,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the report as JSON here.")
+    ] = None,
+) -> None:
+    """How well an implicit reward ranks labelled pairs, per language, before generating anything.
+
+    Prints accuracy (reward(chosen) > reward(rejected)) with a 95% Wilson interval, ties, the mean
+    margin, and accuracy by length difference (chosen shorter / similar / longer by 20%)."""
+    import json
+
+    from icr_data.check import check_reward as run_check
+    from icr_data.config import ScoringConfig
+
+    if mode not in ("cross_lingual", "native"):
+        _fail(f"--mode must be cross_lingual or native, got {mode!r}")
+    try:
+        report = run_check(policy, reference, pairs, ScoringConfig(mode=mode, beta=beta))
+    except _user_errors() as e:
+        _fail(str(e))
+    err.print(check_table(report))
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+        err.print(f"[green]wrote[/] {json_out}")
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     from icr_data.chat import TemplateError
     from icr_data.derive import DeriveError

@@ -259,6 +259,8 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         value = getattr(recipe.models, name)
         if value == "previous":
             setattr(recipe.models, name, previous_model(recipe.round, f"{path}: 'models.{name}'"))
+        elif value and value.startswith("train:"):
+            setattr(recipe.models, name, "train:" + _resolve_relative(value[6:], base))
         elif value:
             setattr(recipe.models, name, _resolve_relative(value, base))
     if recipe.training.reference == "previous":

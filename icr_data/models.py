@@ -1,7 +1,8 @@
 """Model references: resolve a recipe's model string, identify it, load it, check a reward pair.
 
 A model string is a local folder, `builtin:tiny-policy` / `builtin:tiny-reference` (tiny models
-built offline, see tiny.py), `builtin:smollm2-135m-instruct` (see smollm2.py), or a Hub id
+built offline, see tiny.py), `builtin:smollm2-135m-instruct` (see smollm2.py), `train:CONFIG`
+(the model a DPO training config produces, trained once and cached; see train.py), or a Hub id
 (loaded by transformers/vLLM from the local HF cache or, where the network allows, the Hub).
 """
 
@@ -25,6 +26,13 @@ def resolve(spec: str, role: str = "model") -> str:
             return str(smollm2_path())
         except FileNotFoundError as e:
             raise ModelError(f"models.{role}: {e}") from None
+    if spec.startswith("train:"):
+        from icr_data.train import TrainError, trained_model
+
+        try:
+            return str(trained_model(spec.removeprefix("train:")))
+        except TrainError as e:
+            raise ModelError(f"models.{role}: {spec}: {e}") from None
     if spec.startswith("builtin:"):
         from icr_data.tiny import resolve_builtin
 

@@ -97,7 +97,9 @@ class TrainConfig:
     """Write a checkpoint every this many optimizer steps; None: only the final model."""
 
 
-def load_train_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+def load_train_config(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = (), need_output: bool = True
+) -> TrainConfig:
     import yaml
 
     from icr_data.config import RecipeError, _resolve_relative, apply_override, from_dict
@@ -118,7 +120,7 @@ def load_train_config(path: str | Path, overrides: list[str] | tuple[str, ...] =
         value = getattr(cfg, name)
         if value:
             setattr(cfg, name, _resolve_relative(value, base))
-    if not cfg.data.source or not cfg.model or not cfg.output_dir:
+    if not cfg.data.source or not cfg.model or (need_output and not cfg.output_dir):
         raise TrainError(f"{path}: 'data.source', 'model' and 'output_dir' are required")
     if cfg.batch_size < 1 or cfg.grad_accum < 1 or cfg.epochs < 1:
         raise TrainError(f"{path}: 'batch_size', 'grad_accum' and 'epochs' must be >= 1")
@@ -369,3 +371,33 @@ def train(cfg: TrainConfig, console: Console | None = None) -> dict:
     tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False), encoding="utf-8")
     os.replace(tmp, out / "training.json")
     return record
+
+
+def trained_model(config: str | Path, console: Console | None = None) -> Path:
+    """The model a training config produces (recipes name it `train:CONFIG`): trained on first use
+    and cached by content (the config, the data file or version manifest, the starting model), so
+    later runs reuse it. The config's own output_dir is not used."""
+    from icr_data.shards import digest
+    from icr_data.store import sha256_file
+    from icr_data.tiny import builtin_cache
+
+    cfg = load_train_config(config, need_output=False)
+    src = Path(cfg.data.source)
+    data_key = (sha256_file(src) if src.is_file() else
+                sha256_file(src / "manifest.json") if src.is_dir() else
+                f"{cfg.data.source}@{cfg.data.revision}")  # fmt: skip
+    start = models.identity(cfg.model, models.resolve(cfg.model, "model"))
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "output_dir"}
+    settings["data"].pop("source")
+    key = digest(
+        {"config": settings, "data": data_key, "model": start.get("sha256") or start["name"]}
+    )
+    out = builtin_cache() / "trained" / f"{Path(config).stem}-{key[:16]}"
+    if (out / "training.json").is_file():
+        return out
+    shutil.rmtree(out, ignore_errors=True)  # what an interrupted run left
+    cfg.output_dir = str(out)
+    console = console or Console(stderr=True)
+    console.print(f"[bold]training[/] {Path(config).name} once (cached in {out})")
+    train(cfg, console)
+    return out

@@ -21,9 +21,17 @@ def write(tmp_path, text):
 
 @pytest.mark.parametrize("recipe", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_recipe_loads(recipe):
+    if recipe.name.startswith("dpo_"):  # training configs of the DPO recipe
+        from icr_data.train import load_train_config
+
+        assert load_train_config(recipe).model
+        return
+    if recipe.name == "paper_round2.yaml":  # needs round 1's training record (test_train.py)
+        return
     r = load_recipe(recipe)
     assert r.dataset
-    assert Path(r.prompts.source).is_file(), "relative prompt paths resolve against the recipe"
+    if not recipe.name.startswith("paper_"):  # the paper's prompts are the user's file
+        assert Path(r.prompts.source).is_file(), "relative prompt paths resolve against the recipe"
 
 
 def test_demo_recipe_values():
