@@ -34,7 +34,7 @@ def smollm2_path() -> Path:
     """The plain float32 SmolLM2-135M-Instruct folder, built on first use."""
     from icr_data.tiny import builtin_cache
 
-    out = builtin_cache() / "builtin" / NAME
+    out = builtin_cache() / "builtin" / f"{NAME}-v2"  # v2: config without quantization_config
     if (out / "config.json").is_file():
         return out
     import torch
@@ -43,7 +43,10 @@ def smollm2_path() -> Path:
     src = gguf_dir()
     tok = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_NAME)
     quantized = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_NAME, dtype=torch.float32)
-    plain = AutoModelForCausalLM.from_config(quantized.config, dtype=torch.float32)
+    config = quantized.config
+    if hasattr(config, "quantization_config"):  # the weights are plain now; vLLM would refuse "gguf"
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(quantized.state_dict())
     plain.generation_config = quantized.generation_config
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ from icr_data.models import ModelError
 from icr_data.prompts import PromptError, load_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "recipes" / "demo.yaml"
+DEMO = ROOT / "recipes" / "demo_tiny.yaml"
 
 
 def recipe(tmp_path, tiny_pair, **extra):
@@ -100,7 +100,7 @@ def test_read_only_store(tmp_path, tiny_pair, monkeypatch):
 
     monkeypatch.setattr(build_mod.tempfile, "TemporaryFile", refuse)
     with pytest.raises(
-        store.StoreError, match=r"store is not writable: .*demo \(Read-only file system\)"
+        store.StoreError, match=r"store is not writable: .*demo-tiny \(Read-only file system\)"
     ):
         build(recipe(tmp_path, tiny_pair))
     assert nothing_written(tmp_path)
@@ -124,7 +124,7 @@ def test_full_disk_mid_run_keeps_no_partial_shard(tmp_path, tiny_pair, monkeypat
         store.StoreError, match=r"cannot write .*\.work: No space left on device \(disk full\)"
     ):
         build(r)
-    work = tmp_path / "store" / "demo" / ".work" / "generate"
+    work = tmp_path / "store" / "demo-tiny" / ".work" / "generate"
     assert len(list(work.glob("*.done"))) == 1 and len(list(work.glob("*.parquet"))) == 1
     assert not list(work.glob(".part-*"))  # the half-written file is gone
     monkeypatch.setattr(pq, "write_table", real)

@@ -16,7 +16,7 @@ from icr_data.build import build
 from icr_data.config import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "recipes" / "demo.yaml"
+DEMO = ROOT / "recipes" / "demo_tiny.yaml"
 
 
 def small_recipe(tmp_path, tiny_pair, backend="transformers", **extra):
@@ -38,7 +38,7 @@ def test_build_with_transformers_backend(tmp_path, tiny_pair):
     recipe = small_recipe(tmp_path, tiny_pair)
     result = build(recipe)
     v1, manifest = result.path, result.manifest
-    assert v1.name == "v1" and v1.parent == tmp_path / "store" / "demo"
+    assert v1.name == "v1" and v1.parent == tmp_path / "store" / "demo-tiny"
     cands = store.read_table(v1, "candidates")
     pairs = store.read_table(v1, "pairs")
     assert len(cands) == 3 * 3 * 3  # prompts x languages x n
@@ -112,7 +112,7 @@ def test_cli_refuses_misspelt_key_and_missing_model(tmp_path):
     assert r.returncode == 2 and "did you mean 'sampling.temperature'" in r.stderr
     r = cli("build", str(DEMO), "--store", str(tmp_path), "--set", "models.policy=./nowhere")
     assert r.returncode == 2 and "models.policy: model path not found: ./nowhere" in r.stderr
-    assert not (tmp_path / "demo").exists()
+    assert not (tmp_path / "demo-tiny").exists()
     r = cli("--help")
     assert r.returncode == 0 and "build" in r.stdout
 
@@ -132,13 +132,22 @@ def test_demo_through_vllm_cli(tmp_path):
     )
     assert r.returncode == 0, r.stderr[-3000:]
     v1 = Path(r.stdout.strip().splitlines()[-1])
-    assert v1 == tmp_path / "demo" / "v1"
+    assert v1 == tmp_path / "demo-tiny" / "v1"
     m = store.read_manifest(v1)
     assert m["totals"] == {"prompts": 50, "candidates": 100, "pairs": m["totals"]["pairs"]}
     assert m["totals"]["pairs"] >= 40  # random tiny models rarely repeat a 16-token sample
     cands = store.read_table(v1, "candidates")
     assert set(cands["finish_reason"]) <= {"stop", "length"} and "length" in cands["finish_reason"]
     assert "margin median" in r.stderr and "ru" in r.stderr  # the summary table
+    # the policy is the tiny reference after the demo's LoRA DPO on the seed pairs, trained once
+    assert m["models"]["policy"]["name"].startswith("train:")
+    assert m["models"]["policy"]["sha256"] == m["models"]["generator"]["sha256"]
+    assert m["models"]["policy"]["sha256"] != m["models"]["reference"]["sha256"]
+    assert "training dpo_demo_tiny.yaml once" in r.stderr
+    again = cli("merge", str(DEMO), "--store", str(tmp_path), "--set", "sampling.n=2",
+                "--set", "sampling.max_tokens=16")  # fmt: skip
+    assert again.returncode == 0 and "training" not in again.stderr  # the cached model is reused
+    assert store.read_manifest(tmp_path / "demo-tiny" / "v2")["models"] == m["models"]
 
 
 @pytest.mark.vllm

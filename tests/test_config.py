@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from icr_data.config import RecipeError, load_recipe
+from icr_data.config import PairingConfig, RecipeError, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = """
@@ -38,7 +38,11 @@ def test_demo_recipe_values():
     r = load_recipe(ROOT / "recipes" / "demo.yaml")
     assert r.prompts.languages == ["en", "es", "de", "fr", "ru"]
     assert r.scoring.mode == "cross_lingual" and r.scoring.count_eot is True
-    assert r.models.policy == "builtin:tiny-policy"
+    assert r.models.reference == "builtin:smollm2-135m-instruct"
+    assert r.models.policy == r.models.generator == "train:" + str(ROOT / "recipes/dpo_demo.yaml")
+    assert r.pairing.filters == PairingConfig().filters  # a real model: the default filters
+    tiny = load_recipe(ROOT / "recipes" / "demo_tiny.yaml")
+    assert tiny.prompts.source == r.prompts.source and tiny.models.reference == "builtin:tiny-reference"
 
 
 def test_unknown_key_named_with_suggestion(tmp_path):

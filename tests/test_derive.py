@@ -21,7 +21,7 @@ def v1(tiny_pair, tmp_path_factory):
     overrides = [f"store={tmp / 'store'}", f"models.generator={policy}", f"models.policy={policy}",
                  f"models.reference={reference}", "sampling.backend=transformers", "sampling.n=3",
                  "sampling.max_tokens=10", "prompts.limit=3", "prompts.languages=[en, fr]"]  # fmt: skip
-    return build(load_recipe(ROOT / "recipes/demo.yaml", overrides)).path
+    return build(load_recipe(ROOT / "recipes/demo_tiny.yaml", overrides)).path
 
 
 def test_swapped_pair_negates_every_reward(v1, tiny_pair):
@@ -31,13 +31,13 @@ def test_swapped_pair_negates_every_reward(v1, tiny_pair):
     assert b["response"] == a["response"] and b["scoring_prompt"] == a["scoring_prompt"]
     assert b["reward"] == pytest.approx([-r for r in a["reward"]], abs=1e-9)
     assert b["logp_policy"] == pytest.approx(a["logp_ref"], abs=1e-9)
-    assert manifest["parent"] == "demo/v1" and manifest["derived"]["operation"] == "rescore"
+    assert manifest["parent"] == "demo-tiny/v1" and manifest["derived"]["operation"] == "rescore"
     assert (
         manifest["models"]["policy"]["sha256"]
         == store.read_manifest(v1)["models"]["reference"]["sha256"]
     )
     assert manifest["counts"]["fr"]["candidates"] == 9 and manifest["counts"]["fr"]["prompts"] == 3
-    assert "from parent version `demo/v1`" in (v2 / "README.md").read_text()
+    assert "from parent version `demo-tiny/v1`" in (v2 / "README.md").read_text()
 
 
 def test_native_mode_uses_each_rows_own_instruction(v1):
@@ -86,7 +86,7 @@ def test_repair_reuses_candidates_and_records_parent(v1):
     v2, manifest = repair(v1, {"rule": "top_bottom", "k": 2, "filters": ["empty"]})
     a, b = store.read_table(v1, "candidates"), store.read_table(v2, "candidates")
     assert b.to_list() == a.to_list()  # nothing regenerated or rescored
-    assert manifest["parent"] == "demo/v1" and manifest["derived"]["operation"] == "pair"
+    assert manifest["parent"] == "demo-tiny/v1" and manifest["derived"]["operation"] == "pair"
     assert manifest["pairing"]["rule"] == "top_bottom" and manifest["pairing"]["settings"]["k"] == 2
     pairs = store.read_table(v2, "pairs")
     assert len(pairs) == sum(f["pairs"] for f in manifest["funnel"].values())

@@ -14,7 +14,7 @@ from icr_data.build import MissingWork, build, make_plan, merge
 from icr_data.config import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "recipes" / "demo.yaml"
+DEMO = ROOT / "recipes" / "demo_tiny.yaml"
 
 
 def overrides(store_dir, tiny_pair, **extra):
@@ -56,7 +56,7 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_content(tmp_path, ti
     args = [sys.executable, "-m", "icr_data.cli", "build", str(DEMO)]
     for o in overrides(tmp_path / "b", tiny_pair, **extra):
         args += ["--set", o]
-    work = tmp_path / "b" / "demo" / ".work" / "generate"
+    work = tmp_path / "b" / "demo-tiny" / ".work" / "generate"
     proc = subprocess.Popen(
         args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy()
     )
@@ -67,7 +67,7 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_content(tmp_path, ti
     proc.wait()
     finished = len(list(work.glob("*.done")))
     assert 2 <= finished < 10, "the kill must land mid-run"
-    assert not (tmp_path / "b" / "demo" / "v1").exists()
+    assert not (tmp_path / "b" / "demo-tiny" / "v1").exists()
 
     rerun = subprocess.run(args, capture_output=True, text=True, env=os.environ.copy(), timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]

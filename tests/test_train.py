@@ -21,7 +21,7 @@ def version(tiny_pair, tmp_path_factory):
     overrides = [f"store={tmp / 'store'}", f"models.generator={policy}", f"models.policy={policy}",
                  f"models.reference={reference}", "sampling.backend=transformers", "sampling.n=3",
                  "sampling.max_tokens=12", "prompts.limit=4", "prompts.languages=[en, es, fr]"]  # fmt: skip
-    return build(load_recipe(ROOT / "recipes/demo.yaml", overrides)).path
+    return build(load_recipe(ROOT / "recipes/demo_tiny.yaml", overrides)).path
 
 
 def _config(tmp_path, source, model, **kw) -> Path:
@@ -61,7 +61,7 @@ def test_recipe_learns_the_training_pairs(version, tiny_pair, tokenizer, tmp_pat
     assert _accuracy(cfg.output_dir, policy, rows, tokenizer) > 0.5
     saved = json.loads((Path(cfg.output_dir) / "training.json").read_text())
     m = store.read_manifest(version)
-    assert saved["data"]["version"] == m["version"] and saved["data"]["dataset"] == "demo"
+    assert saved["data"]["version"] == m["version"] and saved["data"]["dataset"] == "demo-tiny"
     assert saved["data"]["manifest_sha256"] == store.sha256_file(version / "manifest.json")
     assert saved["data"]["pairs"] == len(rows) == m["totals"]["pairs"]
     assert saved["rounds"] == m["rounds"] and saved["round"] == 1
@@ -203,7 +203,7 @@ def test_round_two_generates_with_round_one_model(version, tiny_pair, tmp_path):
                  f"models.reference={reference}", "training.reference=previous", "round.index=2",
                  f"round.previous={cfg.output_dir}/training.json", "sampling.backend=transformers",
                  "sampling.n=2", "sampling.max_tokens=8", "prompts.limit=2", "prompts.languages=[en, es]"]  # fmt: skip
-    recipe = load_recipe(ROOT / "recipes/demo.yaml", overrides)
+    recipe = load_recipe(ROOT / "recipes/demo_tiny.yaml", overrides)
     assert recipe.models.generator == str(Path(cfg.output_dir).resolve())
     manifest = build(recipe).manifest
     one, two = manifest["rounds"]
@@ -221,9 +221,9 @@ def test_previous_without_a_record_is_refused(tmp_path):
     from icr_data.config import RecipeError
 
     with pytest.raises(RecipeError, match="'models.generator' is 'previous' but 'round.previous'"):
-        load_recipe(ROOT / "recipes/demo.yaml", ["models.generator=previous"])
+        load_recipe(ROOT / "recipes/demo_tiny.yaml", ["models.generator=previous"])
     with pytest.raises(RecipeError, match="training record not found"):
-        load_recipe(ROOT / "recipes/demo.yaml",
+        load_recipe(ROOT / "recipes/demo_tiny.yaml",
                     ["models.generator=previous", f"round.previous={tmp_path}/none.json"])  # fmt: skip
 
 
