@@ -41,6 +41,7 @@ import icr_data
 from icr_data import models, store
 from icr_data.card import render_card
 from icr_data.config import Recipe
+from icr_data.console import stderr_console
 from icr_data.languages import DIRECTIVE
 from icr_data.pairs import PairStats, empty_funnel, make_pairs
 from icr_data.prompts import load_prompts
@@ -477,7 +478,7 @@ def build(
     stages: tuple[str, ...] = ("generate", "score", "merge"),
 ) -> Result:
     """Run `stages` of the recipe (for shards I mod N with `part=(I, N)`)."""
-    console = console or Console(stderr=True)
+    console = console or stderr_console()
     dataset_dir = Path(recipe.store) / recipe.dataset
     if version is not None and (dataset_dir / version).exists():
         raise store.StoreError(

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from icr_data.console import stderr_console
 
 app = typer.Typer(
     help="Build multilingual preference datasets from an English implicit reward "
@@ -21,9 +22,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
-if not err.is_terminal:  # logs and pipes: do not cut the summary table at 80 columns
-    err.width = 160
+err = stderr_console()
 
 
 @app.callback()

@@ -174,8 +174,18 @@ def pick_dtype(dtype: str, device: str):
         raise ModelError(f"unknown dtype {dtype!r} (auto, float32, bfloat16, float16)") from None
 
 
+def quiet_transformers() -> None:
+    """Switch off transformers' own tqdm bars (loading weights, writing shards): our rich
+    progress reports the work, and hundreds of carriage-return updates clutter logs. Hub
+    download bars (huggingface_hub's) are left on."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def load_causal_lm(path: str, device: str, dtype):
     from transformers import AutoModelForCausalLM
 
+    quiet_transformers()
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     return model.to(device).eval()

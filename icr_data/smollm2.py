@@ -40,11 +40,17 @@ def smollm2_path() -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from icr_data.console import stderr_console
+    from icr_data.models import quiet_transformers
+
     src = gguf_dir()
+    stderr_console().print(f"[bold]setting up[/] {NAME} from its GGUF file once (cached in {out})")
+    quiet_transformers()
     tok = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_NAME)
     quantized = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_NAME, dtype=torch.float32)
     config = quantized.config
-    if hasattr(config, "quantization_config"):  # the weights are plain now; vLLM would refuse "gguf"
+    # the weights are plain now; vLLM would refuse a config that still says "gguf"
+    if hasattr(config, "quantization_config"):
         del config.quantization_config
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(quantized.state_dict())

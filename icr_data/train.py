@@ -31,6 +31,7 @@ from rich.table import Table
 
 from icr_data import models
 from icr_data.chat import ChatEncoder, Encoded
+from icr_data.console import stderr_console
 
 
 class TrainError(ValueError):
@@ -242,7 +243,7 @@ def train(cfg: TrainConfig, console: Console | None = None) -> dict:
 
     from icr_data.score import response_logps, sequence_logps
 
-    console = console or Console(stderr=True)
+    console = console or stderr_console()
     out = Path(cfg.output_dir)
     if (out / "training.json").exists():
         raise TrainError(f"output_dir {out} already holds a trained model; choose another")
@@ -397,7 +398,7 @@ def trained_model(config: str | Path, console: Console | None = None) -> Path:
         return out
     shutil.rmtree(out, ignore_errors=True)  # what an interrupted run left
     cfg.output_dir = str(out)
-    console = console or Console(stderr=True)
+    console = console or stderr_console()
     console.print(f"[bold]training[/] {Path(config).name} once (cached in {out})")
     train(cfg, console)
     return out
