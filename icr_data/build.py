@@ -20,7 +20,6 @@ import errno
 import platform
 import tempfile
 import time
-from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,20 +27,13 @@ from pathlib import Path
 import polars as pl
 from datasets import Dataset, concatenate_datasets
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import Progress
 
 import icr_data
 from icr_data import models, store
 from icr_data.card import render_card
 from icr_data.config import Recipe
-from icr_data.console import stderr_console
+from icr_data.console import progress_bar, stderr_console
 from icr_data.languages import DIRECTIVE
 from icr_data.pairs import PairStats, empty_funnel, make_pairs
 from icr_data.prompts import load_prompts
@@ -91,20 +83,6 @@ class Result:
     path: Path | None
     manifest: dict | None
     report: dict[str, dict[str, int]]
-
-
-@contextmanager
-def _progress(console: Console) -> Iterator[Progress]:
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    ) as progress:
-        yield progress
 
 
 def _model_key(identity: dict) -> str:
@@ -492,7 +470,7 @@ def build(
     )
     report: dict[str, dict[str, int]] = {}
     timings = {}
-    with _progress(console) as progress:
+    with progress_bar(console) as progress:
         if "generate" in stages:
             t0 = time.perf_counter()
             report["generate"] = run_generate(plan, part, console, progress)

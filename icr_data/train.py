@@ -31,7 +31,7 @@ from rich.table import Table
 
 from icr_data import models
 from icr_data.chat import ChatEncoder, Encoded
-from icr_data.console import stderr_console
+from icr_data.console import progress_bar, stderr_console
 
 
 class TrainError(ValueError):
@@ -195,13 +195,15 @@ def dpo_loss(pc, pr, rc, rr, beta: float):
     return -F.logsigmoid(chosen_r - rejected_r), chosen_r.detach(), rejected_r.detach()
 
 
-def _reference_logps(cfg: TrainConfig, path: str, encoded: list[Encoded], pad_id: int, device: str):
+def _reference_logps(cfg: TrainConfig, path: str, encoded: list[Encoded], pad_id: int, device: str,
+                     advance=None):  # fmt: skip
     import torch
 
     from icr_data.score import sequence_logps
 
     model = models.load_causal_lm(path, device, models.pick_dtype(cfg.dtype, device))
-    out = torch.tensor(sequence_logps(model, encoded, pad_id, device), dtype=torch.float64)
+    out = torch.tensor(sequence_logps(model, encoded, pad_id, device, advance=advance),
+                       dtype=torch.float64)  # fmt: skip
     del model
     return out
 
@@ -273,80 +275,90 @@ def train(cfg: TrainConfig, console: Console | None = None) -> dict:
     t0 = time.perf_counter()
     console.print(f"[bold]dpo[/]: {len(pairs)} pairs from {cfg.data.source}"
                   + (f" ({too_long} longer than max_length left out)" if too_long else ""))  # fmt: skip
-    flat = [x for p in pairs for x in p]
-    if ref == start:  # the starting weights are the reference: score them before training
-        model = models.load_causal_lm(start, device, torch.float32)
-        ref_logps = torch.tensor(sequence_logps(model, flat, pad_id, device), dtype=torch.float64)
-    else:
-        ref_logps = _reference_logps(cfg, ref, flat, pad_id, device)
-        model = models.load_causal_lm(start, device, torch.float32)
-    ref_c, ref_r = ref_logps[0::2], ref_logps[1::2]
-    console.print(f"reference log-probs computed once ({time.perf_counter() - t0:.1f}s)")
+    with progress_bar(console) as progress:
+        flat = [x for p in pairs for x in p]
+        task = progress.add_task("reference log-probs", total=len(flat), rate="")
 
-    if cfg.finetune == "lora":
-        model = _wrap_lora(model, cfg)
-    model.train()
-    lm = model.get_base_model() if cfg.finetune == "lora" else model
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    per_step = cfg.batch_size * cfg.grad_accum
-    steps = cfg.max_steps or math.ceil(len(pairs) / per_step) * cfg.epochs
-    sched = get_scheduler("linear", opt, num_warmup_steps=round(cfg.warmup_ratio * steps),
-                          num_training_steps=steps)  # fmt: skip
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
-    rng = random.Random(cfg.seed)
-    order: list[int] = []
-    log: list[dict] = []
-    table = Table("step", "loss", "rewards/chosen", "rewards/rejected", "margins", "accuracy", "lr",
-                  title="DPO training")  # fmt: skip
-    for step in range(1, steps + 1):
-        sums = {"loss": 0.0, "dpo": 0.0, "nll": 0.0, "chosen": 0.0, "rejected": 0.0, "acc": 0.0}
-        n_seen = 0
-        for _ in range(cfg.grad_accum):
-            if len(order) < cfg.batch_size:
-                fresh = list(range(len(pairs)))
-                rng.shuffle(fresh)
-                order += fresh
-            idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
-            batch = [x for i in idx for x in pairs[i]]
-            with autocast:
-                logps = response_logps(lm, batch, pad_id, device)
-            pc, pr = logps[0::2], logps[1::2]
-            losses, cr, rr = dpo_loss(pc, pr, ref_c[idx], ref_r[idx], cfg.beta)
-            n_tok = torch.tensor([len(pairs[i][0].response_ids) for i in idx], dtype=torch.float64)
-            nll = (-pc / n_tok.clamp(min=1)).mean()
-            loss = losses.mean() + cfg.nll_weight * nll
-            (loss / cfg.grad_accum).float().backward()
-            k = len(idx)
-            n_seen += k
-            sums["loss"] += loss.item() * k
-            sums["dpo"] += losses.sum().item()
-            sums["nll"] += nll.item() * k
-            sums["chosen"] += cr.sum().item()
-            sums["rejected"] += rr.sum().item()
-            sums["acc"] += (cr > rr).double().sum().item()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).item()
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        m = {k: v / n_seen for k, v in sums.items()}
-        rec = {"step": step, "loss": m["loss"], "dpo_loss": m["dpo"], "nll": m["nll"],
-               "rewards/chosen": m["chosen"], "rewards/rejected": m["rejected"],
-               "margins": m["chosen"] - m["rejected"], "accuracy": m["acc"],
-               "lr": sched.get_last_lr()[0], "grad_norm": grad_norm}  # fmt: skip
-        log.append(rec)
-        if step % cfg.log_every == 0 or step == steps:
-            console.print(
-                f"step {step}/{steps}  loss {rec['loss']:.4f}  rewards/chosen {rec['rewards/chosen']:+.4f}"
-                f"  rewards/rejected {rec['rewards/rejected']:+.4f}  margins {rec['margins']:+.4f}"
-                f"  accuracy {rec['accuracy']:.2f}",
-                soft_wrap=True,
-            )
-            table.add_row(str(step), f"{rec['loss']:.4f}", f"{rec['rewards/chosen']:+.4f}",
-                          f"{rec['rewards/rejected']:+.4f}", f"{rec['margins']:+.4f}",
-                          f"{rec['accuracy']:.2f}", f"{rec['lr']:.2e}")  # fmt: skip
-        if cfg.save_every and step % cfg.save_every == 0 and step < steps:
-            _save(model, tok, out / f"checkpoint-{step}", cfg, final=False)
+        def done(k: int, _tokens: int) -> None:
+            progress.update(task, advance=k)
+
+        if ref == start:  # the starting weights are the reference: score them before training
+            model = models.load_causal_lm(start, device, torch.float32)
+            ref_logps = torch.tensor(sequence_logps(model, flat, pad_id, device, advance=done),
+                                     dtype=torch.float64)  # fmt: skip
+        else:
+            ref_logps = _reference_logps(cfg, ref, flat, pad_id, device, done)
+            model = models.load_causal_lm(start, device, torch.float32)
+        ref_c, ref_r = ref_logps[0::2], ref_logps[1::2]
+        console.print(f"reference log-probs computed once ({time.perf_counter() - t0:.1f}s)")
+
+        if cfg.finetune == "lora":
+            model = _wrap_lora(model, cfg)
+        model.train()
+        lm = model.get_base_model() if cfg.finetune == "lora" else model
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        per_step = cfg.batch_size * cfg.grad_accum
+        steps = cfg.max_steps or math.ceil(len(pairs) / per_step) * cfg.epochs
+        sched = get_scheduler("linear", opt, num_warmup_steps=round(cfg.warmup_ratio * steps),
+                              num_training_steps=steps)  # fmt: skip
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
+        rng = random.Random(cfg.seed)
+        order: list[int] = []
+        log: list[dict] = []
+        table = Table("step", "loss", "rewards/chosen", "rewards/rejected", "margins", "accuracy", "lr",
+                      title="DPO training")  # fmt: skip
+        task = progress.add_task("dpo steps", total=steps, rate="")
+        for step in range(1, steps + 1):
+            sums = {"loss": 0.0, "dpo": 0.0, "nll": 0.0, "chosen": 0.0, "rejected": 0.0, "acc": 0.0}
+            n_seen = 0
+            for _ in range(cfg.grad_accum):
+                if len(order) < cfg.batch_size:
+                    fresh = list(range(len(pairs)))
+                    rng.shuffle(fresh)
+                    order += fresh
+                idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
+                batch = [x for i in idx for x in pairs[i]]
+                with autocast:
+                    logps = response_logps(lm, batch, pad_id, device)
+                pc, pr = logps[0::2], logps[1::2]
+                losses, cr, rr = dpo_loss(pc, pr, ref_c[idx], ref_r[idx], cfg.beta)
+                n_tok = torch.tensor([len(pairs[i][0].response_ids) for i in idx],
+                                     dtype=torch.float64)  # fmt: skip
+                nll = (-pc / n_tok.clamp(min=1)).mean()
+                loss = losses.mean() + cfg.nll_weight * nll
+                (loss / cfg.grad_accum).float().backward()
+                k = len(idx)
+                n_seen += k
+                sums["loss"] += loss.item() * k
+                sums["dpo"] += losses.sum().item()
+                sums["nll"] += nll.item() * k
+                sums["chosen"] += cr.sum().item()
+                sums["rejected"] += rr.sum().item()
+                sums["acc"] += (cr > rr).double().sum().item()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).item()
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            m = {k: v / n_seen for k, v in sums.items()}
+            rec = {"step": step, "loss": m["loss"], "dpo_loss": m["dpo"], "nll": m["nll"],
+                   "rewards/chosen": m["chosen"], "rewards/rejected": m["rejected"],
+                   "margins": m["chosen"] - m["rejected"], "accuracy": m["acc"],
+                   "lr": sched.get_last_lr()[0], "grad_norm": grad_norm}  # fmt: skip
+            log.append(rec)
+            progress.update(task, advance=1, rate=f"loss {rec['loss']:.4f}")
+            if step % cfg.log_every == 0 or step == steps:
+                console.print(
+                    f"step {step}/{steps}  loss {rec['loss']:.4f}  rewards/chosen {rec['rewards/chosen']:+.4f}"
+                    f"  rewards/rejected {rec['rewards/rejected']:+.4f}  margins {rec['margins']:+.4f}"
+                    f"  accuracy {rec['accuracy']:.2f}",
+                    soft_wrap=True,
+                )
+                table.add_row(str(step), f"{rec['loss']:.4f}", f"{rec['rewards/chosen']:+.4f}",
+                              f"{rec['rewards/rejected']:+.4f}", f"{rec['margins']:+.4f}",
+                              f"{rec['accuracy']:.2f}", f"{rec['lr']:.2e}")  # fmt: skip
+            if cfg.save_every and step % cfg.save_every == 0 and step < steps:
+                _save(model, tok, out / f"checkpoint-{step}", cfg, final=False)
     console.print(table)
     model.eval()
     _save(model, tok, out, cfg, final=True)
