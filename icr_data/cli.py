@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from icr_data.console import stderr_console
+from icr_data.console import progress_bar, stderr_console
 
 app = typer.Typer(
     help="Build multilingual preference datasets from an English implicit reward "
@@ -335,14 +335,211 @@ def check_reward(
 
     if mode not in ("cross_lingual", "native"):
         _fail(f"--mode must be cross_lingual or native, got {mode!r}")
-    try:
-        report = run_check(policy, reference, pairs, ScoringConfig(mode=mode, beta=beta))
-    except _user_errors() as e:
-        _fail(str(e))
+    with progress_bar(err) as progress:
+        tasks: dict[str, int] = {}
+
+        def advance(role: str, k: int) -> None:
+            if role not in tasks:
+                tasks[role] = progress.add_task(f"score ({role})", total=None, rate="")
+            progress.update(tasks[role], advance=k)
+
+        try:
+            report = run_check(policy, reference, pairs, ScoringConfig(mode=mode, beta=beta),
+                               advance=advance)  # fmt: skip
+        except _user_errors() as e:
+            _fail(str(e))
     err.print(check_table(report))
     if json_out:
         json_out.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
         err.print(f"[green]wrote[/] {json_out}")
+
+
+StoreDirOpt = Annotated[
+    str, typer.Option(help="Store folder; a VERSION like dataset/vN is looked up inside it.")
+]
+VersionRef = Annotated[
+    str, typer.Argument(help="A version folder, or dataset/vN relative to --store.")
+]
+
+
+def _stdout():
+    """Reports are the product of these commands: they go to stdout (pipe them to less)."""
+    from rich.console import Console
+
+    out = Console()
+    if not out.is_terminal:
+        out.width = 160
+    return out
+
+
+@app.command("inspect")
+def inspect_version(
+    version: VersionRef,
+    store: StoreDirOpt = "icr_store",
+    lang: Annotated[str | None, typer.Option(help="Only this language (ISO 639-1).")] = None,
+    sort: Annotated[
+        str,
+        typer.Option(help="Rank pairs by margin, length_diff, chosen_reward or rejected_reward."),
+    ] = "margin",
+    top: Annotated[int | None, typer.Option(help="Show the N highest-ranked pairs.")] = None,
+    bottom: Annotated[int | None, typer.Option(help="Show the N lowest-ranked pairs.")] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write a PNG here: margin histograms per language and reward vs length. "
+            "None by default (and never inside the version folder, which is immutable)."
+        ),
+    ] = None,
+    length_unit: Annotated[
+        str | None,
+        typer.Option(help="chars or tokens (default: the unit the version was paired in)."),
+    ] = None,
+    bins: Annotated[int, typer.Option(help="Histogram bins (shared by all languages).")] = 24,
+    max_chars: Annotated[int, typer.Option(help="Cut each shown response at this length.")] = 400,
+) -> None:
+    """Per-language margin statistics of a version's pairs, a terminal histogram per language,
+    and its extreme pairs with chosen and rejected side by side.
+
+    Table: pairs, margin p10/p50/p90 and mean, mean chosen/rejected length, Pearson correlation
+    of (len chosen - len rejected) with margin, off-target rate (from the manifest's funnel).
+    Without --top/--bottom the 3 highest and 3 lowest pairs are shown; --top 0 shows none."""
+    import polars as pl
+
+    from icr_data import inspect as ins
+    from icr_data import store as st
+
+    if sort not in ins.SORT_KEYS:
+        _fail(f"--sort must be one of {', '.join(ins.SORT_KEYS)}, got {sort!r}")
+    if length_unit not in (None, "chars", "tokens"):
+        _fail(f"--length-unit must be chars or tokens, got {length_unit!r}")
+    if bins < 1 or (top or 0) < 0 or (bottom or 0) < 0:
+        _fail("--bins must be >= 1 and --top/--bottom >= 0")
+    if top is None and bottom is None:
+        top = bottom = 3
+    try:
+        path = st.resolve_version(version, store)
+        manifest = st.read_manifest(path)
+        unit = length_unit or ins.length_unit(manifest)
+        lf = ins.scan_pairs(path)
+        df = ins.numeric_view(lf, unit, lang)
+        name = f"{manifest.get('dataset', path.parent.name)}/{manifest.get('version', path.name)}"
+        if df.is_empty():
+            langs = ", ".join(manifest.get("counts") or {}) or "none"
+            where = f" in language {lang!r} (languages: {langs})" if lang else ""
+            _fail(f"{name}: no pairs{where}")
+        stats = ins.language_stats(df, ins.off_target_rates(manifest))
+        hist = ins.margin_histogram(df, bins)
+        picks = [(f"{end} {n} by {sort}", ins.select_pairs(df, n, end == "bottom", sort))
+                 for end, n in (("top", top), ("bottom", bottom)) if n]  # fmt: skip
+        views = list(zip([t for t, _ in picks], ins.with_texts(lf, *(s for _, s in picks))))
+        if plot is not None:
+            ins.plot(df, hist, plot, unit, title=name)
+    except (pl.exceptions.PolarsError, OSError) as e:
+        _fail(f"{version}: cannot read pairs: {str(e).splitlines()[0]}")
+    except _user_errors() as e:
+        _fail(str(e))
+    out = _stdout()
+    out.print(ins.stats_table(stats, f"{name}: {df.height} pairs", unit))
+    out.print(f"margin histogram, {bins} bins over a range shared by the languages:")
+    for line in ins.histogram_lines(hist):
+        out.print(line, highlight=False)
+    for title, sel in views:
+        out.print(ins.pairs_view(sel, f"{name}: {title}", unit, max_chars))
+    if plot is not None:
+        err.print(f"[green]wrote[/] {plot}")
+
+
+@app.command("versions")
+def list_versions(
+    dataset: Annotated[
+        str | None, typer.Argument(help="One dataset in the store (default: every dataset).")
+    ] = None,
+    store: StoreDirOpt = "icr_store",
+) -> None:
+    """Every version of a dataset (or of every dataset in the store), oldest first: its parent,
+    recipe digest (sha256 of the recorded recipe without 'store'), prompt/candidate/pair counts
+    and creation time. '-' marks what an older manifest does not record."""
+    from icr_data import inspect as ins
+
+    try:
+        rows = ins.list_versions(store, dataset)
+    except _user_errors() as e:
+        _fail(str(e))
+    _stdout().print(ins.versions_table(rows))
+
+
+@app.command()
+def diff(version_a: VersionRef, version_b: VersionRef, store: StoreDirOpt = "icr_store") -> None:
+    """What changed from VERSION_A to VERSION_B: recipe keys (dotted, old -> new), models (name,
+    sha256, revision per role), counts per language, and the margin distribution shift per
+    language (deltas of mean, median, p10, p90, and the two-sample Kolmogorov-Smirnov D)."""
+    import polars as pl
+
+    from icr_data import inspect as ins
+    from icr_data import store as st
+
+    try:
+        a, b = st.resolve_version(version_a, store), st.resolve_version(version_b, store)
+        d = ins.diff_versions(a, b)
+    except pl.exceptions.PolarsError as e:
+        _fail(f"cannot read pairs: {str(e).splitlines()[0]}")
+    except _user_errors() as e:
+        _fail(str(e))
+    out = _stdout()
+    if not d["recipe"] and not d["models"]:
+        out.print(f"{d['a']} -> {d['b']}: same recipe and models")
+    for table in ins.diff_tables(d):
+        out.print(table)
+
+
+@app.command()
+def publish(
+    version: Annotated[
+        str, typer.Argument(help="A version folder, or dataset/vN relative to --store.")
+    ],
+    repo: Annotated[str, typer.Option(help="Hub dataset repo OWNER/NAME (created if missing).")],
+    private: Annotated[
+        bool,
+        typer.Option(
+            "--private",
+            help="Create the repo private. An existing public repo is refused, never flipped.",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        Path | None,
+        typer.Option(
+            "--dry-run",
+            help="Send nothing: write the files that would be uploaded, at their repo paths, "
+            "and plan.json into this new or empty folder.",
+        ),
+    ] = None,
+    store: Annotated[
+        str, typer.Option(help="Store folder; a VERSION like dataset/vN is looked up inside it.")
+    ] = "icr_store",
+) -> None:
+    """Publish a version to the Hugging Face Hub as one commit on main, tagged with the version
+    name, so load_dataset(REPO, "pairs", revision="v1") loads it. Files of an earlier version
+    that this one lacks are deleted from main (earlier tags keep them). An existing README.md's
+    extra metadata is kept. The token comes from HF_TOKEN or `hf auth login`."""
+    from icr_data.publish import dry_run as write_dry_run
+    from icr_data.publish import execute, plan_publish
+
+    try:
+        plan = plan_publish(version, repo, private=private, store=store)
+        if dry_run is not None:
+            out = write_dry_run(plan, dry_run)
+            size = sum(op.size or 0 for op in plan.adds)
+            err.print(f"[green]dry run:[/] {len(plan.adds)} files ({size:,} bytes) for "
+                      f"{plan.repo_id}@{plan.tag} and plan.json in {out}; nothing was sent")  # fmt: skip
+            print(out)
+            return
+        result = execute(plan)
+    except _user_errors() as e:
+        _fail(str(e))
+    gone = f", deleted {len(result.deleted)} old files" if result.deleted else ""
+    err.print(f"[green]published[/] {plan.tag} to {result.repo_url} "
+              f"(commit {result.commit_oid[:12]}{gone})")  # fmt: skip
+    print(f"{result.repo_url}/tree/{result.tag}")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -350,9 +547,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from icr_data.derive import DeriveError
     from icr_data.models import ModelError
     from icr_data.prompts import PromptError
+    from icr_data.publish import PublishError
     from icr_data.store import StoreError
 
-    return (PromptError, ModelError, StoreError, TemplateError, DeriveError)
+    return (PromptError, ModelError, StoreError, TemplateError, DeriveError, PublishError)
 
 
 def _fail(message: str) -> None:

@@ -85,5 +85,9 @@ def test_reward_trained_on_the_pairs_ranks_them_all_and_the_swapped_pair_none(ti
     assert bad["fr"]["mean_margin"] == pytest.approx(-good["fr"]["mean_margin"], abs=1e-9)
     # cross-lingual mode scores the French responses under the English instruction + directive
     cross = check_reward(str(tmp_path / "dpo"), str(policy), pairs, ScoringConfig(token_budget=256))
-    assert cross["languages"]["en"]["mean_margin"] == pytest.approx(good["en"]["mean_margin"], abs=1e-4)
-    assert cross["languages"]["fr"]["mean_margin"] != pytest.approx(good["fr"]["mean_margin"], abs=1e-2)
+    assert cross["languages"]["en"]["mean_margin"] == pytest.approx(
+        good["en"]["mean_margin"], abs=1e-4
+    )
+    assert cross["languages"]["fr"]["mean_margin"] != pytest.approx(
+        good["fr"]["mean_margin"], abs=1e-2
+    )

@@ -42,7 +42,10 @@ def test_demo_recipe_values():
     assert r.models.policy == r.models.generator == "train:" + str(ROOT / "recipes/dpo_demo.yaml")
     assert r.pairing.filters == PairingConfig().filters  # a real model: the default filters
     tiny = load_recipe(ROOT / "recipes" / "demo_tiny.yaml")
-    assert tiny.prompts.source == r.prompts.source and tiny.models.reference == "builtin:tiny-reference"
+    assert (
+        tiny.prompts.source == r.prompts.source
+        and tiny.models.reference == "builtin:tiny-reference"
+    )
 
 
 def test_unknown_key_named_with_suggestion(tmp_path):

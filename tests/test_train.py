@@ -235,7 +235,9 @@ def test_shipped_training_configs_and_round_recipes_load():
         assert cfg.beta == 0.1 and cfg.batch_size * cfg.grad_accum == 32 and cfg.nll_weight == 1.0
     r1 = load_recipe(ROOT / "recipes/paper_round1.yaml")
     assert r1.round.index == 1 and r1.sampling.n == 10 and r1.sampling.max_tokens == 2400
-    with pytest.raises(RecipeError, match=r"training record not found: .*runs/round1/training.json"):
+    with pytest.raises(
+        RecipeError, match=r"training record not found: .*runs/round1/training.json"
+    ):
         load_recipe(ROOT / "recipes/paper_round2.yaml")
 
 

@@ -1,0 +1,223 @@
+"""Inspecting versions: statistics with known answers, extreme pairs, histograms, the PNG, the
+version history and diffs between versions."""
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+from datasets import Dataset
+from PIL import Image
+from rich.console import Console
+
+from icr_data import inspect as ins
+from icr_data import store
+from icr_data.build import make_manifest, margin_summary
+from icr_data.card import render_card
+from icr_data.cli import main
+from icr_data.config import Recipe
+from icr_data.pairs import PAIR_FEATURES, PairStats, empty_funnel
+
+# de: margins 0.0 .. 1.0 in a shuffled order, so p10/p50/p90 are 0.1/0.5/0.9 exactly
+DE = [0.3, 1.0, 0.0, 0.7, 0.5, 0.1, 0.9, 0.2, 0.6, 0.4, 0.8]
+FR = [2.0, -1.0, 3.0, 2.0]  # two equal margins: ties keep file order
+RNG = np.random.default_rng(7)
+LENS = {lang: (RNG.integers(1, 60, len(m)), RNG.integers(1, 60, len(m))) for lang, m in
+        (("de", DE), ("fr", FR))}  # fmt: skip
+
+
+def pair_rows(margins: dict[str, list[float]]) -> list[dict]:
+    rows = []
+    for lang, ms in margins.items():
+        for i, m in enumerate(ms):
+            lc, lr = (int(x[i % len(x)]) for x in LENS[lang])
+            rows.append({"prompt_id": f"{lang}-{i:02d}", "lang": lang,
+                         "prompt": [{"role": "user", "content": f"question {lang} {i}"}],
+                         "chosen": [{"role": "assistant", "content": "c" * lc}],
+                         "rejected": [{"role": "assistant", "content": "r" * lr}],
+                         "chosen_reward": 0.1 * i + m, "rejected_reward": 0.1 * i, "margin": m,
+                         "chosen_tokens": lc // 2 + 1, "rejected_tokens": lr // 2 + 1,
+                         "chosen_sample_idx": 0, "rejected_sample_idx": 1})  # fmt: skip
+    return rows
+
+
+def write(tmp_path, margins=None, rule="max_min", parent=None, policy_sha="aaa"):
+    margins = margins or {"de": DE, "fr": FR}
+    pairs = Dataset.from_list(pair_rows(margins), features=PAIR_FEATURES)
+    langs = list(margins)
+    cands = Dataset.from_dict({"prompt_id": [r["prompt_id"] for r in pairs for _ in (0, 1)],
+                               "lang": [r["lang"] for r in pairs for _ in (0, 1)]})  # fmt: skip
+    prompts = Dataset.from_dict({"lang": pairs["lang"]})
+    counts, qs = margin_summary(pairs, cands, prompts, langs)
+    funnel = {lang: empty_funnel() for lang in langs}
+    funnel["de"]["off_target_rate"] = 0.25
+    recipe = Recipe(dataset="t", license="apache-2.0")
+    recipe.prompts.source = "p.jsonl"
+    recipe.pairing.rule = rule
+    ids = {r: {"name": r, "sha256": policy_sha if r == "policy" else "bbb"}
+           for r in ("generator", "policy", "reference")}  # fmt: skip
+    manifest = make_manifest(recipe, ids, PairStats(funnel=funnel), counts, qs, {}, parent=parent)
+    return store.write_version(tmp_path, "t", {"pairs": pairs, "candidates": cands}, manifest,
+                               render_card)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def v1(tmp_path_factory):
+    return write(tmp_path_factory.mktemp("store"))
+
+
+def test_language_stats_match_numpy(v1):
+    df = ins.numeric_view(ins.scan_pairs(v1), "chars")
+    stats = ins.language_stats(df, ins.off_target_rates(store.read_manifest(v1)))
+    de, fr = stats.row(0, named=True), stats.row(1, named=True)
+    assert (de["lang"], de["pairs"], fr["pairs"]) == ("de", 11, 4)
+    assert [de["margin_p10"], de["margin_p50"], de["margin_p90"]] == pytest.approx([0.1, 0.5, 0.9])
+    assert de["margin_mean"] == pytest.approx(0.5)
+    assert fr["margin_p10"] == pytest.approx(np.quantile(FR, 0.1))
+    assert fr["margin_p90"] == pytest.approx(np.quantile(FR, 0.9))
+    for row, margins in ((de, DE), (fr, FR)):
+        c, r = LENS[row["lang"]]
+        assert row["chosen_len"] == pytest.approx(c.mean())
+        assert row["rejected_len"] == pytest.approx(r.mean())
+        assert row["len_margin_corr"] == pytest.approx(np.corrcoef(c - r, margins)[0, 1])
+    assert de["off_target_rate"] == 0.25 and fr["off_target_rate"] is None
+    tokens = ins.language_stats(ins.numeric_view(ins.scan_pairs(v1), "tokens"))
+    assert tokens["chosen_len"][0] == pytest.approx((LENS["de"][0] // 2 + 1).mean())
+
+
+def test_constant_lengths_give_no_correlation(tmp_path):
+    df = pl.DataFrame({"lang": ["x"] * 3, "margin": [1.0, 2.0, 3.0], "chosen_len": [5] * 3,
+                       "rejected_len": [4] * 3})  # fmt: skip
+    assert ins.language_stats(df)["len_margin_corr"][0] is None
+
+
+def test_top_and_bottom_selection_order(v1):
+    lf = ins.scan_pairs(v1)
+    df = ins.numeric_view(lf)
+    top = ins.select_pairs(df, 4)
+    assert top["prompt_id"].to_list() == ["fr-02", "fr-00", "fr-03", "de-01"]  # ties: file order
+    top2, bottom = ins.with_texts(lf, ins.select_pairs(df, 2), ins.select_pairs(df, 3, bottom=True))
+    assert top2["chosen"].to_list() == ["c" * int(LENS["fr"][0][i]) for i in (2, 0)]
+    assert bottom["prompt_id"].to_list() == ["fr-01", "de-02", "de-05"]
+    assert bottom["margin"].to_list() == [-1.0, 0.0, 0.1]
+    assert bottom["prompt"][1] == "question de 2"
+    assert bottom["chosen"][1] == "c" * int(LENS["de"][0][2])
+    de_only = ins.select_pairs(ins.numeric_view(lf, lang="de"), 2)
+    assert de_only["prompt_id"].to_list() == ["de-01", "de-06"]
+    by_len = ins.select_pairs(df, 1, sort="length_diff")
+    diffs = df["chosen_len"] - df["rejected_len"]
+    assert by_len["row"][0] == df["row"][int(np.argmax(diffs.to_numpy()))]
+    with pytest.raises(ValueError, match="sort must be one of"):
+        ins.select_pairs(df, 1, sort="reward")
+
+
+def test_histogram_counts_and_sparkline(v1):
+    df = ins.numeric_view(ins.scan_pairs(v1))
+    hist = ins.margin_histogram(df, bins=4)
+    assert hist["edges"] == pytest.approx([-1.0, 0.0, 1.0, 2.0, 3.0])
+    assert hist["counts"] == {"de": [0, 10, 1, 0], "fr": [1, 0, 0, 3]}
+    for lang, margins in (("de", DE), ("fr", FR)):
+        expected, _ = np.histogram(margins, bins=4, range=(-1.0, 3.0))
+        assert hist["counts"][lang] == expected.tolist()
+    assert ins.sparkline([0, 4, 8, 1]) == " ▄█▁"
+    assert ins.sparkline([0, 0]) == "  "
+    lines = ins.histogram_lines(hist)
+    assert lines[0].startswith("de ") and lines[1].startswith("fr ")
+    assert "|" + ins.sparkline([0, 10, 1, 0]) + "|" in lines[0] and "n=11" in lines[0]
+
+
+def test_plot_writes_a_png(v1, tmp_path):
+    df = ins.numeric_view(ins.scan_pairs(v1))
+    out = ins.plot(df, ins.margin_histogram(df), tmp_path / "sub" / "m.png", "chars", "t/v1")
+    assert out.stat().st_size > 0
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.size[0] > 100 and im.size[1] > 100
+
+
+def test_versions_list_parent_counts_and_old_manifests(tmp_path):
+    write(tmp_path)
+    write(tmp_path, {"de": DE[:5]}, rule="max_random", parent="t/v1")
+    old = tmp_path / "t" / "v3"
+    old.mkdir()
+    (old / "manifest.json").write_text(json.dumps({"dataset": "t", "version": "v3"}))
+    rows = ins.list_versions(tmp_path)
+    assert [(r["version"], r["parent"]) for r in rows] == [
+        ("v1", None),
+        ("v2", "t/v1"),
+        ("v3", None),
+    ]
+    assert (rows[0]["prompts"], rows[0]["candidates"], rows[0]["pairs"]) == (15, 30, 15)
+    assert (rows[1]["pairs"], rows[2]["pairs"], rows[2]["recipe_digest"]) == (5, None, None)
+    assert rows[0]["recipe_digest"] != rows[1]["recipe_digest"]
+    assert len(rows[0]["recipe_digest"]) == 12 and rows[0]["created"]
+    console = Console(record=True, width=200)
+    console.print(ins.versions_table(rows))
+    last = [line for line in console.export_text().splitlines() if " v3 " in line][0]
+    assert [cell.strip() for cell in last.split("│")[3:9]] == ["-"] * 6
+    with pytest.raises(store.StoreError, match="no versions of 'nope'"):
+        ins.list_versions(tmp_path, "nope")
+
+
+def test_diff_recipe_models_counts_and_margin_shift(tmp_path):
+    a = write(tmp_path)
+    shifted = {"de": [m + 0.5 for m in DE[:6]], "fr": FR}
+    b = write(tmp_path, shifted, rule="max_random", parent="t/v1", policy_sha="ccc")
+    d = ins.diff_versions(a, b)
+    assert {"key": "pairing.rule", "old": "max_min", "new": "max_random"} in d["recipe"]
+    assert all(not r["key"].startswith("store") for r in d["recipe"]) and len(d["recipe"]) == 1
+    assert d["models"] == [{"role": "policy", "field": "sha256", "old": "aaa", "new": "ccc"}]
+    assert d["counts"]["de"]["pairs"] == (11, 6) and d["counts"]["fr"]["pairs"] == (4, 4)
+    de = d["margins"].row(0, named=True)
+    new = np.array(shifted["de"])
+    assert de["mean_delta"] == pytest.approx(new.mean() - np.mean(DE))
+    assert de["median_delta"] == pytest.approx(np.median(new) - np.median(DE))
+    assert de["p90_delta"] == pytest.approx(np.quantile(new, 0.9) - np.quantile(DE, 0.9))
+    grid = np.union1d(DE, new)  # KS by brute force over every sample point
+    ks = max(abs((np.array(DE) <= g).mean() - (new <= g).mean()) for g in grid)
+    assert de["ks"] == pytest.approx(ks)
+    assert d["margins"].row(1, named=True)["ks"] == 0.0
+
+
+def test_ks_statistic_known_values():
+    assert ins.ks_statistic(np.array([1.0, 2, 3]), np.array([2.0, 3, 4])) == pytest.approx(1 / 3)
+    assert ins.ks_statistic(np.array([0.0, 1]), np.array([5.0, 6])) == 1.0
+    assert ins.ks_statistic(np.array([]), np.array([1.0])) is None
+
+
+def test_flatten():
+    nested = {"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}, "f": None}
+    assert ins.flatten(nested) == {"a.b": 1, "a.c.d": [1, 2], "e": {}, "f": None}
+
+
+def run_cli(capsys, *args):
+    with pytest.raises(SystemExit) as e:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+def test_cli_inspect_versions_and_diff(tmp_path, capsys):
+    write(tmp_path)
+    write(tmp_path, {"de": DE[:5]}, rule="max_random", parent="t/v1")
+    png = tmp_path / "plots" / "v1.png"
+    code, out, err = run_cli(capsys, "inspect", "t/v1", "--store", str(tmp_path), "--top", "2",
+                             "--plot", str(png))  # fmt: skip
+    assert code == 0, err
+    assert "t/v1: 15 pairs" in out and "25.0%" in out and "top 2 by margin" in out
+    assert "bottom" not in out and out.index("fr-02") < out.index("fr-00")
+    assert png.stat().st_size > 0 and "wrote" in err
+    code, out, _ = run_cli(capsys, "inspect", str(tmp_path / "t" / "v1"), "--lang", "fr",
+                           "--bottom", "1", "--length-unit", "tokens")  # fmt: skip
+    assert code == 0 and "fr-01" in out and "de-" not in out and "(tokens)" in out
+    code, out, err = run_cli(capsys, "inspect", "t/v1", "--store", str(tmp_path), "--lang", "xx")
+    assert code == 2 and "no pairs in language 'xx' (languages: de, fr)" in err
+    code, _, err = run_cli(capsys, "inspect", "t/v9", "--store", str(tmp_path))
+    assert code == 2 and "not a version folder" in err
+    code, _, err = run_cli(capsys, "inspect", "t/v1", "--store", str(tmp_path), "--sort", "len")
+    assert code == 2 and "--sort must be one of" in err
+    code, out, _ = run_cli(capsys, "versions", "--store", str(tmp_path))
+    assert code == 0 and "t/v1" in out and out.count(" t ") == 2
+    code, out, _ = run_cli(capsys, "diff", "t/v1", "t/v2", "--store", str(tmp_path))
+    assert code == 0 and "pairing.rule" in out and "max_min" in out and "max_random" in out
+    code, _, err = run_cli(capsys, "versions", "--store", str(tmp_path / "empty"))
+    assert code == 2 and "no dataset versions" in err
