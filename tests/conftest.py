@@ -13,6 +13,27 @@ def tiny_pair(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def build_tiny(tiny_pair):
+    """`build_tiny(store_dir, *overrides)`: build recipes/demo_tiny.yaml with the tiny pair as
+    generator, policy and reference, through the transformers backend (no vLLM start-up), 3
+    samples per prompt; returns the version folder."""
+    from pathlib import Path
+
+    from icr_data.build import build
+    from icr_data.config import load_recipe
+
+    policy, reference = tiny_pair
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "demo_tiny.yaml"
+
+    def run(store_dir, *overrides: str):
+        base = [f"store={store_dir}", f"models.generator={policy}", f"models.policy={policy}",
+                f"models.reference={reference}", "sampling.backend=transformers", "sampling.n=3"]  # fmt: skip
+        return build(load_recipe(recipe, [*base, *overrides])).path
+
+    return run
+
+
+@pytest.fixture(scope="session")
 def tokenizer(tiny_pair):
     from transformers import AutoTokenizer
 

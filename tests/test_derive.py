@@ -7,21 +7,17 @@ from pathlib import Path
 import pytest
 
 from icr_data import store
-from icr_data.build import build
-from icr_data.config import load_recipe
 from icr_data.derive import DeriveError, rescore
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def v1(tiny_pair, tmp_path_factory):
-    policy, reference = tiny_pair
-    tmp = tmp_path_factory.mktemp("derive")
-    overrides = [f"store={tmp / 'store'}", f"models.generator={policy}", f"models.policy={policy}",
-                 f"models.reference={reference}", "sampling.backend=transformers", "sampling.n=3",
-                 "sampling.max_tokens=10", "prompts.limit=3", "prompts.languages=[en, fr]"]  # fmt: skip
-    return build(load_recipe(ROOT / "recipes/demo_tiny.yaml", overrides)).path
+def v1(build_tiny, tmp_path_factory):
+    store_dir = tmp_path_factory.mktemp("derive") / "store"
+    return build_tiny(
+        store_dir, "sampling.max_tokens=10", "prompts.limit=3", "prompts.languages=[en, fr]"
+    )
 
 
 def test_swapped_pair_negates_every_reward(v1, tiny_pair):

@@ -13,7 +13,7 @@ from unittest import mock
 import httpx2
 import pytest
 import requests
-from datasets import Dataset, load_dataset
+from datasets import load_dataset
 from huggingface_hub import (
     CommitOperationAdd,
     CommitOperationDelete,
@@ -24,13 +24,11 @@ from huggingface_hub import (
 )
 from huggingface_hub.hf_api import CommitInfo, DatasetInfo, GitRefInfo, GitRefs
 from huggingface_hub.utils import hf_raise_for_status
+from synthetic import digest, tables
 
 from icr_data import publish, store
-from icr_data.build import make_manifest, margin_summary
 from icr_data.card import render_card
 from icr_data.cli import main
-from icr_data.config import Recipe
-from icr_data.pairs import PairingConfig, make_pairs
 
 TOKEN = "hf_secret_xyz"
 OID = "0123456789abcdef0123456789abcdef01234567"
@@ -38,27 +36,8 @@ OID = "0123456789abcdef0123456789abcdef01234567"
 
 def write(store_dir: Path, shift: float = 0.0) -> Path:
     """A version with 4 pairs and 12 candidates in en and de (rewards shifted by `shift`)."""
-    rows = [{"prompt_id": pid, "lang": lang, "instruction": f"{pid}-{lang}", "scoring_prompt": pid,
-             "sample_idx": i, "response": f"r{i}" * (i + 1), "finish_reason": "stop",
-             "response_tokens": i + 2, "logp_policy": -1.0, "logp_ref": -1.0 - r - shift,
-             "reward": r + shift}
-            for lang in ("en", "de") for pid in ("a", "b")
-            for i, r in enumerate([0.1, 0.7, 0.3])]  # fmt: skip
-    cands = Dataset.from_list(rows)
-    pairs, stats = make_pairs(cands, PairingConfig())
-    prompts = Dataset.from_list([{"lang": r["lang"]} for r in rows if r["sample_idx"] == 0])
-    counts, margins = margin_summary(pairs, cands, prompts, ["en", "de"])
-    recipe = Recipe(dataset="t", license="apache-2.0")
-    recipe.prompts.source = "p.jsonl"
-    ids = {r: {"name": r} for r in ("generator", "policy", "reference")}
-    manifest = make_manifest(recipe, ids, stats, counts, margins, {})
-    return store.write_version(store_dir, "t", {"pairs": pairs, "candidates": cands}, manifest,
-                               render_card)  # fmt: skip
-
-
-def digest(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+    tabs, manifest = tables(shift)
+    return store.write_version(store_dir, "t", tabs, manifest, render_card)
 
 
 @pytest.fixture

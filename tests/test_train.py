@@ -15,13 +15,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def version(tiny_pair, tmp_path_factory):
-    policy, reference = tiny_pair
-    tmp = tmp_path_factory.mktemp("train")
-    overrides = [f"store={tmp / 'store'}", f"models.generator={policy}", f"models.policy={policy}",
-                 f"models.reference={reference}", "sampling.backend=transformers", "sampling.n=3",
-                 "sampling.max_tokens=12", "prompts.limit=4", "prompts.languages=[en, es, fr]"]  # fmt: skip
-    return build(load_recipe(ROOT / "recipes/demo_tiny.yaml", overrides)).path
+def version(build_tiny, tmp_path_factory):
+    store_dir = tmp_path_factory.mktemp("train") / "store"
+    return build_tiny(
+        store_dir, "sampling.max_tokens=12", "prompts.limit=4", "prompts.languages=[en, es, fr]"
+    )
 
 
 def _config(tmp_path, source, model, **kw) -> Path:
