@@ -4,6 +4,7 @@
     icr-data generate RECIPE --shard 0/4                  # one process's part of generation
     icr-data score RECIPE --shard 0/4                     # ... and of scoring
     icr-data merge RECIPE                                 # all parts done -> a new version
+    icr-data build RECIPE --executor ray [--address A]    # the same shards on a Ray cluster
 
 prompts -> generate (vLLM) -> log-probs under the policy, then under the reference -> assemble
 candidates (reward = beta * (logp_policy - logp_ref)) -> pairs -> version + card. Work is kept in
@@ -454,8 +455,13 @@ def build(
     version: str | None = None,
     part: tuple[int, int] | None = None,
     stages: tuple[str, ...] = ("generate", "score", "merge"),
+    executor: str = "local",
+    address: str | None = None,
 ) -> Result:
-    """Run `stages` of the recipe (for shards I mod N with `part=(I, N)`)."""
+    """Run `stages` of the recipe (for shards I mod N with `part=(I, N)`), in this process or,
+    with `executor="ray"`, on the Ray cluster at `address` (ray_exec.py: same shards and keys)."""
+    if executor not in ("local", "ray"):
+        raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")
     console = console or stderr_console()
     dataset_dir = Path(recipe.store) / recipe.dataset
     if version is not None and (dataset_dir / version).exists():
@@ -470,14 +476,19 @@ def build(
     )
     report: dict[str, dict[str, int]] = {}
     timings = {}
+    run_gen, run_sc = run_generate, run_score
+    if executor == "ray":  # imported only here: ray is an optional extra
+        from icr_data import ray_exec
+
+        run_gen, run_sc = ray_exec.runners(address)
     with progress_bar(console) as progress:
         if "generate" in stages:
             t0 = time.perf_counter()
-            report["generate"] = run_generate(plan, part, console, progress)
+            report["generate"] = run_gen(plan, part, console, progress)
             timings["generate_s"] = round(time.perf_counter() - t0, 2)
         if "score" in stages:
             t0 = time.perf_counter()
-            report.update(run_score(plan, part, console, progress))
+            report.update(run_sc(plan, part, console, progress))
             timings["score_s"] = round(time.perf_counter() - t0, 2)
     timings["scoring_throughput"] = {r: report[r].get("throughput") for r in ROLES if r in report}
     if "merge" not in stages:

@@ -69,6 +69,21 @@ ShardOpt = Annotated[
     str | None,
     typer.Option(help="Do only shards I, I+N, I+2N, ... (I/N, e.g. 0/4); merge when all are done."),
 ]
+ExecutorOpt = Annotated[
+    str,
+    typer.Option(
+        help="local: run the stages in this process. ray: run generation and scoring in Ray Data "
+        "actor pools (pip install 'icr-data\\[ray]'), sized by the recipe's 'ray:' section; same "
+        "shards and completion markers, so either executor resumes the other's work."
+    ),
+]
+AddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="--executor ray: the cluster to join (HEAD_IP:6379, or ray://HEAD_IP:10001). Default: "
+        "RAY_ADDRESS, else a cluster started on this machine with `ray start`, else a new local one."
+    ),
+]
 
 
 def _run(recipe: Path, store: str | None, set_: list[str] | None, **kwargs):
@@ -83,6 +98,10 @@ def _run(recipe: Path, store: str | None, set_: list[str] | None, **kwargs):
         part = parse_shard(kwargs.pop("shard", None))
     except (RecipeError, ValueError) as e:
         _fail(str(e))
+    if kwargs.get("executor", "local") not in ("local", "ray"):
+        _fail(f"--executor must be local or ray, got {kwargs['executor']!r}")
+    if kwargs.get("address") and kwargs.get("executor") != "ray":
+        _fail("--address names a Ray cluster: use it with --executor ray")
 
     from icr_data.build import build as run_build
 
@@ -100,22 +119,32 @@ def _report_version(path: Path, manifest: dict) -> None:
 
 @app.command()
 def build(
-    recipe: RecipeArg, store: StoreOpt = None, version: VersionOpt = None, set_: SetOpt = None
+    recipe: RecipeArg,
+    store: StoreOpt = None,
+    version: VersionOpt = None,
+    set_: SetOpt = None,
+    executor: ExecutorOpt = "local",
+    address: AddressOpt = None,
 ) -> None:
     """Run every stage of RECIPE (prompts, vLLM generation, dual-logit scoring, pairing) and
     write a new immutable dataset version with its card. Prints the version's path.
 
     Work is saved shard by shard: after a crash, the same command skips finished shards."""
-    result = _run(recipe, store, set_, version=version)
+    result = _run(recipe, store, set_, version=version, executor=executor, address=address)
     _report_version(result.path, result.manifest)
 
 
 @app.command()
 def generate(
-    recipe: RecipeArg, store: StoreOpt = None, set_: SetOpt = None, shard: ShardOpt = None
+    recipe: RecipeArg,
+    store: StoreOpt = None,
+    set_: SetOpt = None,
+    shard: ShardOpt = None,
+    executor: ExecutorOpt = "local",
+    address: AddressOpt = None,
 ) -> None:
     """Generate candidates for RECIPE's shards (all, or I mod N with --shard I/N)."""
-    _run(recipe, store, set_, shard=shard, stages=("generate",))
+    _run(recipe, store, set_, shard=shard, stages=("generate",), executor=executor, address=address)
     err.print("[green]generation done[/] for " + (f"shard {shard}" if shard else "all shards"))
 
 
@@ -141,6 +170,8 @@ def score(
         bool | None, typer.Option(help="Version mode: count the end-of-turn token.")
     ] = None,
     version: VersionOpt = None,
+    executor: ExecutorOpt = "local",
+    address: AddressOpt = None,
 ) -> None:
     """Score candidates under the policy and the reference.
 
@@ -149,6 +180,8 @@ def score(
     if (source / "manifest.json").is_file():
         from icr_data.derive import rescore
 
+        if executor != "local":
+            _fail("--executor ray scores a recipe's shards; a version is rescored in this process")
         if mode not in (None, "cross_lingual", "native"):
             _fail(f"--mode must be cross_lingual or native, got {mode!r}")
         scoring = {
@@ -165,7 +198,7 @@ def score(
     if policy or reference or mode or beta is not None or count_eot is not None:
         _fail("--policy/--reference/--mode/--beta/--count-eot rescore a version folder; "
               "with a recipe use --set models.policy=... etc.")  # fmt: skip
-    _run(source, store, set_, shard=shard, stages=("score",))
+    _run(source, store, set_, shard=shard, stages=("score",), executor=executor, address=address)
     err.print("[green]scoring done[/] for " + (f"shard {shard}" if shard else "all shards"))
 
 
@@ -542,19 +575,134 @@ def publish(
     print(f"{result.repo_url}/tree/{result.tag}")
 
 
+def _translate_tables(path: Path, manifest: dict, show: int = 20) -> list[Table]:
+    """Kept / failed per language (failed by first reason), then the first `show` failures."""
+    from icr_data.store import read_table
+
+    summary = Table(title=f"{manifest['dataset']} {manifest['version']}: translated prompts")
+    for col in ("lang", "sources", "kept", "failed", "failed by reason"):
+        summary.add_column(col, justify="left" if col in ("lang", "failed by reason") else "right")
+    for lang, c in manifest["counts"].items():
+        reasons = ", ".join(f"{k} {v}" for k, v in c["reasons"].items()) or "-"
+        summary.add_row(lang, str(c["sources"]), str(c["kept"]), str(c["failed"]), reasons)
+    failed = read_table(path, "failures")
+    rows = failed.select(range(min(show, len(failed))))
+    more = f" (first {show} of {len(failed)}; all in data/failures)" if len(failed) > show else ""
+    detail = Table(title=f"failures{more}")
+    for col in ("prompt_id", "lang", "reason", "all reasons", "translation"):
+        detail.add_column(col, overflow="fold" if col == "translation" else "ellipsis")
+    for r in rows:
+        text = r["translation"].replace("\n", " ")
+        detail.add_row(r["prompt_id"][:16], r["lang"], r["reason"], ", ".join(r["reasons"]),
+                       text[:80] + ("..." if len(text) > 80 else ""))  # fmt: skip
+    return [summary, detail] if len(failed) else [summary]
+
+
+@app.command()
+def translate(
+    prompts: Annotated[
+        str,
+        typer.Argument(
+            help="English prompts: a JSONL or Parquet file, a datasets folder, a prompts "
+            "version, or a Hub dataset id (rows whose lang is not en are skipped)."
+        ),
+    ],
+    to: Annotated[
+        str, typer.Option("--to", help="Target languages, comma-separated ISO 639-1: es,de,fr,ru.")
+    ],
+    model: Annotated[
+        str, typer.Option(help="Instruct or translation model: a folder, Hub id or builtin:NAME.")
+    ],
+    out: Annotated[str, typer.Option(help="Store folder; writes OUT/NAME/vN.")] = "icr_store",
+    name: Annotated[str, typer.Option(help="Dataset name in the store.")] = "prompts",
+    limit: Annotated[
+        int | None, typer.Option(help="Translate a seeded sample of N prompts (after dedup).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the sample (and of the engine).")] = 0,
+    template: Annotated[
+        Path | None,
+        typer.Option(
+            help="File with the translation prompt; {source_language}, {target_language} "
+            "and {text} are filled in (default: a translate-only instruction)."
+        ),
+    ] = None,
+    column_map: Annotated[
+        str | None,
+        typer.Option(help="Source columns onto ours (SOURCE=OURS), e.g. prompt=instruction."),
+    ] = None,
+    split: Annotated[str, typer.Option(help="Hub sources: the split to read.")] = "train",
+    backend: Annotated[str, typer.Option(help="vllm or transformers (slow fallback).")] = "vllm",
+    max_tokens: Annotated[int, typer.Option(help="Longest translation, in tokens.")] = 1024,
+    ratio: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Length-ratio bounds (translation / English characters): LO:HI for every "
+            "language, LANG=LO:HI for one (repeatable). Default 0.5:2.5."
+        ),
+    ] = None,
+    dtype: Annotated[str, typer.Option(help="Model dtype for the engine.")] = "auto",
+    max_model_len: Annotated[int | None, typer.Option(help="vLLM context length.")] = None,
+    chat_template: Annotated[
+        str | None, typer.Option(help="Chat template (inline or file) if the model has none.")
+    ] = None,
+    version: VersionOpt = None,
+) -> None:
+    """Translate English PROMPTS into every --to language with an instruct model (greedy
+    decoding) and write a versioned prompts dataset (English rows kept): a recipe's prompts.source.
+
+    Gates: target language, length ratio, code/URLs/numbers/placeholders kept, not answered.
+    A translation that fails one is left out for its language and listed in data/failures."""
+    from icr_data.translate import TranslateConfig, TranslateError, parse_column_map, parse_ratios
+    from icr_data.translate import translate as run_translate
+
+    if backend not in ("vllm", "transformers"):
+        _fail(f"--backend must be vllm or transformers, got {backend!r}")
+    try:
+        default_ratio, ratio_by_lang = parse_ratios(ratio)
+        cfg = TranslateConfig(
+            source=prompts, languages=[x.strip() for x in to.split(",") if x.strip()],
+            model=model, out=out, name=name, version=version, split=split,
+            column_map=parse_column_map(column_map), limit=limit, seed=seed,
+            template=str(template) if template else None, backend=backend,  # type: ignore[arg-type]
+            max_tokens=max_tokens, dtype=dtype, max_model_len=max_model_len,
+            chat_template=chat_template, ratio=default_ratio, ratio_by_lang=ratio_by_lang,
+        )  # fmt: skip
+    except TranslateError as e:
+        _fail(str(e))
+    with progress_bar(err) as progress:
+        task = progress.add_task("translate", total=None, rate="")
+        try:
+            path, manifest = run_translate(
+                cfg,
+                advance=lambda k: progress.advance(task, k),
+                on_total=lambda n: progress.update(task, total=n),
+            )
+        except _user_errors() as e:
+            _fail(str(e))
+    for table in _translate_tables(path, manifest):
+        err.print(table)
+    err.print(f"[green]wrote[/] {path}")
+    print(path)
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     from icr_data.chat import TemplateError
     from icr_data.derive import DeriveError
     from icr_data.models import ModelError
     from icr_data.prompts import PromptError
     from icr_data.publish import PublishError
+    from icr_data.ray_exec import RayError  # the module, not ray: ray is imported when used
     from icr_data.store import StoreError
+    from icr_data.translate import TranslateError
 
-    return (PromptError, ModelError, StoreError, TemplateError, DeriveError, PublishError)
+    return (PromptError, ModelError, StoreError, TemplateError, DeriveError, PublishError,
+            TranslateError, RayError)  # fmt: skip
 
 
 def _fail(message: str) -> None:
-    err.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape  # a message's own brackets ('icr-data[ray]') are text
+
+    err.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 

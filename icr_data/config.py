@@ -69,6 +69,8 @@ class SamplingConfig:
     """vLLM eager mode; None means eager on CPU (fast start), graphs on GPU."""
     max_model_len: int | None = None
     dtype: str = "auto"
+    tensor_parallel_size: int = 1
+    """vLLM tensor parallelism: GPUs per engine (with `--executor ray`, GPUs per actor)."""
 
 
 @dataclass
@@ -144,6 +146,24 @@ class TrainingConfig:
 
 
 @dataclass
+class RayConfig:
+    """Resources of `--executor ray` (ray_exec.py); the local executor ignores them. None: a
+    default read from the cluster's nodes (their GPUs and CPUs) when a stage starts."""
+
+    num_actors: int | None = None
+    """Actors per stage (each holds one engine or one scoring model). None: the cluster's GPUs
+    divided by gpus_per_actor, or 1 on a cluster without GPUs; never more than there are batches."""
+    gpus_per_actor: float | None = None
+    """None: generation takes sampling.tensor_parallel_size GPUs, scoring 1, on a cluster with
+    GPUs; 0 without."""
+    cpus_per_actor: float | None = None
+    """None: 1 on a cluster with GPUs; without, the CPUs of one node shared among the actors
+    (torch in an actor uses as many threads as it has CPUs)."""
+    batch_size: int = 1
+    """Shards per actor call. 1 gives the finest resume: each shard is saved as soon as it is done."""
+
+
+@dataclass
 class Recipe:
     dataset: str = ""
     """Dataset name: versions go to <store>/<dataset>/v<N>."""
@@ -159,6 +179,7 @@ class Recipe:
     pairing: PairingConfig = field(default_factory=PairingConfig)
     round: RoundConfig = field(default_factory=RoundConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -324,6 +345,13 @@ def validate(recipe: Recipe, where: str = "recipe") -> None:
         raise RecipeError(f"{where}: 'sampling.top_p' must be in (0, 1], got {s.top_p}")
     if s.temperature < 0:
         raise RecipeError(f"{where}: 'sampling.temperature' must be >= 0, got {s.temperature}")
+    if s.tensor_parallel_size < 1:
+        raise RecipeError(f"{where}: 'sampling.tensor_parallel_size' must be >= 1")
+    r = recipe.ray
+    if (r.num_actors or 1) < 1 or r.batch_size < 1:
+        raise RecipeError(f"{where}: 'ray.num_actors' and 'ray.batch_size' must be >= 1")
+    if (r.gpus_per_actor or 0) < 0 or (r.cpus_per_actor is not None and r.cpus_per_actor <= 0):
+        raise RecipeError(f"{where}: 'ray.gpus_per_actor' must be >= 0, 'ray.cpus_per_actor' > 0")
     if recipe.shard_prompts < 1:
         raise RecipeError(f"{where}: 'shard_prompts' must be >= 1")
     if (recipe.scoring.token_budget or 1) < 1 or recipe.scoring.max_batch_size < 1:

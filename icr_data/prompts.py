@@ -1,6 +1,7 @@
 """Prompts stage: load a multilingual prompt set and attach each row's scoring prompt.
 
-Input (JSONL, Parquet, or a `datasets` folder saved with save_to_disk): one row per
+Input (JSONL, Parquet, a `datasets` folder saved with save_to_disk, or a prompts version folder
+written by `icr-data translate`): one row per
 (prompt_id, lang) with `prompt_id`, `lang`, `instruction`. A prompt exists in English and in each
 target language under the same prompt_id; the English row is what cross-lingual scoring shows
 the reward model. Output: the rows for the recipe's languages, in a stable order, plus
@@ -29,6 +30,12 @@ def read_rows(source: str) -> list[dict]:
     if not path.exists():
         raise PromptError(f"prompts.source not found: {source}")
     if path.is_dir():
+        parts = sorted((path / "data" / "prompts").glob("*.parquet"))
+        if parts:  # a prompts version written by `icr-data translate`
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            return pa.concat_tables([pq.read_table(f) for f in parts]).to_pylist()
         from datasets import load_from_disk
 
         try:
