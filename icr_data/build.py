@@ -195,14 +195,21 @@ def make_plan(recipe: Recipe) -> Plan:
     return plan
 
 
+def pending(plan: Plan, stage: str, keys, shards: list[Shard], console: Console, label: str):
+    """The shards whose `stage` output under `keys` is not saved yet, and the done/skipped report
+    (finished shards are announced, not redone)."""
+    todo = [s for s in shards if not plan.work.done(stage, keys[s.index])]
+    report: dict = {"done": len(todo), "skipped": len(shards) - len(todo)}
+    if report["skipped"]:
+        console.print(f"{label}: {report['skipped']} shard(s) finished earlier, skipped")
+    return todo, report
+
+
 def run_generate(plan: Plan, part, console: Console, progress: Progress) -> dict[str, int]:
     from icr_data.generate import open_backend, sample
 
     shards = mine(plan.shards, part)
-    todo = [s for s in shards if not plan.work.done("generate", plan.gen_keys[s.index])]
-    report = {"done": len(todo), "skipped": len(shards) - len(todo)}
-    if report["skipped"]:
-        console.print(f"generate: {report['skipped']} shard(s) finished earlier, skipped")
+    todo, report = pending(plan, "generate", plan.gen_keys, shards, console, "generate")
     if not todo:
         return report
     task = progress.add_task(
@@ -257,12 +264,7 @@ def run_score(plan: Plan, part, console: Console, progress: Progress) -> dict[st
     reports = {}
     for role in ROLES:
         keys = plan.logp_keys[role]
-        todo = [s for s in shards if not plan.work.done("logp", keys[s.index])]
-        reports[role] = {"done": len(todo), "skipped": len(shards) - len(todo)}
-        if reports[role]["skipped"]:
-            console.print(
-                f"score ({role}): {reports[role]['skipped']} shard(s) finished earlier, skipped"
-            )
+        todo, reports[role] = pending(plan, "logp", keys, shards, console, f"score ({role})")
         if not todo:
             continue
         cands = {

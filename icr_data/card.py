@@ -52,7 +52,8 @@ def _data_files(manifest: dict, config: str) -> list[dict]:
     return [{"split": "train", "path": files if len(files) > 1 else files[0]}]
 
 
-def render_card(manifest: dict) -> str:
+def environment():
+    """The Jinja environment of the card templates (cards/): strict, with `language_name`."""
     import jinja2
 
     env = jinja2.Environment(
@@ -63,6 +64,11 @@ def render_card(manifest: dict) -> str:
         lstrip_blocks=True,
     )
     env.filters["language_name"] = language_name
+    return env
+
+
+def render_card(manifest: dict) -> str:
+    env = environment()
     env.filters["fmt"] = lambda v: "-" if v is None else f"{v:.3f}"
     env.filters["reasons"] = lambda d: ", ".join(f"{k} {v}" for k, v in d.items()) or "-"
     header = yaml.safe_dump(card_header(manifest), sort_keys=False, allow_unicode=True)

@@ -57,6 +57,7 @@ from icr_data.build import (
     _need_generation,
     _with_scoring_prompt,
     _writing,
+    pending,
 )
 from icr_data.shards import mine
 
@@ -224,10 +225,7 @@ def run_generate(
 ) -> dict:
     """build.run_generate through a Ray actor pool: the same shards, keys, markers and report."""
     shards = mine(plan.shards, part)
-    todo = [s for s in shards if not plan.work.done("generate", plan.gen_keys[s.index])]
-    report: dict[str, Any] = {"done": len(todo), "skipped": len(shards) - len(todo)}
-    if report["skipped"]:
-        console.print(f"generate: {report['skipped']} shard(s) finished earlier, skipped")
+    todo, report = pending(plan, "generate", plan.gen_keys, shards, console, "generate")
     if not todo:
         return report
     nodes = connect(address)
@@ -278,12 +276,7 @@ def run_score(
     reports: dict[str, dict] = {}
     for role in ROLES:
         keys = plan.logp_keys[role]
-        todo = [s for s in shards if not plan.work.done("logp", keys[s.index])]
-        reports[role] = {"done": len(todo), "skipped": len(shards) - len(todo)}
-        if reports[role]["skipped"]:
-            console.print(
-                f"score ({role}): {reports[role]['skipped']} shard(s) finished earlier, skipped"
-            )
+        todo, reports[role] = pending(plan, "logp", keys, shards, console, f"score ({role})")
         if not todo:
             continue
         nodes = connect(address)

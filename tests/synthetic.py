@@ -1,5 +1,6 @@
-"""Synthetic versions for tests: a small candidates/pairs pair with known rewards, made through
-the real pairing and manifest code, and a digest of a folder's files."""
+"""Test helpers: synthetic versions (a small candidates/pairs pair with known rewards, made through
+the real pairing and manifest code), a digest of a folder's files, and the tiny demo recipe with
+the tiny model pair and small settings."""
 
 import hashlib
 from pathlib import Path
@@ -7,7 +8,7 @@ from pathlib import Path
 from datasets import Dataset
 
 from icr_data.build import make_manifest, margin_summary
-from icr_data.config import Recipe
+from icr_data.config import Recipe, load_recipe
 from icr_data.pairs import PairingConfig, make_pairs
 
 
@@ -36,3 +37,23 @@ def tables(shift=0.0):
 def digest(folder: Path) -> dict:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+
+
+DEMO = Path(__file__).resolve().parents[1] / "recipes" / "demo_tiny.yaml"
+
+
+def overrides(store_dir, tiny_pair, **extra):
+    """--set overrides: the tiny pair, transformers backend, 4 prompt_ids in en/de/ru, one per shard."""
+    policy, reference = tiny_pair
+    base = {
+        "store": store_dir, "models.generator": policy, "models.policy": policy,
+        "models.reference": reference, "sampling.backend": "transformers", "sampling.n": 2,
+        "sampling.max_tokens": 12, "prompts.limit": 4, "shard_prompts": 1,
+        "prompts.languages": "[en, de, ru]",
+    }  # fmt: skip
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def recipe(store_dir, tiny_pair, **extra):
+    return load_recipe(DEMO, overrides(store_dir, tiny_pair, **extra))

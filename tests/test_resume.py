@@ -8,29 +8,13 @@ import time
 from pathlib import Path
 
 import pytest
+from synthetic import overrides, recipe
 
 from icr_data import store
 from icr_data.build import MissingWork, build, make_plan, merge
-from icr_data.config import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "recipes" / "demo_tiny.yaml"
-
-
-def overrides(store_dir, tiny_pair, **extra):
-    policy, reference = tiny_pair
-    base = {
-        "store": store_dir, "models.generator": policy, "models.policy": policy,
-        "models.reference": reference, "sampling.backend": "transformers", "sampling.n": 2,
-        "sampling.max_tokens": 12, "prompts.limit": 4, "shard_prompts": 1,
-        "prompts.languages": "[en, de, ru]",
-    }  # fmt: skip
-    base.update(extra)
-    return [f"{k}={v}" for k, v in base.items()]
-
-
-def recipe(store_dir, tiny_pair, **extra):
-    return load_recipe(DEMO, overrides(store_dir, tiny_pair, **extra))
 
 
 def table(version, config):
