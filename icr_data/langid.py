@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 
 def _lingua_codes(languages: Sequence[str]) -> dict[str, object]:
+    """lingua's codes for `languages` plus English, leaving out the ones lingua cannot detect."""
     from lingua import IsoCode639_1
 
     out = {}
@@ -44,12 +45,18 @@ def identify(
     return langs, scores
 
 
+def judged(found: Sequence[str | None], wanted: Sequence[str], languages: Sequence[str]):
+    """`found` with None where the wanted language is one lingua cannot detect (no, kn, ...): such
+    a text would be labelled as one of the others, so it is not judged rather than misjudged."""
+    detectable = set(_lingua_codes(languages))
+    return [got if want in detectable else None for got, want in zip(found, wanted)]
+
+
 def add_lid(candidates, languages: Sequence[str]):
     """Candidates with `lid_lang` and `lid_score` (replaced if present). Rows whose own language
     lingua cannot detect get lid_lang None, so they are never counted off-target."""
     langs, scores = identify(candidates["response"], languages)
-    detectable = set(_lingua_codes(languages))
-    langs = [got if want in detectable else None for got, want in zip(langs, candidates["lang"])]
+    langs = judged(langs, candidates["lang"], languages)
     for name in ("lid_lang", "lid_score"):
         if name in candidates.column_names:
             candidates = candidates.remove_columns(name)

@@ -96,6 +96,9 @@ class TranslateConfig:
 def check_config(cfg: TranslateConfig) -> None:
     if not cfg.languages:
         raise TranslateError("--to: no target languages")
+    repeated = sorted({x for x in cfg.languages if cfg.languages.count(x) > 1})
+    if repeated:
+        raise TranslateError(f"--to: {', '.join(repeated)} given more than once")
     for lang in cfg.languages:
         if lang == "en":
             raise TranslateError("--to: en is the source language; its rows are always kept")
@@ -109,6 +112,11 @@ def check_config(cfg: TranslateConfig) -> None:
         raise TranslateError(f"--limit must be >= 1, got {cfg.limit}")
     if cfg.max_tokens < 1:
         raise TranslateError(f"--max-tokens must be >= 1, got {cfg.max_tokens}")
+    stray = sorted(set(cfg.ratio_by_lang) - set(cfg.languages))
+    if stray:
+        raise TranslateError(
+            f"--ratio: {', '.join(stray)} not among --to {','.join(cfg.languages)}"
+        )
     for lang, (lo, hi) in {"default": cfg.ratio, **cfg.ratio_by_lang}.items():
         if not 0 <= lo < hi:
             raise TranslateError(f"--ratio ({lang}): need 0 <= LO < HI, got {lo}:{hi}")
@@ -288,7 +296,10 @@ def translate(
         on_total(len(requests))
     outputs = run_engine(model_path, requests, cfg, advance)
     detected = detect_languages(
-        [t for t, _ in outputs], ["en", *cfg.languages], cfg.min_lid_letters
+        [t for t, _ in outputs],
+        [lang for lang, _ in jobs],
+        ["en", *cfg.languages],
+        cfg.min_lid_letters,
     )
 
     kept = [{"prompt_id": r["prompt_id"], "lang": "en", "instruction": r["instruction"]}
@@ -351,10 +362,9 @@ def translate(
 
 def render_card(manifest: dict) -> str:
     """README.md of a prompts version: cards/prompts_card.md under a YAML header for the Hub."""
-    import jinja2
     import yaml
 
-    from icr_data.card import size_category, template_dir
+    from icr_data.card import environment, size_category
 
     files = manifest["files"]
     header = {
@@ -371,13 +381,6 @@ def render_card(manifest: dict) -> str:
             {"config_name": "failures", "data_files": [{"split": "train", "path": files["failures"][0]}]},
         ],
     }  # fmt: skip
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(template_dir()),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["language_name"] = language_name
+    env = environment()
     head = yaml.safe_dump(header, sort_keys=False, allow_unicode=True)
     return env.get_template("prompts_card.md").render(header=head, m=manifest)

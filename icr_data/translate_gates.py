@@ -21,7 +21,7 @@ Gates, in this order (GATES); the first one failed is a failure's `reason`, all 
                   every such span of the source occurs in the output at least as often, verbatim:
                   ```fenced blocks```, `inline code`, http(s):// and www. URLs, placeholders
                   {name} {0} {} {{x}} %s %d %(name)s and <tags>; numbers are compared by their
-                  digits, so a locale's 1.000 or 3,5 matches 1,000 or 3.5
+                  digits, so a locale's 1.000, 1 000 or 3,5 matches 1,000 or 3.5
 Spans are taken in that order and each kind is cut out before the next is looked for, so a number
 inside a URL or a code block is judged as part of it, not twice.
 """
@@ -44,6 +44,7 @@ _SPANS = (
     )),
     ("number", re.compile(r"\d+(?:[.,]\d+)*")),
 )  # fmt: skip
+_GROUPED = re.compile(r"(?<![\d.,])\d{1,3}(?:[ \u00a0\u202f]\d{3})+(?:[.,]\d+)?(?![\d.,])")
 # Reply openers in English and the paper's languages; `(?!\w)` so "Okayama" is not "okay".
 _OPENERS = re.compile(
     r"^(?:sure|certainly|of course|absolutely|okay|ok|here is|here's|here are|i'm sorry|"
@@ -126,16 +127,20 @@ def gate_reasons(
         reasons.append("length_ratio")
     want, _ = protected_spans(source)
     got, _ = protected_spans(output)
+    # fr/ru/... group thousands with a (narrow) space: "1 000" is the source's 1,000 too
+    got["number"] |= Counter(re.sub(r"\D", "", x) for x in _GROUPED.findall(output))
     return reasons + [kind for kind, _ in _SPANS if want[kind] - got[kind]]
 
 
 def detect_languages(
-    outputs: list[str], languages: list[str], min_letters: int = 12
+    outputs: list[str], targets: list[str], languages: list[str], min_letters: int = 12
 ) -> list[str | None]:
     """lingua's language for each output without its protected spans, among `languages`; None
-    where fewer than `min_letters` letters remain (code, URLs or two words: too little to tell)."""
-    from icr_data.langid import identify
+    where fewer than `min_letters` letters remain (code, URLs or two words: too little to tell)
+    or where the output's target language (`targets`, one per output) is one lingua cannot detect."""
+    from icr_data.langid import identify, judged
 
     rest = [protected_spans(t)[1] for t in outputs]
     found, _ = identify(rest, languages)
+    found = judged(found, targets, languages)
     return [f if sum(c.isalpha() for c in r) >= min_letters else None for f, r in zip(found, rest)]

@@ -68,7 +68,7 @@ CASES = [
 
 
 def reasons_of(cases, lang="es", bounds=(0.5, 2.5)):
-    detected = detect_languages([out for _, out, _, _ in cases], LANGS)
+    detected = detect_languages([out for _, out, _, _ in cases], [lang] * len(cases), LANGS)
     return [gate_reasons(src, out, lang, lid, fin, bounds)
             for (src, out, fin, _), lid in zip(cases, detected)]  # fmt: skip
 
@@ -90,6 +90,26 @@ def test_per_language_bounds_and_locale_numbers():
     assert gate_reasons(src, out.replace("2023", "2024"), "de", "de") == ["number"]
     assert gate_reasons(src, out, "de", "de", bounds=(1.2, 3.0)) == ["length_ratio"]
     assert gate_reasons("Hi.", "Bonjour à tous !", "fr", None) == []  # too short to judge a ratio
+    fr = "Notre équipe a vendu 1 000 unités à 3,5 dollars chacune en 2023."
+    assert gate_reasons(src, fr, "fr", "fr") == []  # French thousands: a space
+    assert gate_reasons(src, fr.replace(" 000", "\u202f000"), "fr", "fr") == []  # narrow nbsp
+    assert gate_reasons(src, fr.replace("1 000", "1 001"), "fr", "fr") == ["number"]
+    assert gate_reasons("List 5 200-word essays.", "Liste 5 essais de 200 mots.", "fr", "fr") == []
+
+
+def test_language_id_leaves_undetectable_targets_unjudged():
+    # lingua has no Norwegian: its text would be called Danish/English; it is not judged instead
+    nb = "Forklar med to setninger hvorfor himmelen er blå om dagen."
+    assert detect_languages([nb, SKY_ES], ["no", "es"], ["en", "no", "es"]) == [None, "es"]
+    assert detect_languages([SKY], ["es"], ["en", "no", "es"]) == ["en"]
+
+
+def test_repeated_target_language_is_refused():
+    with pytest.raises(tr.TranslateError, match="es given more than once"):
+        tr.check_config(TranslateConfig(source="x.jsonl", languages=["es", "de", "es"]))
+    with pytest.raises(tr.TranslateError, match="--ratio: fr not among --to es,de"):
+        tr.check_config(TranslateConfig(source="x.jsonl", languages=["es", "de"],
+                                        ratio_by_lang={"fr": (0.5, 3.0)}))  # fmt: skip
 
 
 def test_protected_spans_are_cut_out_in_order():
