@@ -316,6 +316,9 @@ def previous_model(rnd: RoundConfig, where: str) -> str:
     if not rnd.previous:
         raise RecipeError(f"{where} is 'previous' but 'round.previous' names no training record")
     record = read_training_record(rnd.previous)
+    if not record["output"].get("model"):
+        raise RecipeError(f"{where} is 'previous', but {record['_path']} trained only a LoRA "
+                          "adapter (lora.merge: false), no model to load")  # fmt: skip
     return str((Path(record["_path"]).parent / record["output"]["model"]).resolve())
 
 
@@ -348,7 +351,7 @@ def validate(recipe: Recipe, where: str = "recipe") -> None:
     if s.tensor_parallel_size < 1:
         raise RecipeError(f"{where}: 'sampling.tensor_parallel_size' must be >= 1")
     r = recipe.ray
-    if (r.num_actors or 1) < 1 or r.batch_size < 1:
+    if (r.num_actors is not None and r.num_actors < 1) or r.batch_size < 1:
         raise RecipeError(f"{where}: 'ray.num_actors' and 'ray.batch_size' must be >= 1")
     if (r.gpus_per_actor or 0) < 0 or (r.cpus_per_actor is not None and r.cpus_per_actor <= 0):
         raise RecipeError(f"{where}: 'ray.gpus_per_actor' must be >= 0, 'ray.cpus_per_actor' > 0")

@@ -92,7 +92,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"
-    """auto: float32 weights; on CUDA the forward runs under bf16 autocast."""
+    """Weights of the trained model and the reference: auto = float32 (on CUDA the forward passes,
+    reference and policy alike, run under bf16 autocast); or float32, bfloat16, float16."""
     log_every: int = 1
     save_every: int | None = None
     """Write a checkpoint every this many optimizer steps; None: only the final model."""
@@ -195,15 +196,31 @@ def dpo_loss(pc, pr, rc, rr, beta: float):
     return -F.logsigmoid(chosen_r - rejected_r), chosen_r.detach(), rejected_r.detach()
 
 
+def weights_dtype(cfg: TrainConfig, device: str):
+    """The dtype the trained model and the reference are loaded in (float32 unless `dtype` says)."""
+    import torch
+
+    return torch.float32 if cfg.dtype == "auto" else models.pick_dtype(cfg.dtype, device)
+
+
+def autocast(device: str):
+    """bf16 autocast on CUDA (off elsewhere): the reference pass runs under the same precision
+    as the policy's forward passes, so the step-0 implicit rewards are exactly zero."""
+    import torch
+
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
+
+
 def _reference_logps(cfg: TrainConfig, path: str, encoded: list[Encoded], pad_id: int, device: str,
                      advance=None):  # fmt: skip
     import torch
 
     from icr_data.score import sequence_logps
 
-    model = models.load_causal_lm(path, device, models.pick_dtype(cfg.dtype, device))
-    out = torch.tensor(sequence_logps(model, encoded, pad_id, device, advance=advance),
-                       dtype=torch.float64)  # fmt: skip
+    model = models.load_causal_lm(path, device, weights_dtype(cfg, device))
+    with autocast(device):
+        out = torch.tensor(sequence_logps(model, encoded, pad_id, device, advance=advance),
+                           dtype=torch.float64)  # fmt: skip
     del model
     return out
 
@@ -283,12 +300,13 @@ def train(cfg: TrainConfig, console: Console | None = None) -> dict:
             progress.update(task, advance=k)
 
         if ref == start:  # the starting weights are the reference: score them before training
-            model = models.load_causal_lm(start, device, torch.float32)
-            ref_logps = torch.tensor(sequence_logps(model, flat, pad_id, device, advance=done),
-                                     dtype=torch.float64)  # fmt: skip
+            model = models.load_causal_lm(start, device, weights_dtype(cfg, device))
+            with autocast(device):
+                ref_logps = torch.tensor(sequence_logps(model, flat, pad_id, device, advance=done),
+                                         dtype=torch.float64)  # fmt: skip
         else:
             ref_logps = _reference_logps(cfg, ref, flat, pad_id, device, done)
-            model = models.load_causal_lm(start, device, torch.float32)
+            model = models.load_causal_lm(start, device, weights_dtype(cfg, device))
         ref_c, ref_r = ref_logps[0::2], ref_logps[1::2]
         console.print(f"reference log-probs computed once ({time.perf_counter() - t0:.1f}s)")
 
@@ -302,7 +320,6 @@ def train(cfg: TrainConfig, console: Console | None = None) -> dict:
         steps = cfg.max_steps or math.ceil(len(pairs) / per_step) * cfg.epochs
         sched = get_scheduler("linear", opt, num_warmup_steps=round(cfg.warmup_ratio * steps),
                               num_training_steps=steps)  # fmt: skip
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
         rng = random.Random(cfg.seed)
         order: list[int] = []
         log: list[dict] = []
@@ -319,7 +336,7 @@ def train(cfg: TrainConfig, console: Console | None = None) -> dict:
                     order += fresh
                 idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
                 batch = [x for i in idx for x in pairs[i]]
-                with autocast:
+                with autocast(device):
                     logps = response_logps(lm, batch, pad_id, device)
                 pc, pr = logps[0::2], logps[1::2]
                 losses, cr, rr = dpo_loss(pc, pr, ref_c[idx], ref_r[idx], cfg.beta)
@@ -362,9 +379,11 @@ def train(cfg: TrainConfig, console: Console | None = None) -> dict:
     console.print(table)
     model.eval()
     _save(model, tok, out, cfg, final=True)
+    lora_only = cfg.finetune == "lora" and not cfg.lora.merge  # no loadable model, the adapter only
     record = {
         "round": None,
-        "output": {"model": ".", "adapter": "adapter" if cfg.finetune == "lora" else None},
+        "output": {"model": None if lora_only else ".",
+                   "adapter": "adapter" if cfg.finetune == "lora" else None},
         "output_model": models.identity(str(out), str(out)),
         "start_model": models.identity(cfg.model, start),
         "reference": models.identity(cfg.reference or cfg.model, ref),
@@ -388,13 +407,16 @@ def train(cfg: TrainConfig, console: Console | None = None) -> dict:
 
 def trained_model(config: str | Path, console: Console | None = None) -> Path:
     """The model a training config produces (recipes name it `train:CONFIG`): trained on first use
-    and cached by content (the config, the data file or version manifest, the starting model), so
-    later runs reuse it. The config's own output_dir is not used."""
+    and cached by content (the config, the data file or version manifest, the starting model, the
+    training code), so later runs reuse it. The config's own output_dir is not used."""
     from icr_data.shards import digest
     from icr_data.store import sha256_file
     from icr_data.tiny import builtin_cache
 
     cfg = load_train_config(config, need_output=False)
+    if cfg.finetune == "lora" and not cfg.lora.merge:
+        raise TrainError(f"train:{config}: lora.merge is false, so it trains no loadable model "
+                         "(only an adapter); set lora.merge: true to use it as a model")  # fmt: skip
     src = Path(cfg.data.source)
     data_key = (sha256_file(src) if src.is_file() else
                 sha256_file(src / "manifest.json") if src.is_dir() else
@@ -402,9 +424,13 @@ def trained_model(config: str | Path, console: Console | None = None) -> Path:
     start = models.identity(cfg.model, models.resolve(cfg.model, "model"))
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "output_dir"}
     settings["data"].pop("source")
-    key = digest(
-        {"config": settings, "data": data_key, "model": start.get("sha256") or start["name"]}
-    )
+    # the code that trains is part of the key: a fixed loss or span must not reuse an old model
+    code = {
+        name: sha256_file(Path(__file__).with_name(name))
+        for name in ("train.py", "score.py", "chat.py")
+    }
+    key = digest({"config": settings, "data": data_key, "code": code,
+                  "model": start.get("sha256") or start["name"]})  # fmt: skip
     out = builtin_cache() / "trained" / f"{Path(config).stem}-{key[:16]}"
     if (out / "training.json").is_file():
         return out
