@@ -451,6 +451,9 @@ def inspect_version(
         top = bottom = 3
     try:
         path = st.resolve_version(version, store)
+        if plot is not None and st.within(plot, path):
+            _fail(f"--plot {plot} is inside the version {path}; versions are immutable "
+                  "(and publish uploads the whole folder): write the PNG elsewhere")  # fmt: skip
         manifest = st.read_manifest(path)
         unit = length_unit or ins.length_unit(manifest)
         lf = ins.scan_pairs(path)

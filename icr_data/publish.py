@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from icr_data.store import VERSION_RE, read_manifest, resolve_version, sha256_file
+from icr_data.store import VERSION_RE, read_manifest, resolve_version, sha256_file, within
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
@@ -141,7 +141,7 @@ def with_remote_files(plan: PublishPlan, remote_files: list[str]) -> PublishPlan
 def dry_run(plan: PublishPlan, folder: str | Path) -> Path:
     """Write the files the commit would add, at their repo paths, and plan.json into `folder`."""
     out, src = Path(folder), Path(plan.source)
-    if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
+    if within(out, src):
         raise PublishError(f"--dry-run folder {out} is inside the version; versions are immutable")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise PublishError(f"--dry-run folder {out} is not empty; give a new or empty folder")
@@ -184,7 +184,8 @@ def execute(plan: PublishPlan, api: HfApi | None = None) -> PublishResult:
     rid, kw = plan.repo_id, {"repo_type": REPO_TYPE}
     step = "creating the repo"
     try:
-        api.create_repo(rid, private=plan.private, exist_ok=True, **kw)
+        # private=None: a new repo gets the owner's default visibility unless --private asks
+        api.create_repo(rid, private=plan.private or None, exist_ok=True, **kw)
         step = "reading the repo"
         if plan.private and api.repo_info(rid, **kw).private is False:
             raise PublishError(f"dataset repo {rid} exists and is public; --private does not "
@@ -200,7 +201,14 @@ def execute(plan: PublishPlan, api: HfApi | None = None) -> PublishResult:
             step = "reading the repo's README.md"
             with tempfile.TemporaryDirectory() as tmp:
                 theirs = api.hf_hub_download(rid, "README.md", revision="main", cache_dir=tmp, **kw)
-                readme = merge_card(readme, Path(theirs).read_text(encoding="utf-8"))
+                try:
+                    readme = merge_card(readme, Path(theirs).read_text(encoding="utf-8"))
+                except (ValueError, yaml.YAMLError) as e:  # UnicodeDecodeError is a ValueError
+                    raise PublishError(
+                        f"{rid}'s README.md cannot be merged with our card ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:200]}); fix or delete it on the Hub, then "
+                        "publish again (nothing was committed)"
+                    ) from None
         ops = [
             CommitOperationDelete(op.path_in_repo)
             if op.op == "delete"

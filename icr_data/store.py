@@ -141,6 +141,13 @@ def resolve_version(ref: str | Path, store: str | Path | None = None) -> Path:
     raise StoreError(f"not a version folder (no manifest.json): {ref}")
 
 
+def within(path: str | Path, folder: str | Path) -> bool:
+    """`path` is `folder` or lies inside it (after resolving links and `..`): versions are
+    immutable, so nothing is written there."""
+    path, folder = Path(path).resolve(), Path(folder).resolve()
+    return path == folder or folder in path.parents
+
+
 def read_manifest(version_dir: str | Path) -> dict:
     return json.loads((Path(version_dir) / "manifest.json").read_text(encoding="utf-8"))
 

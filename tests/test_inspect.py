@@ -211,6 +211,11 @@ def test_cli_inspect_versions_and_diff(tmp_path, capsys):
     assert code == 0 and "fr-01" in out and "de-" not in out and "(tokens)" in out
     code, out, err = run_cli(capsys, "inspect", "t/v1", "--store", str(tmp_path), "--lang", "xx")
     assert code == 2 and "no pairs in language 'xx' (languages: de, fr)" in err
+    before = sorted(p.name for p in (tmp_path / "t" / "v1").rglob("*"))
+    code, _, err = run_cli(capsys, "inspect", "t/v1", "--store", str(tmp_path), "--plot",
+                           str(tmp_path / "t" / "v1" / "data" / "m.png"))  # fmt: skip
+    assert code == 2 and "is inside the version" in err and "write the PNG elsewhere" in err
+    assert sorted(p.name for p in (tmp_path / "t" / "v1").rglob("*")) == before
     code, _, err = run_cli(capsys, "inspect", "t/v9", "--store", str(tmp_path))
     assert code == 2 and "not a version folder" in err
     code, _, err = run_cli(capsys, "inspect", "t/v1", "--store", str(tmp_path), "--sort", "len")

@@ -224,6 +224,34 @@ def test_existing_readme_metadata_is_merged(versions):
     assert [op.path_in_repo for op in ops if isinstance(op, CommitOperationDelete)] == ["notes.txt"]
 
 
+@pytest.mark.parametrize(("theirs", "kind"), [
+    ("---\n- a\n- b\n---\nbody\n", "ValueError: repo card metadata block should be a dict"),
+    ("---\nkey: [unclosed\n---\nbody\n", "ParserError: while parsing a flow sequence"),
+])  # fmt: skip
+def test_unmergeable_readme_is_one_line_and_commits_nothing(versions, theirs, kind):
+    v1, _ = versions
+    before = digest(v1)
+    api = fake_api([".gitattributes", "README.md"], [], readme=theirs)
+    with pytest.raises(publish.PublishError) as info:
+        publish.execute(publish.plan_publish(v1, "me/icr"), api)
+    message = str(info.value)
+    assert message.startswith("me/icr's README.md cannot be merged with our card (" + kind)
+    assert "nothing was committed" in message and "\n" not in message
+    api.create_commit.assert_not_called()
+    assert digest(v1) == before
+
+
+def test_public_unless_private_is_asked_leaves_the_default_to_the_hub(versions):
+    v1, _ = versions
+    api = fake_api(
+        [".gitattributes"], [op.path_in_repo for op in publish.plan_publish(v1, "me/icr").adds]
+    )
+    publish.execute(publish.plan_publish(v1, "me/icr"), api)
+    api.create_repo.assert_called_once_with(
+        "me/icr", private=None, exist_ok=True, repo_type="dataset"
+    )
+
+
 def test_refusals_before_any_commit(versions):
     v1, _ = versions
     before = digest(v1)
