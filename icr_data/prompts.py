@@ -42,6 +42,11 @@ def read_rows(source: str) -> list[dict]:
             ds = load_from_disk(str(path))
         except Exception as e:  # noqa: BLE001 - datasets raises several types here
             raise PromptError(f"{source}: not a datasets folder ({e})") from None
+        if not hasattr(ds, "to_list"):  # a DatasetDict: one split is wanted
+            if len(ds) != 1:
+                raise PromptError(f"{source}: a datasets folder with splits {sorted(ds)}; "
+                                  f"give the folder of one split (e.g. {source}/train)")  # fmt: skip
+            ds = next(iter(ds.values()))
         return ds.to_list()
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq

@@ -92,3 +92,17 @@ def test_malformed_jsonl_names_the_line(tmp_path):
         load_prompts(PromptsConfig(source=str(path)), ScoringConfig())
     with pytest.raises(PromptError, match="prompts.source not found"):
         load_prompts(PromptsConfig(source=str(tmp_path / "missing.jsonl")), ScoringConfig())
+
+
+def test_datasets_folder_of_one_split_or_a_clear_error(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    DatasetDict({"train": Dataset.from_list(ROWS)}).save_to_disk(str(tmp_path / "one"))
+    ds = load_prompts(PromptsConfig(source=str(tmp_path / "one"), languages=["en", "de"]),
+                      ScoringConfig())  # fmt: skip
+    assert sorted(zip(ds["prompt_id"], ds["lang"])) == [("p1", "de"), ("p1", "en"),
+                                                        ("p2", "de"), ("p2", "en")]  # fmt: skip
+    two = DatasetDict({"train": Dataset.from_list(ROWS), "test": Dataset.from_list(ROWS[:2])})
+    two.save_to_disk(str(tmp_path / "two"))
+    with pytest.raises(PromptError, match=r"splits \['test', 'train'\].*two/train"):
+        load_prompts(PromptsConfig(source=str(tmp_path / "two"), languages=["en"]), ScoringConfig())

@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
+from synthetic import overrides, recipe
 
 from icr_data import store
 from icr_data.build import build
-from icr_data.config import RayConfig, RecipeError, load_recipe
+from icr_data.config import RayConfig, RecipeError
 
 ray = pytest.importorskip("ray")
 
@@ -29,22 +30,6 @@ def cluster():
     ray.init(num_cpus=2, include_dashboard=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
-
-
-def overrides(store_dir, tiny_pair, **extra):
-    policy, reference = tiny_pair
-    base = {
-        "store": store_dir, "models.generator": policy, "models.policy": policy,
-        "models.reference": reference, "sampling.backend": "transformers", "sampling.n": 2,
-        "sampling.max_tokens": 12, "prompts.limit": 4, "shard_prompts": 1,
-        "prompts.languages": "[en, de, ru]",
-    }  # fmt: skip
-    base.update(extra)
-    return [f"{k}={v}" for k, v in base.items()]
-
-
-def recipe(store_dir, tiny_pair, **extra):
-    return load_recipe(DEMO, overrides(store_dir, tiny_pair, **extra))
 
 
 def files(folder: Path) -> dict[str, str]:
@@ -170,6 +155,8 @@ def test_ray_keys_in_the_recipe_are_checked(tmp_path, tiny_pair):
         recipe(tmp_path, tiny_pair, **{"ray.num_actorz": 4})
     with pytest.raises(RecipeError, match="'ray.num_actors' and 'ray.batch_size' must be >= 1"):
         recipe(tmp_path, tiny_pair, **{"ray.batch_size": 0})
+    with pytest.raises(RecipeError, match="'ray.num_actors' and 'ray.batch_size' must be >= 1"):
+        recipe(tmp_path, tiny_pair, **{"ray.num_actors": 0})
     with pytest.raises(RecipeError, match="tensor_parallel_size' must be >= 1"):
         recipe(tmp_path, tiny_pair, **{"sampling.tensor_parallel_size": 0})
 
