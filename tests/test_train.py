@@ -84,6 +84,44 @@ def test_lora_writes_adapter_and_merged_model(version, tiny_pair, tmp_path):
         train(cfg)
 
 
+def test_gradient_accumulation_matches_one_big_batch(version, tiny_pair, tmp_path):
+    # 2 micro-batches of 2 pairs take the same first 4 pairs as one batch of 4, and the loss is a
+    # mean over equal-sized micro-batches: the two runs make the same update
+    policy, _ = tiny_pair
+    logs = []
+    for name, (bs, accum) in {"big": (4, 1), "accum": (2, 2)}.items():
+        (tmp_path / name).mkdir()
+        cfg = load_train_config(_config(tmp_path / name, version, policy, batch_size=bs,
+                                        grad_accum=accum, max_steps=2, nll_weight=0.1))  # fmt: skip
+        logs.append(train(cfg)["log"])
+    big, accum = logs
+    for key in ("loss", "dpo_loss", "nll", "rewards/chosen", "rewards/rejected"):
+        # step 1: policy == reference, equal up to float32 noise from other padding
+        assert accum[0][key] == pytest.approx(big[0][key], rel=1e-6, abs=1e-6), key
+        assert accum[1][key] == pytest.approx(big[1][key], rel=1e-3, abs=1e-5), key
+    assert accum[1]["accuracy"] == big[1]["accuracy"]
+    assert big[1]["margins"] != 0.0  # the first update moved the policy
+
+
+def test_lora_without_merge_is_an_adapter_and_no_model(version, tiny_pair, tmp_path):
+    from icr_data.config import RecipeError, RoundConfig, previous_model
+    from icr_data.train import trained_model
+
+    policy, _ = tiny_pair
+    path = _config(tmp_path, version, policy, finetune="lora", max_steps=1,
+                   lora={"r": 4, "alpha": 8, "merge": False})  # fmt: skip
+    record = train(load_train_config(path))
+    out = tmp_path / "out"
+    assert record["output"] == {"model": None, "adapter": "adapter"}
+    assert (out / "adapter" / "adapter_config.json").is_file() and not (
+        out / "config.json"
+    ).exists()
+    with pytest.raises(RecipeError, match="trained only a LoRA adapter"):
+        previous_model(RoundConfig(index=2, previous=str(out / "training.json")), "models.policy")
+    with pytest.raises(TrainError, match="lora.merge is false"):
+        trained_model(path)
+
+
 def test_bad_training_inputs_name_the_problem(version, tiny_pair, tmp_path):
     policy, _ = tiny_pair
     with pytest.raises(TrainError, match="data.source not found: nowhere/at/all"):
