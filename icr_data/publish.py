@@ -190,17 +190,22 @@ def execute(plan: PublishPlan, api: HfApi | None = None) -> PublishResult:
         if plan.private and api.repo_info(rid, **kw).private is False:
             raise PublishError(f"dataset repo {rid} exists and is public; --private does not "
                                "change an existing repo (make it private on the Hub first)")  # fmt: skip
-        tags = {t.name: t.target_commit for t in api.list_repo_refs(rid, **kw).tags}
+        refs = api.list_repo_refs(rid, **kw)
+        tags = {t.name: t.target_commit for t in refs.tags}
+        # main's head now: the files to delete are read there, and the commit must sit on it
+        # (the Hub refuses it with 412 if someone else committed in between)
+        head = next((b.target_commit for b in refs.branches if b.name == "main"), None)
         if plan.tag in tags:
             raise PublishError(f"{rid} already has tag {plan.tag} (commit {tags[plan.tag][:12]}); "
                                "published versions are immutable")  # fmt: skip
-        remote = api.list_repo_files(rid, revision="main", **kw)
+        remote = api.list_repo_files(rid, revision=head or "main", **kw)
         plan = with_remote_files(plan, remote)
         readme = (plan.source / "README.md").read_text(encoding="utf-8")
         if "README.md" in remote:
             step = "reading the repo's README.md"
             with tempfile.TemporaryDirectory() as tmp:
-                theirs = api.hf_hub_download(rid, "README.md", revision="main", cache_dir=tmp, **kw)
+                theirs = api.hf_hub_download(rid, "README.md", revision=head or "main",
+                                             cache_dir=tmp, **kw)  # fmt: skip
                 try:
                     readme = merge_card(readme, Path(theirs).read_text(encoding="utf-8"))
                 except (ValueError, yaml.YAMLError) as e:  # UnicodeDecodeError is a ValueError
@@ -219,7 +224,7 @@ def execute(plan: PublishPlan, api: HfApi | None = None) -> PublishResult:
         ]
         step = "committing to main"
         commit = api.create_commit(rid, operations=ops, commit_message=plan.commit_message,
-                                   revision="main", **kw)  # fmt: skip
+                                   revision="main", parent_commit=head, **kw)  # fmt: skip
         # A failed tag leaves the commit on main; re-running publishes nothing new and tags it.
         step = f"tagging commit {commit.oid[:12]} as {plan.tag} (re-run to tag it)"
         api.create_tag(
@@ -275,6 +280,9 @@ def _describe(e: BaseException, step: str, repo_id: str, token: str) -> str:
     elif status == 403:
         msg = (f"no write access to dataset repo {repo_id} (403 Forbidden): use a token with "
                f"write permission on '{repo_id.split('/')[0]}'")  # fmt: skip
+    elif status == 412:
+        msg = (f"main of dataset repo {repo_id} moved while publishing (another commit landed "
+               "first); nothing of ours was committed: publish again")  # fmt: skip
     elif status is not None:
         msg = f"the Hub answered {status}: {getattr(e, 'server_message', None) or e}"
     elif isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError)):

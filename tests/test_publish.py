@@ -32,6 +32,7 @@ from icr_data.cli import main
 
 TOKEN = "hf_secret_xyz"
 OID = "0123456789abcdef0123456789abcdef01234567"
+HEAD = "e" * 40  # main before the commit
 
 
 def write(store_dir: Path, shift: float = 0.0) -> Path:
@@ -57,8 +58,9 @@ def fake_api(remote: list[str], tag_files: list[str], readme: str | None = None,
     api.create_repo.return_value = RepoUrl("https://huggingface.co/datasets/me/icr")
     api.repo_info.return_value = DatasetInfo(id="me/icr", private=True)
     api.list_repo_refs.return_value = GitRefs(
-        branches=[], converts=[], tags=[GitRefInfo(t, f"refs/tags/{t}", "f" * 40) for t in tags]
-    )
+        branches=[GitRefInfo("main", "refs/heads/main", HEAD)], converts=[],
+        tags=[GitRefInfo(t, f"refs/tags/{t}", "f" * 40) for t in tags],
+    )  # fmt: skip
     api.list_repo_files.side_effect = [remote, [".gitattributes", *tag_files]]
     api.create_commit.return_value = CommitInfo(
         commit_url=f"https://huggingface.co/datasets/me/icr/commit/{OID}",
@@ -166,7 +168,9 @@ def test_first_version_is_one_commit_then_a_tag(versions):
     args, kw = api.create_commit.call_args
     ops = kw.pop("operations")
     assert args == ("me/icr",)
-    assert kw == {"commit_message": plan.commit_message, "revision": "main", "repo_type": "dataset"}
+    assert kw == {"commit_message": plan.commit_message, "revision": "main",
+                  "parent_commit": HEAD, "repo_type": "dataset"}  # fmt: skip
+    assert api.list_repo_files.call_args_list[0].kwargs["revision"] == HEAD
     assert all(isinstance(op, CommitOperationAdd) for op in ops)
     assert [op.path_in_repo for op in ops] == [op.path_in_repo for op in plan.adds]
     assert [op.upload_info.sha256.hex() for op in ops] == [op.sha256 for op in plan.adds]
@@ -211,6 +215,7 @@ def test_existing_readme_metadata_is_merged(versions):
     api = fake_api(remote, [op.path_in_repo for op in plan.adds], readme=theirs)
     publish.execute(plan, api)
     assert api.hf_hub_download.call_args.args == ("me/icr", "README.md")
+    assert api.hf_hub_download.call_args.kwargs["revision"] == HEAD
     ops = api.create_commit.call_args.kwargs["operations"]
     card = DatasetCard(ops[0].path_or_fileobj.decode())
     ours = DatasetCard.load(v1 / "README.md")
@@ -280,6 +285,7 @@ HUB_ERRORS = [
     ("create_repo", http_error(401), "the Hub rejected the token (401 Unauthorized)"),
     ("create_repo", http_error(403), "no write access to dataset repo me/icr (403 Forbidden)"),
     ("create_commit", http_error(500), "the Hub answered 500: bad token *** while committing to main"),
+    ("create_commit", http_error(412), "main of dataset repo me/icr moved while publishing"),
     ("create_repo", ConnectionError(f"no route (hf_OtherToken42 {TOKEN})"),
      "cannot reach the Hub (ConnectionError: no route (hf_*** ***)); check the network"),
     ("list_repo_refs", requests.ConnectionError("refused"), "cannot reach the Hub (ConnectionError"),
@@ -368,10 +374,17 @@ def test_cli_dry_run_and_errors(versions, tmp_path, capsys, monkeypatch):
     not all(os.environ.get(k) for k in ("ICR_DATA_TEST_HUB_ENDPOINT", "ICR_DATA_TEST_HUB_TOKEN")),
     reason="live Hub test: set ICR_DATA_TEST_HUB_ENDPOINT and ICR_DATA_TEST_HUB_TOKEN",
 )
-def test_live_publish_two_versions(versions):
+def test_live_publish_two_versions(versions, monkeypatch, tmp_path):
+    from datasets import config as datasets_config
+
     v1, v2 = versions
-    api = HfApi(endpoint=os.environ["ICR_DATA_TEST_HUB_ENDPOINT"],
-                token=os.environ["ICR_DATA_TEST_HUB_TOKEN"])  # fmt: skip
+    endpoint, token = (
+        os.environ["ICR_DATA_TEST_HUB_ENDPOINT"],
+        os.environ["ICR_DATA_TEST_HUB_TOKEN"],
+    )
+    api = HfApi(endpoint=endpoint, token=token)
+    for where in (constants, datasets_config):  # load_dataset reads that endpoint
+        monkeypatch.setattr(where, "ENDPOINT" if where is constants else "HF_ENDPOINT", endpoint)
     repo = f"{api.whoami()['name']}/icr-data-test-{uuid.uuid4().hex[:8]}"
     try:
         plans = [publish.plan_publish(v, repo, private=True) for v in (v1, v2)]
@@ -380,6 +393,10 @@ def test_live_publish_two_versions(versions):
         for plan in plans:
             files = set(api.list_repo_files(repo, repo_type="dataset", revision=plan.tag))
             assert files - {".gitattributes"} == {op.path_in_repo for op in plan.adds}
+        for v, plan in zip((v1, v2), plans):  # each tag loads as that version's pairs
+            pairs = load_dataset(repo, "pairs", split="train", revision=plan.tag, token=token,
+                                 cache_dir=str(tmp_path / "cache"))  # fmt: skip
+            assert pairs["margin"] == store.read_table(v, "pairs")["margin"]
         main_files = set(api.list_repo_files(repo, repo_type="dataset")) - {".gitattributes"}
         assert main_files == {op.path_in_repo for op in plans[1].adds}
     finally:
