@@ -216,6 +216,15 @@ def _run_pool(items: list[dict], actor: type, ctor: dict[str, Any], pool: Pool):
         yield from block.to_pylist()
 
 
+def engine_sampling(cfg, pool: Pool):
+    """The sampling settings an actor's engine opens with: an actor holding a fraction of a GPU
+    (ray.gpus_per_actor < 1, several engines per GPU) takes that share of vLLM's default 0.9 of
+    the GPU's memory unless sampling.gpu_memory_utilization says; not part of the shard keys."""
+    if 0 < pool.gpus < 1 and cfg.gpu_memory_utilization is None:
+        return dataclasses.replace(cfg, gpu_memory_utilization=round(0.9 * pool.gpus, 4))
+    return cfg
+
+
 def _batches(n_shards: int, pool_batch: int) -> int:
     return -(-n_shards // pool_batch)
 
@@ -243,7 +252,7 @@ def run_generate(
              for s in todo]  # fmt: skip
     ctor = {
         "model": plan.resolved["generator"],
-        "sampling": cfg,
+        "sampling": engine_sampling(cfg, pool),
         "chat_template": plan.recipe.models.chat_template,
     }
     task = progress.add_task(

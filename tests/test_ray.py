@@ -146,6 +146,17 @@ def test_pool_sizes_from_the_cluster():
         plan_pool(RayConfig(cpus_per_actor=64), gpu_nodes, 10, 1)
 
 
+def test_a_fraction_of_a_gpu_takes_that_share_of_its_memory():
+    from icr_data.config import SamplingConfig
+    from icr_data.ray_exec import Pool, engine_sampling
+
+    assert engine_sampling(SamplingConfig(), Pool(4, 0.5, 1.0, 1)).gpu_memory_utilization == 0.45
+    assert engine_sampling(SamplingConfig(), Pool(2, 1.0, 1.0, 1)).gpu_memory_utilization is None
+    assert engine_sampling(SamplingConfig(), Pool(1, 0.0, 2.0, 1)).gpu_memory_utilization is None
+    mine = SamplingConfig(gpu_memory_utilization=0.3)
+    assert engine_sampling(mine, Pool(4, 0.25, 1.0, 1)) is mine
+
+
 def test_ray_keys_in_the_recipe_are_checked(tmp_path, tiny_pair):
     r = recipe(tmp_path, tiny_pair, **{"ray.num_actors": 4, "sampling.tensor_parallel_size": 2})
     assert (r.ray.num_actors, r.ray.batch_size, r.sampling.tensor_parallel_size) == (4, 1, 2)
