@@ -502,6 +502,9 @@ def list_versions(
     except _user_errors() as e:
         _fail(str(e))
     _stdout().print(ins.versions_table(rows))
+    for r in rows:
+        if r.get("error"):
+            err.print(f"warning: {r['error']}", soft_wrap=True, highlight=False)
 
 
 @app.command()

@@ -166,7 +166,8 @@ def _manifest(version_dir: Path) -> dict:
 
 def list_versions(store_dir: str | Path, dataset: str | None = None) -> list[dict]:
     """Every version of `dataset` (or of every dataset in the store), oldest first; fields a
-    manifest lacks (older versions) are None."""
+    manifest lacks (older versions) are None, and a version whose manifest cannot be read has
+    only its name and `error`."""
     root = Path(store_dir)
     if dataset is not None:
         names = [dataset]
@@ -180,7 +181,12 @@ def list_versions(store_dir: str | Path, dataset: str | None = None) -> list[dic
         if not found:
             raise store.StoreError(f"no versions of {name!r} in {root}")
         for v in found:
-            m = _manifest(root / name / v)
+            try:
+                m = _manifest(root / name / v)
+            except store.StoreError as e:  # listed as such; the other versions still are
+                rows.append({"dataset": name, "version": v, "parent": None, "recipe_digest": None,
+                             "created": None, "error": str(e), **dict.fromkeys(COUNT_FIELDS)})  # fmt: skip
+                continue
             counts = m.get("counts") or {}
             summed = {k: sum(c.get(k, 0) for c in counts.values()) for k in COUNT_FIELDS}
             totals = m.get("totals") or (summed if counts else {})
@@ -310,7 +316,8 @@ def versions_table(rows: list[dict]) -> Table:
         table.add_column(col, justify="right" if col in COUNT_FIELDS else "left")
     for r in rows:
         table.add_row(r["dataset"], r["version"], r["parent"] or "-", r["recipe_digest"] or "-",
-                      *(_f(r[k], "d") for k in COUNT_FIELDS), r["created"] or "-")  # fmt: skip
+                      *(_f(r[k], "d") for k in COUNT_FIELDS),
+                      "manifest unreadable" if r.get("error") else r["created"] or "-")  # fmt: skip
     return table
 
 

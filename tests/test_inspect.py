@@ -156,6 +156,15 @@ def test_versions_list_parent_counts_and_old_manifests(tmp_path):
     assert [cell.strip() for cell in last.split("│")[3:9]] == ["-"] * 6
     with pytest.raises(store.StoreError, match="no versions of 'nope'"):
         ins.list_versions(tmp_path, "nope")
+    broken = tmp_path / "t" / "v4"
+    broken.mkdir()
+    (broken / "manifest.json").write_text("{not json")
+    rows = ins.list_versions(tmp_path)  # the others are still listed
+    assert [r["version"] for r in rows] == ["v1", "v2", "v3", "v4"] and rows[1]["pairs"] == 5
+    assert "v4/manifest.json: unreadable" in rows[3]["error"] and rows[3]["pairs"] is None
+    console = Console(record=True, width=200)
+    console.print(ins.versions_table(rows))
+    assert "manifest unreadable" in console.export_text()
 
 
 def test_diff_recipe_models_counts_and_margin_shift(tmp_path):
