@@ -176,6 +176,8 @@ def make_plan(recipe: Recipe) -> Plan:
         k: getattr(s, k)
         for k in ("backend", "n", "temperature", "top_p", "max_tokens", "seed", "dtype")
     }
+    if s.tensor_parallel_size > 1:  # an engine over several GPUs sums in another order
+        sampling["tensor_parallel_size"] = s.tensor_parallel_size
     device = models.pick_device(sc.device)
     convention = {"count_eot": sc.count_eot, "device": device, "dtype": str(models.pick_dtype(sc.dtype, device)),
                   "chat_template": recipe.models.chat_template, "convention": SCORING_CONVENTION}  # fmt: skip

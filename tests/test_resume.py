@@ -108,6 +108,13 @@ def test_recipe_changes_invalidate_exactly_the_affected_stages(tmp_path, tiny_pa
     assert hotter.report["generate"] == {"done": 4, "skipped": 0}
 
 
+def test_tensor_parallel_engines_key_their_own_samples(tmp_path, tiny_pair):
+    keys = {tp: make_plan(recipe(tmp_path, tiny_pair, **{"sampling.tensor_parallel_size": tp})).gen_keys
+            for tp in (1, 2)}  # fmt: skip
+    assert set(keys[1].values()).isdisjoint(keys[2].values())
+    assert keys[1] == make_plan(recipe(tmp_path, tiny_pair)).gen_keys  # the default: as before
+
+
 def test_merge_alone_after_a_build_reuses_everything(tmp_path, tiny_pair):
     r = recipe(tmp_path, tiny_pair)
     v1 = build(r).path
