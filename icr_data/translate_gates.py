@@ -70,8 +70,10 @@ def near_key(text: str) -> str:
     return " ".join(text.split())
 
 
-def protected_spans(text: str) -> tuple[dict[str, Counter], str]:
-    """The spans that must survive translation, by kind, and the text left without them."""
+def protected_spans(text: str, grouped: bool = False) -> tuple[dict[str, Counter], str]:
+    """The spans that must survive translation, by kind, and the text left without them.
+    `grouped` (a translation): numbers whose thousands are grouped with a (narrow) space, as
+    fr/ru write them ("1 000"), count as that number too, besides their digit groups."""
     out = {}
     for kind, rx in _SPANS:
         found = rx.findall(text)
@@ -80,6 +82,8 @@ def protected_spans(text: str) -> tuple[dict[str, Counter], str]:
         if kind == "number":
             found = [re.sub(r"\D", "", x) for x in found]
         out[kind] = Counter(found)
+        if kind == "number" and grouped:
+            out[kind] |= Counter(re.sub(r"\D", "", x) for x in _GROUPED.findall(text))
         text = rx.sub(" ", text)
     return out, text
 
@@ -126,9 +130,7 @@ def gate_reasons(
     if len(source) >= min_ratio_chars and not lo <= len(output) / len(source) <= hi:
         reasons.append("length_ratio")
     want, _ = protected_spans(source)
-    got, _ = protected_spans(output)
-    # fr/ru/... group thousands with a (narrow) space: "1 000" is the source's 1,000 too
-    got["number"] |= Counter(re.sub(r"\D", "", x) for x in _GROUPED.findall(output))
+    got, _ = protected_spans(output, grouped=True)
     return reasons + [kind for kind, _ in _SPANS if want[kind] - got[kind]]
 
 

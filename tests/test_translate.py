@@ -94,6 +94,8 @@ def test_per_language_bounds_and_locale_numbers():
     assert gate_reasons(src, fr, "fr", "fr") == []  # French thousands: a space
     assert gate_reasons(src, fr.replace(" 000", "\u202f000"), "fr", "fr") == []  # narrow nbsp
     assert gate_reasons(src, fr.replace("1 000", "1 001"), "fr", "fr") == ["number"]
+    # a grouped number inside code is the code's, not the sentence's
+    assert gate_reasons(src, fr.replace("1 000", "`1 000`"), "fr", "fr") == ["number"]
     assert gate_reasons("List 5 200-word essays.", "Liste 5 essais de 200 mots.", "fr", "fr") == []
 
 
