@@ -98,6 +98,11 @@ class TrainConfig:
     save_every: int | None = None
     """Write a checkpoint every this many optimizer steps; None: only the final model."""
 
+    @property
+    def adapter_only(self) -> bool:
+        """LoRA without merge: the output is an adapter, no model vLLM or the scorer can load."""
+        return self.finetune == "lora" and not self.lora.merge
+
 
 def load_train_config(
     path: str | Path, overrides: list[str] | tuple[str, ...] = (), need_output: bool = True
@@ -379,10 +384,9 @@ def train(cfg: TrainConfig, console: Console | None = None) -> dict:
     console.print(table)
     model.eval()
     _save(model, tok, out, cfg, final=True)
-    lora_only = cfg.finetune == "lora" and not cfg.lora.merge  # no loadable model, the adapter only
     record = {
         "round": None,
-        "output": {"model": None if lora_only else ".",
+        "output": {"model": None if cfg.adapter_only else ".",
                    "adapter": "adapter" if cfg.finetune == "lora" else None},
         "output_model": models.identity(str(out), str(out)),
         "start_model": models.identity(cfg.model, start),
@@ -414,7 +418,7 @@ def trained_model(config: str | Path, console: Console | None = None) -> Path:
     from icr_data.tiny import builtin_cache
 
     cfg = load_train_config(config, need_output=False)
-    if cfg.finetune == "lora" and not cfg.lora.merge:
+    if cfg.adapter_only:
         raise TrainError(f"train:{config}: lora.merge is false, so it trains no loadable model "
                          "(only an adapter); set lora.merge: true to use it as a model")  # fmt: skip
     src = Path(cfg.data.source)
