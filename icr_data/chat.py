@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from icr_data.errors import IcrError
 
-class TemplateError(ValueError):
+
+class TemplateError(IcrError):
     """The chat template cannot render a conversation the way scoring needs."""
 
 

@@ -22,8 +22,10 @@ from typing import Any, Literal
 
 import yaml
 
+from icr_data.errors import IcrError
 
-class RecipeError(ValueError):
+
+class RecipeError(IcrError):
     """A recipe that cannot be run; the message names the file and the key."""
 
 

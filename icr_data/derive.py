@@ -16,12 +16,13 @@ from pathlib import Path
 
 from datasets import Dataset
 
+from icr_data.errors import IcrError
 from icr_data import models, store
 from icr_data.config import Recipe, from_dict
 from icr_data.languages import scoring_prompt
 
 
-class DeriveError(ValueError):
+class DeriveError(IcrError):
     """A derived version that cannot be made from its parent."""
 
 

@@ -27,12 +27,13 @@ import json
 import os
 from pathlib import Path
 
+from icr_data.errors import IcrError
 from icr_data import store
 
 FORMATS = ("trl", "llamafactory", "jsonl")
 
 
-class ExportError(ValueError):
+class ExportError(IcrError):
     """An export that cannot be written as asked; the message says why."""
 
 

@@ -12,8 +12,10 @@ import hashlib
 import os
 from pathlib import Path
 
+from icr_data.errors import IcrError
 
-class ModelError(ValueError):
+
+class ModelError(IcrError):
     """A model that is missing or cannot serve its role."""
 
 

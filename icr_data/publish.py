@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from icr_data.errors import IcrError
 from icr_data.store import VERSION_RE, read_manifest, resolve_version, sha256_file, within
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ HUB_FILES = frozenset({".gitattributes"})  # made by the Hub itself: never delet
 _TOKEN_RE = re.compile(r"hf_[A-Za-z0-9]{6,}")
 
 
-class PublishError(ValueError):
+class PublishError(IcrError):
     """Publishing failed or was refused; the message is one line and never holds the token."""
 
 

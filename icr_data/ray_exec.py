@@ -50,6 +50,7 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from icr_data import models
+from icr_data.errors import IcrError
 from icr_data.build import (
     GEN_COLUMNS,
     ROLES,
@@ -69,7 +70,7 @@ if TYPE_CHECKING:
     from icr_data.config import RayConfig
 
 
-class RayError(RuntimeError):
+class RayError(IcrError):
     """Ray is missing, or the cluster cannot hold the actors the recipe asks for."""
 
 

@@ -23,11 +23,13 @@ from pathlib import Path
 
 from datasets import Dataset
 
+from icr_data.errors import IcrError
+
 VERSION_RE = re.compile(r"^v(\d+)$")
 CONFIGS = ("pairs", "candidates")
 
 
-class StoreError(ValueError):
+class StoreError(IcrError):
     """A store operation that would lose or overwrite data."""
 
 

@@ -29,12 +29,13 @@ from typing import Literal
 from rich.console import Console
 from rich.table import Table
 
+from icr_data.errors import IcrError
 from icr_data import models
 from icr_data.chat import ChatEncoder, Encoded
 from icr_data.console import progress_bar, stderr_console
 
 
-class TrainError(ValueError):
+class TrainError(IcrError):
     """A training run that cannot start; the message names the file, row or option."""
 
 

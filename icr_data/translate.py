@@ -33,12 +33,13 @@ from typing import Literal
 
 from datasets import Dataset, Features, Value
 
+from icr_data.errors import IcrError
 import icr_data
 from icr_data.languages import language_name
 from icr_data.translate_gates import GATES, detect_languages, gate_reasons, near_key
 
 
-class TranslateError(ValueError):
+class TranslateError(IcrError):
     """A translate run that cannot start; the message names the option, file or row."""
 
 
