@@ -4,44 +4,45 @@ A model string is a local folder, `builtin:tiny-policy` / `builtin:tiny-referenc
 built offline, see tiny.py), `builtin:smollm2-135m-instruct` (see smollm2.py), `train:CONFIG`
 (the model a DPO training config produces, trained once and cached; see train.py), or a Hub id
 (loaded by transformers/vLLM from the local HF cache or, where the network allows, the Hub).
+
+Resolving is pure: `builtin:` and `train:` models are made by an explicit preparation step
+(prepare.py; `build` runs it first), and `resolve` only names the folder where the prepared
+model lives, or says it is not prepared yet. This module imports no icr_data module that imports
+it back (not train, prepare or the converters), so the import graph stays free of cycles.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from pathlib import Path
 
 from icr_data.errors import IcrError
+from icr_data.hf import quiet_transformers as quiet_transformers  # re-exported
 
 
 class ModelError(IcrError):
     """A model that is missing or cannot serve its role."""
 
 
+class NotPrepared(ModelError):
+    """A `builtin:` or `train:` model whose preparation has not run yet (see prepare.py)."""
+
+
 def resolve(spec: str, role: str = "model") -> str:
-    """A loadable path or Hub id for `spec`; raises ModelError naming the role if it is missing."""
-    if spec == "builtin:smollm2-135m-instruct":
-        from icr_data.smollm2 import smollm2_path
-
-        try:
-            return str(smollm2_path())
-        except FileNotFoundError as e:
-            raise ModelError(f"models.{role}: {e}") from None
-    if spec.startswith("train:"):
-        from icr_data.train import TrainError, trained_model
-
-        try:
-            return str(trained_model(spec.removeprefix("train:")))
-        except TrainError as e:
-            raise ModelError(f"models.{role}: {spec}: {e}") from None
-    if spec.startswith("builtin:"):
-        from icr_data.tiny import resolve_builtin
-
-        try:
-            return str(resolve_builtin(spec))
-        except FileNotFoundError as e:
-            raise ModelError(f"models.{role}: {e}") from None
+    """A loadable path or Hub id for `spec`; raises ModelError naming the role if it is missing,
+    NotPrepared if it is a `builtin:` or `train:` model not prepared yet. Builds nothing."""
+    try:
+        path = prepared_path(spec)
+    except NotPrepared:  # a train: config whose starting model is not prepared yet
+        raise NotPrepared(_not_prepared(spec, role, " (nor is the model it starts from)")) from None
+    except ModelError as e:
+        raise ModelError(f"models.{role}: {e}") from None
+    if path is not None:
+        if not is_prepared(spec, path):
+            raise NotPrepared(_not_prepared(spec, role))
+        return str(path)
     path = Path(spec).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -51,6 +52,81 @@ def resolve(spec: str, role: str = "model") -> str:
     if looks_local:
         raise ModelError(f"models.{role}: model path not found: {spec}")
     return spec  # a Hub id
+
+
+def _not_prepared(spec: str, role: str, why: str = "") -> str:
+    return (
+        f"models.{role}: {spec} is not prepared yet{why}; run `icr-data prepare {spec}` "
+        "(build prepares its models first)"
+    )
+
+
+def prepared_path(spec: str) -> Path | None:
+    """Where the model a `builtin:` or `train:` string names lives once prepared (whether or not
+    it is yet; see is_prepared); None for a folder or a Hub id, which need no preparation.
+    Raises ModelError for an unknown builtin or a bad training config, and NotPrepared for a
+    `train:` config whose starting model is not prepared (its key hashes that model)."""
+    if spec.startswith("train:"):
+        from icr_data.train_config import TrainError
+
+        try:
+            return trained_path(spec.removeprefix("train:"))
+        except NotPrepared:
+            raise
+        except (TrainError, ModelError) as e:  # a bad config, or a starting model that is missing
+            raise ModelError(f"{spec}: {e}") from None
+    if spec.startswith("builtin:"):
+        from icr_data.smollm2 import NAME, smollm2_dir
+        from icr_data.tiny import builtin_path
+
+        if spec == f"builtin:{NAME}":
+            return smollm2_dir()
+        try:
+            return builtin_path(spec)
+        except ValueError as e:
+            raise ModelError(str(e)) from None
+    return None
+
+
+def is_prepared(spec: str, path: Path) -> bool:
+    """Whether the prepared model of `spec` is complete at `path` (prepared_path's answer): a
+    trained model once its training.json is written (last), a builtin once its folder is moved in
+    whole. A killed preparation leaves neither."""
+    return (
+        Path(path) / ("training.json" if spec.startswith("train:") else "config.json")
+    ).is_file()
+
+
+def trained_path(config: str | Path) -> Path:
+    """The cache folder of the model a training config produces (`train:CONFIG`), keyed by content:
+    the config's settings, the data file or version manifest, the training code and the starting
+    model's identity (so its starting model must be prepared: NotPrepared if not). Pure: hashes
+    files, trains nothing (prepare.py trains; see train.trained_model). The config's own
+    output_dir is not used. Raises TrainError for a config that trains no loadable model."""
+    from icr_data.shards import digest
+    from icr_data.store import sha256_file
+    from icr_data.tiny import builtin_cache
+    from icr_data.train_config import TrainError, load_train_config
+
+    cfg = load_train_config(config, need_output=False)
+    if cfg.adapter_only:
+        raise TrainError(f"train:{config}: lora.merge is false, so it trains no loadable model "
+                         "(only an adapter); set lora.merge: true to use it as a model")  # fmt: skip
+    src = Path(cfg.data.source)
+    data_key = (sha256_file(src) if src.is_file() else
+                sha256_file(src / "manifest.json") if src.is_dir() else
+                f"{cfg.data.source}@{cfg.data.revision}")  # fmt: skip
+    start = identity(cfg.model, resolve(cfg.model, "model"))
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "output_dir"}
+    settings["data"].pop("source")
+    # the code that trains is part of the key: a fixed loss or span must not reuse an old model
+    code = {
+        name: sha256_file(Path(__file__).with_name(name))
+        for name in ("train.py", "score.py", "chat.py")
+    }
+    key = digest({"config": settings, "data": data_key, "code": code,
+                  "model": start.get("sha256") or start["name"]})  # fmt: skip
+    return builtin_cache() / "trained" / f"{Path(config).stem}-{key[:16]}"
 
 
 def identity(spec: str, resolved: str) -> dict:
@@ -174,15 +250,6 @@ def pick_dtype(dtype: str, device: str):
         ]
     except KeyError:
         raise ModelError(f"unknown dtype {dtype!r} (auto, float32, bfloat16, float16)") from None
-
-
-def quiet_transformers() -> None:
-    """Switch off transformers' own tqdm bars (loading weights, writing shards): our rich
-    progress reports the work, and hundreds of carriage-return updates clutter logs. Hub
-    download bars (huggingface_hub's) are left on."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
 
 
 def load_causal_lm(path: str, device: str, dtype):

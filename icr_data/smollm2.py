@@ -30,21 +30,30 @@ def gguf_dir() -> Path:
     return Path(spec.submodule_search_locations[0])
 
 
-def smollm2_path() -> Path:
-    """The plain float32 SmolLM2-135M-Instruct folder, built on first use."""
+def smollm2_dir() -> Path:
+    """Where the plain float32 model lives in the icr_data cache, whether built yet or not (it is
+    once it holds config.json). Pure."""
     from icr_data.tiny import builtin_cache
 
-    out = builtin_cache() / "builtin" / f"{NAME}-v2"  # v2: config without quantization_config
+    return builtin_cache() / "builtin" / f"{NAME}-v2"  # v2: config without quantization_config
+
+
+def smollm2_path(console=None) -> Path:
+    """The plain float32 SmolLM2-135M-Instruct folder, converted from the GGUF file unless it is
+    there (prepare.py calls this for `builtin:smollm2-135m-instruct`); atomic: written to a
+    temporary folder and moved in whole. `console`: a rich Console for the one-line note."""
+    out = smollm2_dir()
     if (out / "config.json").is_file():
         return out
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from icr_data.console import stderr_console
-    from icr_data.models import quiet_transformers
+    from icr_data.hf import quiet_transformers
 
     src = gguf_dir()
-    stderr_console().print(f"[bold]setting up[/] {NAME} from its GGUF file once (cached in {out})")
+    console = console or stderr_console()
+    console.print(f"[bold]setting up[/] {NAME} from its GGUF file once (cached in {out})")
     quiet_transformers()
     tok = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_NAME)
     quantized = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_NAME, dtype=torch.float32)

@@ -125,16 +125,28 @@ def builtin_cache() -> Path:
     return Path(os.environ.get("ICR_DATA_CACHE", Path.home() / ".cache" / "icr_data"))
 
 
-def resolve_builtin(spec: str) -> Path:
-    """`builtin:tiny-policy` / `builtin:tiny-reference` -> a cached folder, built on first use."""
+BUILTINS = ("tiny-policy", "tiny-reference")
+
+
+def builtin_path(spec: str) -> Path:
+    """`builtin:tiny-policy` / `builtin:tiny-reference` -> its cached folder, whether built yet or
+    not (it is once it holds config.json). Pure; raises ValueError for an unknown name."""
     name = spec.split(":", 1)[1]
-    if name not in ("tiny-policy", "tiny-reference"):
-        raise FileNotFoundError(
-            f"unknown builtin model {spec!r} (known: builtin:tiny-policy, builtin:tiny-reference)"
+    if name not in BUILTINS:
+        raise ValueError(
+            f"unknown builtin model {spec!r} (known: builtin:tiny-policy, builtin:tiny-reference, "
+            "builtin:smollm2-135m-instruct)"
         )
     key = hashlib.sha256(f"{BUILD_VERSION}".encode()).hexdigest()[:12]
-    root = builtin_cache() / "builtin" / f"tiny-{key}"
-    if not (root / name / "config.json").exists():
+    return builtin_cache() / "builtin" / f"tiny-{key}" / name
+
+
+def build_builtin(spec: str) -> Path:
+    """Build the cached tiny pair `spec` belongs to unless it is there (prepare.py calls this);
+    atomic: the pair is written to a temporary folder and moved in whole. Returns its folder."""
+    path = builtin_path(spec)
+    root = path.parent
+    if not (path / "config.json").exists():
         root.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=".building-"))
         try:
@@ -144,7 +156,7 @@ def resolve_builtin(spec: str) -> Path:
             os.rename(tmp, root)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    return root / name
+    return path
 
 
 if __name__ == "__main__":

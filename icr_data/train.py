@@ -22,117 +22,17 @@ import os
 import random
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from rich.console import Console
 from rich.table import Table
 
-from icr_data.errors import IcrError
 from icr_data import models
 from icr_data.chat import ChatEncoder, Encoded
 from icr_data.console import progress_bar, stderr_console
 
-
-class TrainError(IcrError):
-    """A training run that cannot start; the message names the file, row or option."""
-
-
-@dataclass
-class DataConfig:
-    source: str = ""
-    """A version folder (<store>/<dataset>/vN), a Hub dataset id, or a JSONL/Parquet file of pairs."""
-    revision: str | None = None
-    """Hub sources: the revision (a version tag such as v3, a branch or a commit)."""
-    config: str = "pairs"
-    split: str = "train"
-    languages: list[str] | None = None
-    """Train on these languages only; None: all."""
-    limit: int | None = None
-    """At most this many pairs (the first ones); None: all."""
-
-
-@dataclass
-class LoraSettings:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: list[str] | str = "all-linear"
-    merge: bool = True
-    """Also write the merged model (what vLLM and the scorer load); the adapter is always kept."""
-
-
-@dataclass
-class TrainConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: str = ""
-    """The model to train (its starting weights): a folder, a Hub id or builtin:*."""
-    reference: str | None = None
-    """The DPO reference; None: the starting model (the usual choice)."""
-    chat_template: str | None = None
-    output_dir: str = ""
-    finetune: Literal["lora", "full"] = "lora"
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    beta: float = 0.1
-    nll_weight: float = 0.0
-    """Weight of the NLL term on chosen (mean per token); the paper trains DPO+NLL (e.g. 1.0)."""
-    learning_rate: float = 5e-7
-    epochs: int = 1
-    max_steps: int | None = None
-    """Stop after this many optimizer steps (overrides epochs)."""
-    batch_size: int = 4
-    """Pairs per micro-batch."""
-    grad_accum: int = 8
-    """Micro-batches per optimizer step: global batch = batch_size x grad_accum (32 by default)."""
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    max_length: int | None = None
-    """Drop (and count) pairs whose prompt + longer response exceeds this many tokens."""
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
-    """Weights of the trained model and the reference: auto = float32 (on CUDA the forward passes,
-    reference and policy alike, run under bf16 autocast); or float32, bfloat16, float16."""
-    log_every: int = 1
-    save_every: int | None = None
-    """Write a checkpoint every this many optimizer steps; None: only the final model."""
-
-    @property
-    def adapter_only(self) -> bool:
-        """LoRA without merge: the output is an adapter, no model vLLM or the scorer can load."""
-        return self.finetune == "lora" and not self.lora.merge
-
-
-def load_train_config(
-    path: str | Path, overrides: list[str] | tuple[str, ...] = (), need_output: bool = True
-) -> TrainConfig:
-    import yaml
-
-    from icr_data.config import RecipeError, _resolve_relative, apply_override, from_dict
-
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        for o in overrides:
-            apply_override(data, o)
-        cfg = from_dict(TrainConfig, data, where=str(path))
-    except OSError:
-        raise TrainError(f"training config not found: {path}") from None
-    except (yaml.YAMLError, RecipeError) as e:
-        raise TrainError(str(e)) from None
-    base = path.resolve().parent
-    cfg.data.source = _resolve_relative(cfg.data.source, base)
-    for name in ("model", "reference", "chat_template", "output_dir"):
-        value = getattr(cfg, name)
-        if value:
-            setattr(cfg, name, _resolve_relative(value, base))
-    if not cfg.data.source or not cfg.model or (need_output and not cfg.output_dir):
-        raise TrainError(f"{path}: 'data.source', 'model' and 'output_dir' are required")
-    if cfg.batch_size < 1 or cfg.grad_accum < 1 or cfg.epochs < 1:
-        raise TrainError(f"{path}: 'batch_size', 'grad_accum' and 'epochs' must be >= 1")
-    return cfg
+# the config's settings live in train_config.py, so models.py can read a config; re-exported here
+from icr_data.train_config import DataConfig, TrainConfig, TrainError, load_train_config
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -411,33 +311,15 @@ def train(cfg: TrainConfig, console: Console | None = None) -> dict:
 
 
 def trained_model(config: str | Path, console: Console | None = None) -> Path:
-    """The model a training config produces (recipes name it `train:CONFIG`): trained on first use
-    and cached by content (the config, the data file or version manifest, the starting model, the
-    training code), so later runs reuse it. The config's own output_dir is not used."""
-    from icr_data.shards import digest
-    from icr_data.store import sha256_file
-    from icr_data.tiny import builtin_cache
-
+    """Train the model a training config produces (recipes name it `train:CONFIG`) into its cache
+    folder, models.trained_path (keyed by content: the config, the data file or version manifest,
+    the starting model, the training code), unless it is there; returns that folder. The config's
+    own output_dir is not used. Its starting model and reference must be prepared already:
+    prepare.run (which calls this) prepares them first. Atomic in effect: training.json, which
+    marks the model as complete, is written last, and what a killed run left is cleared first."""
     cfg = load_train_config(config, need_output=False)
-    if cfg.adapter_only:
-        raise TrainError(f"train:{config}: lora.merge is false, so it trains no loadable model "
-                         "(only an adapter); set lora.merge: true to use it as a model")  # fmt: skip
-    src = Path(cfg.data.source)
-    data_key = (sha256_file(src) if src.is_file() else
-                sha256_file(src / "manifest.json") if src.is_dir() else
-                f"{cfg.data.source}@{cfg.data.revision}")  # fmt: skip
-    start = models.identity(cfg.model, models.resolve(cfg.model, "model"))
-    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "output_dir"}
-    settings["data"].pop("source")
-    # the code that trains is part of the key: a fixed loss or span must not reuse an old model
-    code = {
-        name: sha256_file(Path(__file__).with_name(name))
-        for name in ("train.py", "score.py", "chat.py")
-    }
-    key = digest({"config": settings, "data": data_key, "code": code,
-                  "model": start.get("sha256") or start["name"]})  # fmt: skip
-    out = builtin_cache() / "trained" / f"{Path(config).stem}-{key[:16]}"
-    if (out / "training.json").is_file():
+    out = models.trained_path(config)
+    if models.is_prepared(f"train:{config}", out):
         return out
     shutil.rmtree(out, ignore_errors=True)  # what an interrupted run left
     cfg.output_dir = str(out)
