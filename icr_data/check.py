@@ -103,13 +103,15 @@ def summarize(rows: list[dict], margins: list[float]) -> dict:
 
 def check_reward(
     policy: str, reference: str, pairs: str | Path, scoring: ScoringConfig,
-    chat_template: str | None = None, advance=None,
+    chat_template: str | None = None, console=None, progress=None,
 ) -> dict:  # fmt: skip
-    """Score every labelled pair under the implicit reward; return the report (see summarize)."""
-    from icr_data import models
-    from icr_data.score import score
+    """Score every labelled pair under the implicit reward; return the report (see summarize).
+    The responses are scored by the build's own log-prob stages, in memory (nothing to resume)."""
+    from icr_data import models, prepare
+    from icr_data.stages import score_candidates
 
     rows = load_labelled(pairs, scoring.mode)
+    prepare.ensure([policy, reference], console)
     paths = {
         role: models.resolve(spec, role)
         for role, spec in (("policy", policy), ("reference", reference))
@@ -121,17 +123,16 @@ def check_reward(
          "sample_idx": i, "response": r[side], "finish_reason": "stop"}
         for r in rows for i, side in enumerate(("chosen", "rejected"))
     ])  # fmt: skip
-    scored = score(cands, paths["policy"], paths["reference"], scoring, advance=advance,
-                   chat_template=chat_template)  # fmt: skip
+    ids = {role: models.identity(spec, paths[role])
+           for role, spec in (("policy", policy), ("reference", reference))}  # fmt: skip
+    scored = score_candidates(cands, paths["policy"], paths["reference"], scoring, chat_template,
+                              ids, console, progress)  # fmt: skip
     reward = scored["reward"]
     margins = [reward[2 * i] - reward[2 * i + 1] for i in range(len(rows))]
     return {
         "pairs_file": str(pairs),
         "mode": scoring.mode,
         "beta": scoring.beta,
-        "models": {
-            "policy": models.identity(policy, paths["policy"]),
-            "reference": models.identity(reference, paths["reference"]),
-        },  # fmt: skip
+        "models": ids,
         "languages": summarize(rows, margins),
     }

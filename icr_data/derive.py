@@ -16,9 +16,9 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from icr_data.errors import IcrError
 from icr_data import models, store
 from icr_data.config import Recipe, from_dict
+from icr_data.errors import IcrError
 from icr_data.languages import scoring_prompt
 
 
@@ -51,12 +51,22 @@ def rescore(
     reference: str | None = None,
     scoring: dict | None = None,
     name: str | None = None,
-    advance=None,
+    console=None,
+    executor: str = "local",
+    address: str | None = None,
 ) -> tuple[Path, dict]:
-    """Score the parent's candidates under a (new) reward pair; write and return a new version."""
-    from icr_data.build import CANDIDATE_COLUMNS
-    from icr_data.score import score
+    """Score the parent's candidates under a (new) reward pair; write and return a new version.
 
+    The two log-prob passes run shard by shard through an executor, with their work kept under
+    the dataset's .work folder exactly as a build keeps it: a killed rescore resumes."""
+    from icr_data import prepare
+    from icr_data.build import CANDIDATE_COLUMNS, make_executor
+    from icr_data.console import progress_bar, stderr_console
+    from icr_data.score import with_rewards
+    from icr_data.shards import WorkDir
+    from icr_data.stages import candidate_shards, dual_logit, logprob_stages
+
+    console = console or stderr_console()
     version_dir = store.resolve_version(version)
     parent_manifest, recipe = parent_recipe(version_dir)
     if policy:
@@ -65,22 +75,40 @@ def rescore(
         recipe.models.reference = reference
     if scoring:
         recipe.scoring = dataclasses.replace(recipe.scoring, **scoring)
-    resolved = {r: models.resolve(getattr(recipe.models, r), r) for r in ("policy", "reference")}
+    if name is not None and (version_dir.parent / name).exists():
+        raise store.StoreError(f"version {name} already exists at {version_dir.parent / name}; "
+                               "versions are immutable")  # fmt: skip
+    specs = {r: getattr(recipe.models, r) for r in ("policy", "reference")}
+    prepare.ensure(list(specs.values()), console)
+    resolved = {r: models.resolve(spec, r) for r, spec in specs.items()}
+    ids = dict(parent_manifest["models"])
+    ids.update({r: models.identity(spec, resolved[r]) for r, spec in specs.items()})
     candidates = store.read_table(version_dir, "candidates")
     candidates = candidates.remove_columns("scoring_prompt").add_column(
         "scoring_prompt", rescoring_prompts(candidates, recipe.scoring.mode)
     )
+    passes = logprob_stages(resolved["policy"], resolved["reference"], ids, recipe.scoring,
+                            recipe.models.chat_template, models.pick_device(recipe.scoring.device))  # fmt: skip
+    shards, positions = candidate_shards(candidates, recipe.shard_prompts)
     t0 = time.perf_counter()
-    scored = score(candidates, resolved["policy"], resolved["reference"], recipe.scoring,
-                   advance=advance, chat_template=recipe.models.chat_template)  # fmt: skip
+    with progress_bar(console) as progress:
+        ex = make_executor(executor, WorkDir(version_dir.parent / ".work"), console, progress,
+                           address, recipe.ray)  # fmt: skip
+        logps, tokens, reports = dual_logit(ex, passes, shards, positions)
+    scored = with_rewards(
+        candidates, tokens, logps["policy"], logps["reference"], recipe.scoring.beta
+    )
     if "lid_lang" not in scored.column_names:
-        from icr_data.langid import add_lid
+        from icr_data.executor import run_once
+        from icr_data.stages import LangIdStage, Shard
 
-        scored = add_lid(scored, list(parent_manifest["counts"]))
+        outs, _ = run_once(LangIdStage(languages=tuple(parent_manifest["counts"])),
+                           [Shard(0, scored)])  # fmt: skip
+        scored = scored.add_column("lid_lang", outs[0]["lid_lang"])
+        scored = scored.add_column("lid_score", outs[0]["lid_score"])
     scored = scored.select_columns(CANDIDATE_COLUMNS)
-    ids = dict(parent_manifest["models"])
-    ids.update({r: models.identity(getattr(recipe.models, r), p) for r, p in resolved.items()})
-    timings = {"score_s": round(time.perf_counter() - t0, 2)}
+    timings = {"score_s": round(time.perf_counter() - t0, 2),
+               "scoring_throughput": {r: reports[r].get("stats") for r in reports}}  # fmt: skip
     path, manifest = write_child(version_dir, parent_manifest, recipe, scored, ids, timings,
                                  {"operation": "rescore", "reused": ["candidates (responses)"]}, name)  # fmt: skip
     return path, manifest
@@ -111,8 +139,8 @@ def write_child(
     timings: dict, derived: dict, name: str | None,
 ) -> tuple[Path, dict]:  # fmt: skip
     """Pair `candidates` under `recipe` and write them as a new version whose parent is the given one."""
-    from icr_data.build import make_manifest, margin_summary
     from icr_data.card import render_card
+    from icr_data.manifest import make_manifest, margin_summary
     from icr_data.pairs import make_pairs
 
     pairs, stats = make_pairs(candidates, recipe.pairing)

@@ -164,18 +164,3 @@ def sample(
         if advance:
             advance(len(chunk))
     return Dataset.from_list(rows)
-
-
-def generate(
-    prompts: Dataset,
-    model: str,
-    cfg: SamplingConfig,
-    advance: Callable[[int], None] | None = None,
-    chat_template: str | None = None,
-) -> Dataset:
-    """Open an engine for `model`, sample every prompt row, close the engine."""
-    backend = open_backend(model, cfg, chat_template)
-    try:
-        return sample(backend, prompts, cfg, advance)
-    finally:
-        backend.close()

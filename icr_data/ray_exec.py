@@ -5,14 +5,15 @@
     icr-data build RECIPE --executor ray --address HEAD_IP:6379         # join a running cluster
     icr-data generate RECIPE --executor ray; icr-data score RECIPE --executor ray; icr-data merge RECIPE
 
-The unit of work is the shard, exactly as in the local path (build.py, shards.py). The shards left to
-do become a Ray dataset, one shard per block; `map_batches` hands them, `ray.batch_size` at a time, to
-a fixed pool of actors. A generation actor opens one engine (vLLM, or transformers) when it starts and
-runs the local path's own `sample` on each shard it is given; a scoring actor loads one model (the
-policy pass, then a new pool for the reference pass: one model resident at a time, as locally) and
-runs `encode_candidates` + `sequence_logps` on each shard. Each shard's output comes back to the
-driver as Arrow IPC bytes and the driver saves it with the same `WorkDir.save`, under the same key
-and with the same marker as the local path, as soon as it arrives.
+`RayExecutor` has the local executor's interface (executor.py) and is as generic: it runs any stage
+(stages.py) and knows nothing of its insides. The unit of work is the shard, exactly as locally.
+The tasks left to do become a Ray dataset, one shard per block; `map_batches` hands them,
+`ray.batch_size` at a time, to a fixed pool of `StageActor`s. An actor receives the stage (a
+picklable dataclass), calls its `open` once (one vLLM engine, or one scoring model: the policy pass
+and the reference pass are two pools, one model resident at a time, as locally) and its `run` on
+each shard it is given. Each shard's output comes back to the driver as Arrow IPC bytes and the
+driver saves it through the local executor's `save`, under the same key and with the same marker,
+as soon as it arrives.
 
 Why the shard and why the driver writes: a sample depends only on its prompt row and its per-prompt
 seed, and the scorer forms its length-sorted token-budget batches within one shard, so running a
@@ -21,8 +22,9 @@ Shipping the finished table as IPC bytes keeps its types exactly (no conversion 
 formats), and one writer means the store has to be visible to the driver only, never to the
 workers. Keys are computed once, on the driver, by `make_plan`; so a Ray run skips the shards a
 local run finished and the other way round, and a killed Ray run loses at most the shards in flight.
-Scoring runs on the device the key names (resolved on the driver); on a cluster whose driver has no
-GPU, set `scoring.device: cuda` so the keys name the GPU the actors will use.
+A stage's `gpus()` says what one actor takes on a GPU cluster and `requires_gpu()` whether its
+keys name a GPU (scoring runs on the device the key names, resolved on the driver; on a cluster
+whose driver has no GPU, set `scoring.device: cuda` so the keys name the GPU the actors will use).
 
 Resources come from the recipe's `ray:` section (config.RayConfig: num_actors, gpus_per_actor,
 cpus_per_actor, batch_size), defaults from `ray.cluster_resources()`: one actor per GPU (per
@@ -42,32 +44,20 @@ filesystem, or Hub ids); the store is written by the driver only.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import io
 import logging
 import os
 import socket
 from typing import TYPE_CHECKING, Any
 
-from icr_data import models
 from icr_data.errors import IcrError
-from icr_data.build import (
-    GEN_COLUMNS,
-    ROLES,
-    Plan,
-    _need_generation,
-    _with_scoring_prompt,
-    _writing,
-    pending,
-)
-from icr_data.shards import mine
+from icr_data.executor import LocalExecutor, Task
 
 if TYPE_CHECKING:
     import pyarrow as pa
-    from rich.console import Console
-    from rich.progress import Progress
 
     from icr_data.config import RayConfig
+    from icr_data.stages import Stage
 
 
 class RayError(IcrError):
@@ -133,6 +123,11 @@ def to_bytes(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
+def table_of(ds) -> pa.Table:
+    """A Dataset's rows as one Arrow table (a selection's indices applied)."""
+    return ds.with_format("arrow")[:]
+
+
 def from_bytes(blob: bytes):
     import pyarrow as pa
     from datasets import Dataset
@@ -148,60 +143,21 @@ def _batch(shards: list[int], blobs: list[bytes], extra: list[str]) -> pa.Table:
                      "extra": extra, "worker": [worker] * len(shards)})  # fmt: skip
 
 
-class GenerateActor:
-    """Holds one engine for the actor's life; samples whole shards with the local path's code."""
+class StageActor:
+    """Holds one opened stage for the actor's life; runs whole shards with the stage's own code."""
 
-    def __init__(self, model: str, sampling, chat_template: str | None):
-        from icr_data.generate import open_backend
-
-        self.cfg = sampling
-        self.backend = open_backend(model, sampling, chat_template)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        from icr_data.generate import sample
-
-        shards, blobs = batch["shard"].to_pylist(), batch["data"].to_pylist()
-        outs = [
-            sample(self.backend, from_bytes(b), self.cfg).select_columns(GEN_COLUMNS) for b in blobs
-        ]
-        return _batch(shards, [to_bytes(o.data.table) for o in outs], [""] * len(shards))
-
-
-class ScoreActor:
-    """Holds one model of the reward pair; scores whole shards with the local path's code."""
-
-    def __init__(
-        self, model: str, pair: tuple[str, str], chat_template: str | None, scoring, device: str
-    ):
-        import torch
-
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise RayError(f"scoring keys name device {device} but this actor sees no GPU; "
-                           "set ray.gpus_per_actor >= 1 or scoring.device: cpu")  # fmt: skip
-        self.cfg, self.device = scoring, device
-        # the tokenizer make_plan checked, loaded from the same files
-        self.tok = models.pair_tokenizer(*pair, chat_template)
-        self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
-        self.model = models.load_causal_lm(model, device, models.pick_dtype(scoring.dtype, device))
+    def __init__(self, stage: Stage, gpus: float):
+        self.stage = stage.for_worker(gpus)
+        self.stage.open()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import json
 
-        from datasets import Dataset
-
-        from icr_data.score import ScoreStats, encode_candidates, sequence_logps
-
         blobs, extra = [], []
         for blob in batch["data"].to_pylist():
-            rows = encode_candidates(from_bytes(blob), self.tok, self.cfg.count_eot)
-            stats = ScoreStats()
-            logps = sequence_logps(self.model, rows, self.pad_id, self.device, self.cfg.token_budget,
-                                   self.cfg.max_batch_size, stats=stats)  # fmt: skip
-            out = Dataset.from_dict(
-                {"logp": logps, "response_tokens": [len(r.response_ids) for r in rows]}
-            )
-            blobs.append(to_bytes(out.data.table))
-            extra.append(json.dumps(stats.as_dict()))
+            out = self.stage.run(from_bytes(blob))
+            blobs.append(to_bytes(table_of(out)))
+            extra.append(json.dumps(self.stage.stats()))
         return _batch(batch["shard"].to_pylist(), blobs, extra)
 
 
@@ -217,116 +173,48 @@ def _run_pool(items: list[dict], actor: type, ctor: dict[str, Any], pool: Pool):
         yield from block.to_pylist()
 
 
-def engine_sampling(cfg, pool: Pool):
-    """The sampling settings an actor's engine opens with: an actor holding a fraction of a GPU
-    (ray.gpus_per_actor < 1, several engines per GPU) takes that share of vLLM's default 0.9 of
-    the GPU's memory unless sampling.gpu_memory_utilization says; not part of the shard keys."""
-    if 0 < pool.gpus < 1 and cfg.gpu_memory_utilization is None:
-        return dataclasses.replace(cfg, gpu_memory_utilization=round(0.9 * pool.gpus, 4))
-    return cfg
-
-
 def _batches(n_shards: int, pool_batch: int) -> int:
     return -(-n_shards // pool_batch)
 
 
-def run_generate(
-    plan: Plan, part, console: Console, progress: Progress, address: str | None = None
-) -> dict:
-    """build.run_generate through a Ray actor pool: the same shards, keys, markers and report."""
-    shards = mine(plan.shards, part)
-    todo, report = pending(plan, "generate", plan.gen_keys, shards, console, "generate")
-    if not todo:
+class RayExecutor(LocalExecutor):
+    """LocalExecutor's `run`, with the shards done by a Ray actor pool; keys, markers, saving and
+    progress are the local executor's own."""
+
+    def __init__(self, work, console=None, progress=None, address: str | None = None,
+                 cfg: RayConfig | None = None):  # fmt: skip
+        from icr_data.config import RayConfig
+
+        super().__init__(work, console, progress)
+        self.address, self.cfg = address, cfg or RayConfig()
+
+    def run(self, stage: Stage, todo: list[Task], label: str | None = None) -> dict:
+        import json
+
+        label = label or stage.name
+        left, report = self.pending(stage, todo, label)
+        if not left:
+            return report
+        nodes = connect(self.address)
+        if stage.requires_gpu() and not any(n.get("GPU") for n in nodes):
+            raise RayError(f"{label}: its keys name a GPU device but the Ray cluster has no GPU")
+        pool = plan_pool(self.cfg, nodes, _batches(len(left), self.cfg.batch_size), stage.gpus())
+        if self.console is not None:
+            self.console.print(f"{label}: {len(left)} shard(s) on {pool.actors} Ray actor(s), "
+                               f"{pool.gpus:g} GPU and {pool.cpus:g} CPU each")  # fmt: skip
+        by_index = {t.index: t for t in left}
+        items = [{"shard": t.index, "data": to_bytes(table_of(t.load()))} for t in left]
+        per_shard, workers = [], set()
+        with self.bar(label, sum(t.size for t in left)) as advance:
+            for row in _run_pool(items, StageActor, {"stage": stage, "gpus": pool.gpus}, pool):
+                task = by_index[row["shard"]]
+                self.save(stage, task, from_bytes(row["data"]))
+                stats = json.loads(row["extra"])
+                if stats is not None:
+                    per_shard.append(stats)
+                workers.add(row["worker"])
+                advance(task.size)
+        if per_shard:
+            report["stats"] = stage.summarize(per_shard)
+        report["workers"] = sorted(workers)
         return report
-    nodes = connect(address)
-    cfg = plan.recipe.sampling
-    pool = plan_pool(
-        plan.recipe.ray,
-        nodes,
-        _batches(len(todo), plan.recipe.ray.batch_size),
-        cfg.tensor_parallel_size,
-    )
-    console.print(f"generate: {len(todo)} shard(s) on {pool.actors} Ray actor(s), "
-                  f"{pool.gpus:g} GPU and {pool.cpus:g} CPU each")  # fmt: skip
-    cols = ["prompt_id", "lang", "instruction"]
-    items = [{"shard": s.index, "data": to_bytes(plan.shard_prompts(s).select_columns(cols).with_format("arrow")[:])}
-             for s in todo]  # fmt: skip
-    ctor = {
-        "model": plan.resolved["generator"],
-        "sampling": engine_sampling(cfg, pool),
-        "chat_template": plan.recipe.models.chat_template,
-    }
-    task = progress.add_task(
-        "generate", total=sum(len(plan.rows_of[s.index]) for s in todo), rate=""
-    )
-    workers = set()
-    for row in _run_pool(items, GenerateActor, ctor, pool):
-        with _writing(plan.work.root):
-            plan.work.save("generate", plan.gen_keys[row["shard"]], from_bytes(row["data"]),
-                           {"shard": row["shard"], "generator": plan.ids["generator"]})  # fmt: skip
-        workers.add(row["worker"])
-        progress.advance(task, len(plan.rows_of[row["shard"]]))
-    report["workers"] = sorted(workers)
-    return report
-
-
-def run_score(
-    plan: Plan, part, console: Console, progress: Progress, address: str | None = None
-) -> dict:
-    """build.run_score through Ray: a pool for the policy pass, then one for the reference pass."""
-    import json
-
-    from icr_data.score import ScoreStats
-
-    shards = mine(plan.shards, part)
-    _need_generation(plan, shards, "score")
-    cfg = plan.recipe.scoring
-    device = models.pick_device(cfg.device)  # what make_plan put in the keys
-    pair = (plan.resolved["policy"], plan.resolved["reference"])
-    reports: dict[str, dict] = {}
-    for role in ROLES:
-        keys = plan.logp_keys[role]
-        todo, reports[role] = pending(plan, "logp", keys, shards, console, f"score ({role})")
-        if not todo:
-            continue
-        nodes = connect(address)
-        on_gpu = device.startswith("cuda")
-        if on_gpu and not any(n.get("GPU") for n in nodes):
-            raise RayError(f"scoring.device resolves to {device} but the Ray cluster has no GPU")
-        if (
-            not on_gpu
-            and any(n.get("GPU") for n in nodes)
-            and plan.recipe.ray.gpus_per_actor is None
-        ):
-            console.print("score: on CPU, the device this driver's keys name; set scoring.device=cuda "
-                          "to score on the cluster's GPUs")  # fmt: skip
-        pool = plan_pool(
-            plan.recipe.ray, nodes, _batches(len(todo), plan.recipe.ray.batch_size), int(on_gpu)
-        )
-        cands = {s.index: _with_scoring_prompt(plan, s, plan.work.load("generate", plan.gen_keys[s.index]))
-                 for s in todo}  # fmt: skip
-        items = [{"shard": i, "data": to_bytes(c.data.table)} for i, c in cands.items()]
-        ctor = {"model": plan.resolved[role], "pair": pair, "chat_template": plan.recipe.models.chat_template,
-                "scoring": cfg, "device": device}  # fmt: skip
-        task = progress.add_task(f"score ({role})", total=sum(map(len, cands.values())), rate="")
-        total, workers = ScoreStats(), set()
-        for row in _run_pool(items, ScoreActor, ctor, pool):
-            with _writing(plan.work.root):
-                plan.work.save("logp", keys[row["shard"]], from_bytes(row["data"]),
-                               {"shard": row["shard"], "role": role, "model": plan.ids[role]})  # fmt: skip
-            stats = json.loads(row["extra"])
-            for f in dataclasses.fields(total):  # summed over actors: tokens_per_s is per actor
-                setattr(total, f.name, getattr(total, f.name) + stats[f.name])
-            workers.add(row["worker"])
-            progress.update(task, advance=len(cands[row["shard"]]),
-                            rate=f"{total.tokens_per_s:,.0f} tok/s per actor")  # fmt: skip
-        reports[role].update(throughput=total.as_dict(), workers=sorted(workers))
-    return reports
-
-
-def runners(address: str | None):
-    """(run_generate, run_score) with build.py's signatures, bound to a cluster address."""
-    return (
-        functools.partial(run_generate, address=address),
-        functools.partial(run_score, address=address),
-    )

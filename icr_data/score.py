@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass
 from datasets import Dataset
 
 from icr_data.chat import ChatEncoder, Encoded
-from icr_data.config import ScoringConfig
 
 # Config attributes that post-process logits after the LM head (Gemma-2/3, Cohere, Granite).
 # Models with one of them take the full-logits path so the scores stay exact.
@@ -204,35 +203,53 @@ def sequence_logps(
     return out
 
 
-def score(
-    candidates: Dataset,
-    policy: str,
-    reference: str,
-    cfg: ScoringConfig,
-    advance: Callable[[str, int], None] | None = None,
-    chat_template: str | None = None,
-) -> Dataset:
-    """Add response_tokens, logp_policy, logp_ref and reward to `candidates`.
+class TransformersScorer:
+    """The dual-logit scorer's backend: one causal LM through transformers, resident while the
+    stage is open (stages.LogprobStage). `score(rows)` -> (logp, response_tokens) rows and stats."""
 
-    `advance(model_role, k)` is called after each batch of k rows.
-    """
-    from icr_data.models import load_causal_lm, pair_tokenizer, pick_device, pick_dtype
+    def __init__(self, stage):
+        import torch
 
-    tok = pair_tokenizer(policy, reference, chat_template)
-    rows = encode_candidates(candidates, tok, cfg.count_eot)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    device = pick_device(cfg.device)
-    dtype = pick_dtype(cfg.dtype, device)
-    logps = {}
-    for role, path in (("policy", policy), ("reference", reference)):
-        model = load_causal_lm(path, device, dtype)
-        step = (lambda k, _t, role=role: advance(role, k)) if advance else None
-        logps[role] = sequence_logps(model, rows, pad_id, device, cfg.token_budget,
-                                     cfg.max_batch_size, step)  # fmt: skip
-        del model
+        from icr_data.models import ModelError, load_causal_lm, pair_tokenizer, pick_dtype
+
+        if stage.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ModelError(f"scoring keys name device {stage.device} but this process sees no "
+                             "GPU; set scoring.device: cpu (or give the worker a GPU)")  # fmt: skip
+        self.stage = stage
+        self.tok = pair_tokenizer(*stage.tokenizer_from, stage.chat_template)
+        self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+        self.model = load_causal_lm(
+            stage.model, stage.device, pick_dtype(stage.dtype, stage.device)
+        )
+
+    def score(self, rows: Dataset, advance=None) -> tuple[Dataset, dict]:
+        import torch
+
+        st = self.stage
+        encoded = encode_candidates(rows, self.tok, st.count_eot)
+        stats = ScoreStats()
+
+        def step(k: int, _tokens: int) -> None:
+            if advance:
+                advance(k, rate=f"{stats.tokens_per_s:,.0f} tok/s")
+
+        on_cuda = st.autocast and st.device.startswith("cuda")
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda):
+            logps = sequence_logps(self.model, encoded, self.pad_id, st.device, st.token_budget,
+                                   st.max_batch_size, advance=step, stats=stats)  # fmt: skip
+        out = Dataset.from_dict(
+            {"logp": logps, "response_tokens": [len(r.response_ids) for r in encoded]}
+        )
+        return out, stats.as_dict()
+
+    def close(self) -> None:
+        del self.model
         gc.collect()
-    return with_rewards(candidates, [len(r.response_ids) for r in rows], logps["policy"],
-                        logps["reference"], cfg.beta)  # fmt: skip
+
+
+SCORERS = {"transformers": TransformersScorer}
+"""Scoring backends by name (stages.LogprobStage.backend): a class taking the stage, with
+`score(rows, advance) -> (Dataset[logp, response_tokens], stats)` and `close()`."""
 
 
 def with_rewards(

@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from icr_data import models
-from icr_data.chat import ChatEncoder, Encoded
+from icr_data.chat import ChatEncoder
 from icr_data.console import progress_bar, stderr_console
 
 # the config's settings live in train_config.py, so models.py can read a config; re-exported here
@@ -117,18 +117,32 @@ def autocast(device: str):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
 
 
-def _reference_logps(cfg: TrainConfig, path: str, encoded: list[Encoded], pad_id: int, device: str,
-                     advance=None):  # fmt: skip
+def reference_logps(cfg: TrainConfig, start: str, ref: str, rows: list[dict], device: str,
+                    console=None, progress=None):  # fmt: skip
+    """The reference's summed log-probs of each kept pair's chosen and rejected response (under
+    the training prompt), computed once before training by the scorer's own log-prob stage, in
+    the trained model's weights dtype and autocast: a float64 tensor [2 * pairs], chosen first."""
     import torch
+    from datasets import Dataset
 
-    from icr_data.score import sequence_logps
+    from icr_data.executor import LocalExecutor, MemoryWork, tasks
+    from icr_data.stages import LogprobStage, Shard, model_key
 
-    model = models.load_causal_lm(path, device, weights_dtype(cfg, device))
-    with autocast(device):
-        out = torch.tensor(sequence_logps(model, encoded, pad_id, device, advance=advance),
-                           dtype=torch.float64)  # fmt: skip
-    del model
-    return out
+    cands = Dataset.from_list([
+        {"prompt_id": str(i), "lang": r["lang"] or "", "sample_idx": k, "scoring_prompt": r["instruction"],
+         "response": r[side]}
+        for i, r in enumerate(rows) for k, side in enumerate(("chosen", "rejected"))
+    ])  # fmt: skip
+    ident = models.identity(cfg.reference or cfg.model, ref)
+    stage = LogprobStage(role="reference", model=ref, model_key=model_key(ident),
+                         tokenizer_from=(start, ref), chat_template=cfg.chat_template,
+                         count_eot=True, device=device,
+                         dtype="float32" if cfg.dtype == "auto" else cfg.dtype, autocast=True,
+                         model_id=ident)  # fmt: skip
+    ex = LocalExecutor(MemoryWork(), console, progress)
+    todo = tasks(stage, [Shard(0, cands)])
+    ex.run(stage, todo, "reference log-probs")
+    return torch.tensor(ex.load(stage, todo[0])["logp"], dtype=torch.float64)
 
 
 def _wrap_lora(model, cfg: TrainConfig):
@@ -166,7 +180,7 @@ def train(cfg: TrainConfig, console: Console | None = None) -> dict:
     import torch
     from transformers import get_scheduler
 
-    from icr_data.score import response_logps, sequence_logps
+    from icr_data.score import response_logps
 
     console = console or stderr_console()
     out = Path(cfg.output_dir)
@@ -180,7 +194,7 @@ def train(cfg: TrainConfig, console: Console | None = None) -> dict:
         models.check_same_tokenizer(tok, models.load_tokenizer(ref, cfg.chat_template),
                                     ("model", "reference"))  # fmt: skip
     enc = ChatEncoder(tok, count_eot=True)
-    pairs, too_long = [], 0
+    pairs, kept, too_long = [], [], 0
     for i, r in enumerate(rows):
         c = enc.encode(r["instruction"], r["chosen"], row=f"pair {i}")
         j = enc.encode(r["instruction"], r["rejected"], row=f"pair {i}")
@@ -189,6 +203,7 @@ def train(cfg: TrainConfig, console: Console | None = None) -> dict:
             too_long += 1
             continue
         pairs.append((c, j))
+        kept.append(r)
     if not pairs:
         raise TrainError(f"every pair is longer than max_length={cfg.max_length} tokens")
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -199,20 +214,8 @@ def train(cfg: TrainConfig, console: Console | None = None) -> dict:
     console.print(f"[bold]dpo[/]: {len(pairs)} pairs from {cfg.data.source}"
                   + (f" ({too_long} longer than max_length left out)" if too_long else ""))  # fmt: skip
     with progress_bar(console) as progress:
-        flat = [x for p in pairs for x in p]
-        task = progress.add_task("reference log-probs", total=len(flat), rate="")
-
-        def done(k: int, _tokens: int) -> None:
-            progress.update(task, advance=k)
-
-        if ref == start:  # the starting weights are the reference: score them before training
-            model = models.load_causal_lm(start, device, weights_dtype(cfg, device))
-            with autocast(device):
-                ref_logps = torch.tensor(sequence_logps(model, flat, pad_id, device, advance=done),
-                                         dtype=torch.float64)  # fmt: skip
-        else:
-            ref_logps = _reference_logps(cfg, ref, flat, pad_id, device, done)
-            model = models.load_causal_lm(start, device, weights_dtype(cfg, device))
+        ref_logps = reference_logps(cfg, start, ref, kept, device, console, progress)
+        model = models.load_causal_lm(start, device, weights_dtype(cfg, device))
         ref_c, ref_r = ref_logps[0::2], ref_logps[1::2]
         console.print(f"reference log-probs computed once ({time.perf_counter() - t0:.1f}s)")
 

@@ -26,15 +26,14 @@ import datetime as dt
 import hashlib
 import random
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from datasets import Dataset, Features, Value
 
-from icr_data.errors import IcrError
 import icr_data
+from icr_data.errors import IcrError
 from icr_data.languages import language_name
 from icr_data.translate_gates import GATES, detect_languages, gate_reasons, near_key
 
@@ -50,6 +49,8 @@ DEFAULT_TEMPLATE = (
     "alone.\n\n{text}"
 )
 TARGETS = ("instruction", "prompt_id", "lang")  # our columns that --column-map may fill
+SHARD_PROMPTS = 64
+"""Source prompts per shard of translation work (the unit a killed run resumes from)."""
 DEDUP_RULE = "NFKC, casefold, punctuation removed, whitespace collapsed; then exact match"
 FAILURE_FEATURES = Features({
     "prompt_id": Value("string"), "lang": Value("string"), "reason": Value("string"),
@@ -250,31 +251,39 @@ def run_engine(
     model_path: str,
     requests: list[dict],
     cfg: TranslateConfig,
-    advance: Callable[[int], None] | None = None,
+    executor=None,
+    model_id: dict | None = None,
 ) -> list[tuple[str, str]]:
-    """(text, finish_reason) per request: greedy, through generate.py's engine (tests patch it)."""
+    """(text, finish_reason) per request: greedy, through the build's generation stage, shard by
+    shard on `executor` (default: in memory; translate passes one whose work resumes)."""
     from icr_data.config import SamplingConfig
-    from icr_data.generate import open_backend, sample
+    from icr_data.executor import LocalExecutor, MemoryWork, tasks
+    from icr_data.stages import GenerateStage, candidate_shards, model_key
 
     scfg = SamplingConfig(backend=cfg.backend, n=1, temperature=0.0, top_p=1.0, seed=cfg.seed,
                           max_tokens=cfg.max_tokens, dtype=cfg.dtype,
                           max_model_len=cfg.max_model_len)  # fmt: skip
-    backend = open_backend(model_path, scfg, cfg.chat_template)
-    try:
-        out = sample(backend, Dataset.from_list(requests), scfg, advance)
-    finally:
-        backend.close()
-    return list(zip(out["response"], out["finish_reason"]))
+    model_id = model_id or {"name": model_path}
+    stage = GenerateStage(model=model_path, model_key=model_key(model_id), sampling=scfg,
+                          chat_template=cfg.chat_template, model_id=model_id)  # fmt: skip
+    executor = executor or LocalExecutor(MemoryWork())
+    shards, positions = candidate_shards(Dataset.from_list(requests), SHARD_PROMPTS)
+    todo = tasks(stage, shards)
+    executor.run(stage, todo, "translate")
+    out: list[tuple[str, str]] = [("", "")] * len(requests)
+    for task, pos in zip(todo, positions):
+        done = executor.load(stage, task)
+        for i, text, finish in zip(pos, done["response"], done["finish_reason"]):
+            out[i] = (text, finish)
+    return out
 
 
-def translate(
-    cfg: TranslateConfig,
-    advance: Callable[[int], None] | None = None,
-    on_total: Callable[[int], None] | None = None,
-) -> tuple[Path, dict]:
+def translate(cfg: TranslateConfig, console=None, progress=None) -> tuple[Path, dict]:
     """Load, dedup, sample, translate, gate, and write a new prompts version: (folder, manifest).
-    `on_total(n)` is told the number of translations before the engine starts."""
-    from icr_data import models
+    Translation work is kept under <out>/<name>/.work, so a killed run resumes."""
+    from icr_data import models, prepare
+    from icr_data.executor import LocalExecutor
+    from icr_data.shards import WorkDir
     from icr_data.store import sha256_file, write_version
 
     check_config(cfg)
@@ -282,6 +291,7 @@ def translate(
     rows = read_source(cfg)  # source errors first: they are the common ones, and cheap to find
     english, other = english_rows(rows, cfg.source, cfg.column_map)
     try:
+        prepare.ensure([cfg.model], console)
         model_path = models.resolve(cfg.model, "translator")
     except models.ModelError as e:
         raise TranslateError(f"--model: {str(e).split(': ', 1)[-1]}") from None
@@ -293,9 +303,9 @@ def translate(
          "instruction": render_request(template, r["instruction"], lang)}
         for lang, r in jobs
     ]  # fmt: skip
-    if on_total:
-        on_total(len(requests))
-    outputs = run_engine(model_path, requests, cfg, advance)
+    model_id = models.identity(cfg.model, model_path)
+    executor = LocalExecutor(WorkDir(Path(cfg.out) / cfg.name / ".work"), console, progress)
+    outputs = run_engine(model_path, requests, cfg, executor, model_id)
     detected = detect_languages(
         [t for t, _ in outputs],
         [lang for lang, _ in jobs],
@@ -333,7 +343,7 @@ def translate(
                    "sha256": sha256_file(local) if local and local.is_file() else None,
                    "split": None if local else cfg.split, "column_map": cfg.column_map,
                    "rows": len(rows), "other_language_rows": other, "english_rows": len(english)},
-        "model": models.identity(cfg.model, model_path),
+        "model": model_id,
         "template": {"default": cfg.template is None, "text": template,
                      "file": Path(cfg.template).name if cfg.template else None},
         "languages": ["en", *cfg.languages],

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from icr_data.build import make_manifest, margin_summary
 from icr_data.config import Recipe, load_recipe
+from icr_data.manifest import make_manifest, margin_summary
 from icr_data.pairs import PairingConfig, make_pairs
 
 

@@ -85,7 +85,7 @@ def test_build_with_transformers_backend(tmp_path, tiny_pair):
     v2 = second.path
     assert second.report["generate"] == {"done": 0, "skipped": 1}  # generation reused
     assert second.report["policy"]["done"] == 1  # the convention changed: rescored
-    throughput = second.report["policy"]["throughput"]
+    throughput = second.report["policy"]["stats"]
     assert throughput["rows"] == 27 and throughput["tokens"] > throughput["response_tokens"] > 0
     assert 0 <= throughput["padding_waste"] < 1 and throughput["tokens_per_s"] > 0
     assert v2.name == "v2" and digest(v1) == before

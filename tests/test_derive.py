@@ -105,3 +105,56 @@ def test_cli_pair_refuses_unknown_filter(v1):
         store.read_manifest(Path(r.stdout.strip().splitlines()[-1]))["pairing"]["rule"]
         == "max_random"
     )
+
+
+KILL_AT_THIRD_SAVE = """
+import os, signal, sys
+from icr_data import shards
+from icr_data.cli import main
+
+real, calls = shards.WorkDir.save, []
+
+def save(self, stage, key, ds, made_of):
+    if stage == "logp":
+        calls.append(key)
+        if len(calls) == 3:  # the third shard's output is written, then the process is killed
+            real(self, stage, key, ds, made_of)
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, stage, key, ds, made_of)
+
+shards.WorkDir.save = save
+main(sys.argv[1:])
+"""
+
+
+def test_rescore_killed_mid_run_resumes_to_the_same_version(build_tiny, tiny_pair, tmp_path):
+    def built(name):
+        return build_tiny(tmp_path / name, "sampling.max_tokens=10", "prompts.limit=4",
+                          "prompts.languages=[en, fr]", "shard_prompts=1")  # fmt: skip
+
+    policy, reference = tiny_pair
+    swap = ["--policy", str(reference), "--reference", str(policy)]
+    whole, _ = rescore(built("a"), policy=str(reference), reference=str(policy))
+
+    v1 = built("b")
+    args = [sys.executable, "-c", KILL_AT_THIRD_SAVE, "score", str(v1), *swap]
+    killed = subprocess.run(args, capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert not (v1.parent / "v2").exists()
+    again = subprocess.run([sys.executable, "-m", "icr_data.cli", "score", str(v1), *swap],
+                           capture_output=True, text=True)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "score (policy): 3 shard(s) finished earlier, skipped" in again.stderr
+    resumed = Path(again.stdout.strip().splitlines()[-1])
+    for config in ("candidates", "pairs"):
+        a, b = (
+            store.read_table(whole, config).to_list(),
+            store.read_table(resumed, config).to_list(),
+        )
+        assert len(a) == len(b) > 0
+        for x, y in zip(a, b):
+            assert x.keys() == y.keys()
+            for k in x:  # the same shards scored in the same batches: equal to float rounding
+                assert x[k] == (
+                    pytest.approx(y[k], rel=1e-6) if isinstance(x[k], float) else y[k]
+                ), k

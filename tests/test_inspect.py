@@ -12,10 +12,10 @@ from rich.console import Console
 
 from icr_data import inspect as ins
 from icr_data import store
-from icr_data.build import make_manifest, margin_summary
 from icr_data.card import render_card
 from icr_data.cli import main
 from icr_data.config import Recipe
+from icr_data.manifest import make_manifest, margin_summary
 from icr_data.pairs import PAIR_FEATURES, PairStats, empty_funnel
 
 # de: margins 0.0 .. 1.0 in a shuffled order, so p10/p50/p90 are 0.1/0.5/0.9 exactly

@@ -88,7 +88,7 @@ def test_ray_build_equals_local_build_and_resumes_local_work(tmp_path, tiny_pair
     for stage in ("generate", "policy", "reference"):  # the work ran in actors, not here
         pids = {int(w.rsplit(":", 1)[1]) for w in rep[stage]["workers"]}
         assert pids and os.getpid() not in pids
-    assert rep["policy"]["throughput"]["rows"] == local.report["policy"]["throughput"]["rows"] == 24
+    assert rep["policy"]["stats"]["rows"] == local.report["policy"]["stats"]["rows"] == 24
     # the same keys, markers and generated Parquet bytes as the local run: either resumes the other
     same_work(tmp_path / "a" / "demo-tiny" / ".work", tmp_path / "b" / "demo-tiny" / ".work")
     same_content(local.path, result.path)
@@ -168,13 +168,16 @@ def test_pool_sizes_from_the_cluster():
 
 def test_a_fraction_of_a_gpu_takes_that_share_of_its_memory():
     from icr_data.config import SamplingConfig
-    from icr_data.ray_exec import Pool, engine_sampling
+    from icr_data.stages import GenerateStage
 
-    assert engine_sampling(SamplingConfig(), Pool(4, 0.5, 1.0, 1)).gpu_memory_utilization == 0.45
-    assert engine_sampling(SamplingConfig(), Pool(2, 1.0, 1.0, 1)).gpu_memory_utilization is None
-    assert engine_sampling(SamplingConfig(), Pool(1, 0.0, 2.0, 1)).gpu_memory_utilization is None
+    def engine(sampling, gpus):
+        return GenerateStage("m", "m@x", sampling).for_worker(gpus).sampling
+
+    assert engine(SamplingConfig(), 0.5).gpu_memory_utilization == 0.45
+    assert engine(SamplingConfig(), 1.0).gpu_memory_utilization is None
+    assert engine(SamplingConfig(), 0.0).gpu_memory_utilization is None
     mine = SamplingConfig(gpu_memory_utilization=0.3)
-    assert engine_sampling(mine, Pool(4, 0.25, 1.0, 1)) is mine
+    assert engine(mine, 0.25) is mine
 
 
 def test_ray_keys_in_the_recipe_are_checked(tmp_path, tiny_pair):

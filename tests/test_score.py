@@ -10,7 +10,8 @@ from transformers import AutoModelForCausalLM
 from icr_data.chat import ChatEncoder
 from icr_data.config import ScoringConfig
 from icr_data.models import ModelError
-from icr_data.score import score, sequence_logps
+from icr_data.score import sequence_logps
+from icr_data.stages import score_candidates as score
 
 RESPONSES = [
     "",  # empty: only the end-of-turn token (or nothing) is scored

@@ -318,7 +318,8 @@ def test_engine_is_greedy(monkeypatch):
 
     monkeypatch.setattr(generate, "open_backend", fake_open)
     with pytest.raises(RuntimeError, match="stop here"):
-        tr.run_engine("m", [], TranslateConfig(max_tokens=7, backend="transformers"))
+        request = {"prompt_id": "a", "lang": "de", "instruction": "Translate: hi"}
+        tr.run_engine("m", [request], TranslateConfig(max_tokens=7, backend="transformers"))
     cfg = seen["cfg"]
     assert (cfg.temperature, cfg.n, cfg.max_tokens, cfg.backend) == (0.0, 1, 7, "transformers")
 

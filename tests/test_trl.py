@@ -14,7 +14,7 @@ from datasets import Dataset  # noqa: E402
 
 from icr_data.chat import ChatEncoder, render_prompt  # noqa: E402
 from icr_data.config import ScoringConfig  # noqa: E402
-from icr_data.score import score  # noqa: E402
+from icr_data.stages import score_candidates as score  # noqa: E402
 
 ROWS = [
     ("Name three fruits.", "Apple, kiwi and orange.", "I don't know."),

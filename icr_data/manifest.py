@@ -1,0 +1,157 @@
+"""The manifest of a dataset version: how it was made, in one JSON object (manifest.json).
+
+    manifest = make_manifest(recipe, model_ids, pair_stats, counts, margins, timings)
+
+It records the recipe, the models (with content hashes), sampling, the scoring convention, the
+pairing rule and its funnel, per-language counts and margin quantiles, the rounds of the method
+this version belongs to, timings and the hardware. The card (card.py) is rendered from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import platform
+from pathlib import Path
+
+import polars as pl
+from datasets import Dataset
+
+import icr_data
+from icr_data.config import Recipe
+from icr_data.languages import DIRECTIVE
+from icr_data.pairs import PairStats, empty_funnel
+from icr_data.stages import SCORING_CONVENTION
+
+
+def round_history(recipe: Recipe, model_ids: dict) -> list[dict]:
+    """Per round: the generator, the reward pair and the training reference; earlier rounds come
+    from the previous round's training record, with what that round trained."""
+    earlier: list[dict] = []
+    if recipe.round.previous:
+        from icr_data.config import read_training_record
+
+        record = read_training_record(recipe.round.previous)
+        earlier = [dict(r) for r in record.get("rounds") or []]
+        if not earlier:
+            earlier = [{"round": recipe.round.index - 1}]
+        earlier[-1]["trained"] = {k: record.get(k) for k in ("output_model", "start_model",
+                                                               "reference", "data", "method")}  # fmt: skip
+    current = {
+        "round": recipe.round.index,
+        "generator": model_ids.get("generator"),
+        "reward": {"policy": model_ids.get("policy"), "reference": model_ids.get("reference")},
+        "training_reference": model_ids.get("training_reference"),
+    }
+    return earlier + [current]
+
+
+def margin_summary(
+    pairs: Dataset, candidates: Dataset, prompts: Dataset, langs: list[str]
+) -> tuple[dict, dict]:
+    """Per-language counts and margin quantiles, computed with polars."""
+    counts, margins = {}, {}
+    p_df = pl.from_arrow(prompts.data.table).select("lang")
+    c_df = pl.from_arrow(candidates.data.table).select("lang")
+    m_df = pl.from_arrow(pairs.data.table).select("lang", "margin") if len(pairs) else None
+    for lang in langs:
+        counts[lang] = {
+            "prompts": p_df.filter(pl.col("lang") == lang).height,
+            "candidates": c_df.filter(pl.col("lang") == lang).height,
+            "pairs": 0,
+        }
+        q = {k: None for k in ("mean", "min", "q10", "q25", "median", "q75", "q90", "max")}
+        if m_df is not None:
+            m = m_df.filter(pl.col("lang") == lang)["margin"]
+            counts[lang]["pairs"] = m.len()
+            if m.len():
+                q = {
+                    "mean": m.mean(), "min": m.min(), "q10": m.quantile(0.1, "linear"),
+                    "q25": m.quantile(0.25, "linear"), "median": m.median(),
+                    "q75": m.quantile(0.75, "linear"), "q90": m.quantile(0.9, "linear"),
+                    "max": m.max(),
+                }  # fmt: skip
+        margins[lang] = q
+    return counts, margins
+
+
+def make_manifest(
+    recipe: Recipe,
+    model_ids: dict,
+    stats: PairStats,
+    counts: dict,
+    margins: dict,
+    timings: dict,
+    parent: str | None = None,
+    skipped_english: dict[str, int] | None = None,
+    rounds: list[dict] | None = None,
+) -> dict:
+    funnel = {lang: dict(f) for lang, f in stats.funnel.items()}
+    for lang, n in (skipped_english or {}).items():
+        funnel.setdefault(lang, empty_funnel())["prompts_skipped"] = {"no_english_row": n}
+    return {
+        "dataset": recipe.dataset,
+        "version": None,
+        "parent": parent,
+        "created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "code_version": f"icr-data {icr_data.__version__}",
+        "recipe": recipe.to_dict(),
+        "models": model_ids,
+        "sampling": {
+            **recipe.sampling.__dict__,
+            "seed_rule": "per prompt: sha256(f'{seed}\\x1f{prompt_id}\\x1f{lang}')[:4] & 0x7fffffff",
+        },
+        "scoring": {
+            "mode": recipe.scoring.mode,
+            "beta": recipe.scoring.beta,
+            "count_eot": recipe.scoring.count_eot,
+            "directive": DIRECTIVE,
+            "convention": SCORING_CONVENTION,
+            "reward": "beta * (logp_policy - logp_ref)",
+        },
+        "pairing": {
+            "rule": recipe.pairing.rule,
+            "length_control": recipe.pairing.length_control,
+            "length_unit": recipe.pairing.length_unit,
+            "alpha_grid": {
+                "min": 0.0,
+                "max": recipe.pairing.alpha_max,
+                "step": recipe.pairing.alpha_step,
+            },
+            "alphas": stats.alphas,
+            "mean_length_diff": stats.mean_length_diff,
+            "length_margin_corr": stats.length_margin_corr,
+            "settings": dataclasses.asdict(recipe.pairing),
+        },
+        "training": {
+            "reference": model_ids.get("training_reference"),
+            "prompt": "the native-language instruction (the pairs' prompt column)",
+        },
+        "rounds": rounds if rounds is not None else round_history(recipe, model_ids),
+        "counts": counts,
+        "totals": {
+            k: sum(c[k] for c in counts.values()) for k in ("prompts", "candidates", "pairs")
+        },
+        "funnel": funnel,
+        "margins": margins,
+        "timings": timings,
+        "hardware": hardware(),
+    }
+
+
+def hardware() -> dict:
+    import torch
+
+    out = {"machine": platform.machine(), "python": platform.python_version(),
+           "torch": torch.__version__, "cpu_threads": torch.get_num_threads()}  # fmt: skip
+    try:
+        out["cpu"] = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        out["cpu"] = platform.processor()
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name(0)
+    return out

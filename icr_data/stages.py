@@ -1,0 +1,416 @@
+"""The stage contract: every step of a build is a `Stage`, run shard by shard by an executor.
+
+A stage has
+- `name`: the folder its outputs are kept in (`<store>/<dataset>/.work/<name>/<key>.parquet`);
+- `inputs` / `outputs`: the columns `run` reads and the columns it returns;
+- `key(shard)`: a digest of exactly what its output for that shard depends on (the shard's input
+  rows, or the key of the work they came from, plus the stage's own settings and model hashes),
+  so a re-run skips finished shards and a changed recipe misses exactly the keys it changed;
+- `open()` / `run(rows, advance) -> Dataset` / `close()`: load the engine or model once, turn
+  one shard's input rows into its output rows, release what `open` loaded.
+
+Executors (executor.py: in this process; ray_exec.py: Ray actor pools) know keys, markers, progress
+and resume, and nothing of a stage's insides. The stages here are thin: the work itself lives in
+one place each (generate.py: sampling backends; score.py: log-probs; langid.py; pairs.py).
+
+    GenerateStage   prompts -> samples          (backends: vllm, transformers; generate.BACKENDS)
+    LogprobStage    candidates -> logp          (backends: transformers; score.SCORERS)
+    LangIdStage     candidates -> lid_lang/lid_score
+    PairStage       all candidates -> pairs     (rules: pairs.py's registry)
+
+Build, rescore, check-reward, translate and the training reference pass are lists of these stages
+handed to an executor. docs/extending.md shows how to add one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+from icr_data.shards import digest
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+    from icr_data.config import PairingConfig, SamplingConfig
+
+Advance = Callable[..., None]
+"""`advance(k, rate="")`: k more input rows are done; `rate` is shown beside the bar."""
+
+SCORING_CONVENTION = (
+    "sum of log p over the assistant-turn tokens of the chat template's rendering of "
+    "[user: scoring_prompt, assistant: response], prompt and response tokenized separately; "
+    "first response token included"
+)
+GEN_COLUMNS = ("prompt_id", "lang", "instruction", "sample_idx", "response", "finish_reason")
+SCORE_INPUTS = ("prompt_id", "lang", "sample_idx", "scoring_prompt", "response")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One unit of work for a stage: its index, its input rows and (when the rows are the output of
+    earlier keyed work) that work's key, which then stands for the rows in this stage's key."""
+
+    index: int
+    rows: Dataset
+    upstream: str | None = None
+
+
+class Stage:
+    """The contract (see the module docstring). Subclasses are dataclasses holding their settings,
+    so a stage pickles to a Ray actor as it is and opens its resources there."""
+
+    name: ClassVar[str] = ""
+    inputs: ClassVar[tuple[str, ...]] = ()
+    outputs: ClassVar[tuple[str, ...]] = ()
+
+    def identity(self) -> dict:
+        """What the output depends on besides the input rows (settings, model hashes)."""
+        raise NotImplementedError
+
+    def key(self, shard: Shard) -> str:
+        source = (
+            {"input": shard.upstream} if shard.upstream else {"rows": self.key_rows(shard.rows)}
+        )
+        return digest({"stage": self.name, **self.identity(), **source})
+
+    def key_rows(self, rows: Dataset):
+        """The input rows as they enter the key (the declared input columns, row by row)."""
+        return [list(r) for r in zip(*(rows[c] for c in self.inputs))]
+
+    def made_of(self, shard: Shard) -> dict:
+        """What the completion marker records (for a person reading the work folder)."""
+        return {"stage": self.name, "shard": shard.index}
+
+    def open(self) -> None:
+        """Load models or engines (once per executor or actor, before the first shard)."""
+
+    def run(self, rows: Dataset, advance: Advance | None = None) -> Dataset:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what `open` loaded."""
+
+    def stats(self) -> dict | None:
+        """Figures of the last `run` (throughput, ...), summed over shards by `summarize`."""
+        return None
+
+    @staticmethod
+    def summarize(per_shard: list[dict]) -> dict | None:
+        return None
+
+    # Resources, read by the Ray executor only.
+    def gpus(self) -> float:
+        """GPUs one worker of this stage takes on a cluster with GPUs (0: none)."""
+        return 0
+
+    def requires_gpu(self) -> bool:
+        """True when the stage's keys name a GPU device: a cluster without one cannot run it."""
+        return False
+
+    def for_worker(self, gpus: float) -> Stage:
+        """The stage as a worker holding `gpus` GPUs runs it (settings outside the key only)."""
+        return self
+
+
+def check_columns(stage: Stage, rows: Dataset, shard: int | str) -> None:
+    missing = [c for c in stage.inputs if c not in rows.column_names]
+    if missing:
+        raise KeyError(f"{stage.name} stage, shard {shard}: input lacks column(s) {missing}")
+
+
+# ------------------------------------------------------------------------------------ generate
+@dataclass
+class GenerateStage(Stage):
+    """N samples per prompt row, in the row's language, from the generation backend."""
+
+    name: ClassVar[str] = "generate"
+    inputs: ClassVar[tuple[str, ...]] = ("prompt_id", "lang", "instruction")
+    outputs: ClassVar[tuple[str, ...]] = GEN_COLUMNS
+
+    model: str
+    """A loadable folder or Hub id (models.resolve)."""
+    model_key: str
+    """The model's content hash (or name@revision): what the key records of it."""
+    sampling: SamplingConfig
+    chat_template: str | None = None
+    model_id: dict = field(default_factory=dict)
+    _backend: object = field(default=None, repr=False, compare=False)
+
+    def identity(self) -> dict:
+        s = self.sampling
+        keyed = {k: getattr(s, k)
+                 for k in ("backend", "n", "temperature", "top_p", "max_tokens", "seed", "dtype")}  # fmt: skip
+        if s.tensor_parallel_size > 1:  # an engine over several GPUs sums in another order
+            keyed["tensor_parallel_size"] = s.tensor_parallel_size
+        return {"generator": self.model_key, "sampling": keyed, "chat_template": self.chat_template}
+
+    def made_of(self, shard: Shard) -> dict:
+        return {"shard": shard.index, "generator": self.model_id}
+
+    def open(self) -> None:
+        from icr_data.generate import open_backend
+
+        self._backend = open_backend(self.model, self.sampling, self.chat_template)
+
+    def run(self, rows: Dataset, advance: Advance | None = None) -> Dataset:
+        from icr_data.generate import sample
+
+        out = sample(self._backend, rows.select_columns(list(self.inputs)), self.sampling, advance)
+        return out.select_columns(list(self.outputs))
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+
+    def gpus(self) -> float:
+        return self.sampling.tensor_parallel_size
+
+    def for_worker(self, gpus: float) -> Stage:
+        """A worker holding a fraction of a GPU (several engines per GPU) takes that share of
+        vLLM's default 0.9 of the GPU's memory, unless sampling.gpu_memory_utilization says."""
+        import dataclasses
+
+        if 0 < gpus < 1 and self.sampling.gpu_memory_utilization is None:
+            share = dataclasses.replace(self.sampling, gpu_memory_utilization=round(0.9 * gpus, 4))
+            return dataclasses.replace(self, sampling=share)
+        return self
+
+
+# ------------------------------------------------------------------------------------ log-probs
+@dataclass
+class LogprobStage(Stage):
+    """Summed log-probs of each response given its scoring prompt under one model (`role`): one
+    half of the dual-logit implicit reward. One model is resident at a time: the policy pass over
+    every shard, then the reference pass."""
+
+    name: ClassVar[str] = "logp"
+    inputs: ClassVar[tuple[str, ...]] = SCORE_INPUTS
+    outputs: ClassVar[tuple[str, ...]] = ("logp", "response_tokens")
+
+    role: str
+    model: str
+    model_key: str
+    tokenizer_from: tuple[str, ...]
+    """The models whose shared tokenizer encodes the rows (the reward pair; checked equal)."""
+    chat_template: str | None = None
+    count_eot: bool = True
+    device: str = "cpu"
+    dtype: str = "auto"
+    token_budget: int | None = None
+    max_batch_size: int = 64
+    backend: str = "transformers"
+    autocast: bool = False
+    """bf16 autocast on CUDA over float32 weights (the DPO trainer's precision)."""
+    model_id: dict = field(default_factory=dict)
+    _scorer: object = field(default=None, repr=False, compare=False)
+    _stats: dict | None = field(default=None, repr=False, compare=False)
+
+    def identity(self) -> dict:
+        from icr_data.models import pick_dtype
+
+        out = {"model": self.model_key, "count_eot": self.count_eot, "device": self.device,
+               "dtype": str(pick_dtype(self.dtype, self.device)),
+               "chat_template": self.chat_template, "convention": SCORING_CONVENTION}  # fmt: skip
+        if self.backend != "transformers":
+            out["backend"] = self.backend
+        if self.autocast:
+            out["autocast"] = "bf16 on cuda"
+        return out
+
+    def key(self, shard: Shard) -> str:
+        # the responses enter through the key of the work that made them (or their digest);
+        # the scoring prompts are listed, since one generation is scored under several
+        responses = shard.upstream or digest(self.key_rows(shard.rows))
+        return digest({"stage": self.name, "generation": responses,
+                       "scoring_prompts": shard.rows["scoring_prompt"], **self.identity()})  # fmt: skip
+
+    def made_of(self, shard: Shard) -> dict:
+        return {"shard": shard.index, "role": self.role, "model": self.model_id}
+
+    def open(self) -> None:
+        from icr_data.score import SCORERS
+
+        self._scorer = SCORERS[self.backend](self)
+
+    def run(self, rows: Dataset, advance: Advance | None = None) -> Dataset:
+        out, self._stats = self._scorer.score(rows, advance)
+        return out
+
+    def close(self) -> None:
+        if self._scorer is not None:
+            self._scorer.close()
+            self._scorer = None
+
+    def stats(self) -> dict | None:
+        return self._stats
+
+    @staticmethod
+    def summarize(per_shard: list[dict]) -> dict | None:
+        from icr_data.score import ScoreStats
+
+        total = ScoreStats()
+        for s in per_shard:
+            for f in ("rows", "tokens", "padded_tokens", "response_tokens", "batches",
+                      "seconds", "duplicates_skipped"):  # fmt: skip
+                setattr(total, f, getattr(total, f) + s[f])
+        return total.as_dict()
+
+    def gpus(self) -> float:
+        return 1 if self.requires_gpu() else 0
+
+    def requires_gpu(self) -> bool:
+        return self.device.startswith("cuda")
+
+
+def logprob_stages(
+    policy: str, reference: str, ids: dict, scoring, chat_template: str | None, device: str
+) -> list[LogprobStage]:
+    """The two passes of the dual-logit reward (policy, then reference) under a ScoringConfig."""
+
+    def stage(role: str, path: str) -> LogprobStage:
+        ident = ids.get(role, {"name": path})
+        return LogprobStage(
+            role=role, model=path, model_key=model_key(ident), tokenizer_from=(policy, reference),
+            chat_template=chat_template, count_eot=scoring.count_eot, device=device,
+            dtype=scoring.dtype, token_budget=scoring.token_budget,
+            max_batch_size=scoring.max_batch_size, model_id=ident,
+        )  # fmt: skip
+
+    return [stage("policy", policy), stage("reference", reference)]
+
+
+def model_key(identity: dict) -> str:
+    """How a model enters a key: its content hash, else name@revision."""
+    return identity.get("sha256") or f"{identity['name']}@{identity.get('revision')}"
+
+
+# ------------------------------------------------------------------------------------ language ID
+@dataclass
+class LangIdStage(Stage):
+    """The language of each response (lingua, restricted to the languages in play)."""
+
+    name: ClassVar[str] = "langid"
+    inputs: ClassVar[tuple[str, ...]] = ("lang", "response")
+    outputs: ClassVar[tuple[str, ...]] = ("lid_lang", "lid_score")
+
+    languages: tuple[str, ...] = ()
+
+    def identity(self) -> dict:
+        from importlib.metadata import version
+
+        return {
+            "languages": sorted(self.languages),
+            "detector": f"lingua {version('lingua-language-detector')}",
+        }
+
+    def made_of(self, shard: Shard) -> dict:
+        return {"shard": shard.index, "languages": list(self.languages)}
+
+    def run(self, rows: Dataset, advance: Advance | None = None) -> Dataset:
+        from datasets import Dataset
+
+        from icr_data.langid import identify, judged
+
+        langs, scores = identify(rows["response"], self.languages)
+        langs = judged(langs, rows["lang"], self.languages)
+        if advance:
+            advance(len(rows))
+        return Dataset.from_dict({"lid_lang": langs, "lid_score": scores})
+
+
+# ------------------------------------------------------------------------------------ pairs
+@dataclass
+class PairStage(Stage):
+    """Preference pairs from every scored candidate (one shard: pairing is per language, and
+    length control chooses alpha over a whole language). Cheap, so not kept as work."""
+
+    name: ClassVar[str] = "pair"
+    inputs: ClassVar[tuple[str, ...]] = ("prompt_id", "lang", "instruction", "sample_idx", "response",
+                                         "finish_reason", "response_tokens", "reward", "lid_lang")  # fmt: skip
+    outputs: ClassVar[tuple[str, ...]] = ("prompt_id", "lang", "prompt", "chosen", "rejected",
+                                          "chosen_reward", "rejected_reward", "margin",
+                                          "chosen_tokens", "rejected_tokens", "chosen_sample_idx",
+                                          "rejected_sample_idx")  # fmt: skip
+
+    pairing: PairingConfig | None = None
+    _stats: dict | None = field(default=None, repr=False, compare=False)
+
+    def identity(self) -> dict:
+        return {"pairing": asdict(self.pairing)}
+
+    def run(self, rows: Dataset, advance: Advance | None = None) -> Dataset:
+        from icr_data.pairs import make_pairs
+
+        pairs, stats = make_pairs(rows, self.pairing)
+        self._stats = asdict(stats)
+        if advance:
+            advance(len(rows))
+        return pairs
+
+    def stats(self) -> dict | None:
+        return self._stats
+
+    @staticmethod
+    def summarize(per_shard: list[dict]) -> dict | None:
+        return per_shard[0] if per_shard else None
+
+
+# ------------------------------------------------------------------------------------ composed
+def candidate_shards(
+    candidates: Dataset, shard_prompts: int
+) -> tuple[list[Shard], list[list[int]]]:
+    """Candidates cut into shards of `shard_prompts` prompt_ids (in order of first appearance),
+    and each shard's row positions in `candidates` (to put per-shard outputs back in order)."""
+    from icr_data.shards import plan_shards
+
+    blocks = plan_shards(candidates["prompt_id"], shard_prompts)
+    block_of = {pid: b.index for b in blocks for pid in b.prompt_ids}
+    positions: list[list[int]] = [[] for _ in blocks]
+    for i, pid in enumerate(candidates["prompt_id"]):
+        positions[block_of[pid]].append(i)
+    return [Shard(b.index, candidates.select(p)) for b, p in zip(blocks, positions)], positions
+
+
+def dual_logit(executor, passes: list[LogprobStage], shards: list[Shard],
+               positions: list[list[int]]) -> tuple[dict[str, list[float]], list[int], dict]:  # fmt: skip
+    """Run each log-prob pass over the shards through `executor` (resumable when its work is a
+    WorkDir); per role the log-probs in candidate order, the response token counts, the reports."""
+    from icr_data.executor import tasks
+
+    n = sum(map(len, positions))
+    logps: dict[str, list[float]] = {}
+    tokens = [0] * n
+    reports: dict[str, dict] = {}
+    for stage in passes:
+        todo = tasks(stage, shards)
+        reports[stage.role] = executor.run(stage, todo, f"score ({stage.role})")
+        values = [0.0] * n
+        for task, pos in zip(todo, positions):
+            out = executor.load(stage, task)
+            for i, v, k in zip(pos, out["logp"], out["response_tokens"]):
+                values[i], tokens[i] = v, k
+        logps[stage.role] = values
+    return logps, tokens, reports
+
+
+def score_candidates(candidates: Dataset, policy: str, reference: str, scoring,
+                     chat_template: str | None = None, ids: dict | None = None, console=None,
+                     progress=None, shard_prompts: int = 64) -> Dataset:  # fmt: skip
+    """`candidates` (+ scoring_prompt) with response_tokens, logp_policy, logp_ref, reward and
+    reward_mean under the reward pair (resolved paths), in memory: the dual-logit passes of a
+    build, for one-off scoring (check-reward, tests)."""
+    from icr_data.executor import LocalExecutor, MemoryWork
+    from icr_data.models import pick_device
+    from icr_data.score import with_rewards
+
+    ids = ids or {"policy": {"name": policy}, "reference": {"name": reference}}
+    passes = logprob_stages(
+        policy, reference, ids, scoring, chat_template, pick_device(scoring.device)
+    )
+    shards, positions = candidate_shards(candidates, shard_prompts)
+    ex = LocalExecutor(MemoryWork(), console, progress)
+    logps, tokens, _ = dual_logit(ex, passes, shards, positions)
+    return with_rewards(candidates, tokens, logps["policy"], logps["reference"], scoring.beta)
