@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import yaml
 
+from icr_data import pairing_rules
 from icr_data.errors import IcrError
 
 
@@ -93,16 +94,15 @@ class ScoringConfig:
     """auto: bfloat16 weights on CUDA, float32 on CPU. Sums are always accumulated in float32."""
 
 
-CANDIDATE_FILTERS = ("truncated", "empty", "duplicate", "repetition", "off_target")
-PAIR_FILTERS = ("chosen_eq_rejected", "tie")
-DEFAULT_FILTERS = list(CANDIDATE_FILTERS + PAIR_FILTERS)
+DEFAULT_FILTERS = list(pairing_rules.FILTERS)
 
 
 @dataclass
 class PairingConfig:
-    rule: Literal["max_min", "max_random", "top_bottom", "threshold"] = "max_min"
-    """max_min: best vs worst (the paper's). max_random: best vs a random other. top_bottom:
-    every top-k x bottom-k pair. threshold: every pair whose margin is at least `threshold`."""
+    rule: str = "max_min"
+    """A name in pairing_rules.RULES (checked by validate_pairing): max_min: best vs worst (the
+    paper's). max_random: best vs a random other. top_bottom: every top-k x bottom-k pair.
+    threshold: every pair whose margin is at least `threshold`."""
     k: int = 2
     """top_bottom: how many from each end."""
     threshold: float = 0.0
@@ -303,8 +303,10 @@ def read_training_record(path: str | Path, where: str = "round.previous") -> dic
         p = p / "training.json"
     try:
         record = json.loads(p.read_text(encoding="utf-8"))
-    except OSError:
+    except FileNotFoundError:
         raise RecipeError(f"{where}: training record not found: {p}") from None
+    except OSError as e:  # a folder, no permission, ...: not "not found"
+        raise RecipeError(f"{where}: cannot read training record {p}: {e.strerror or e}") from None
     except ValueError as e:
         raise RecipeError(f"{where}: {p} is not valid JSON: {e}") from None
     if not isinstance(record, dict) or "output" not in record:
@@ -372,7 +374,15 @@ def validate(recipe: Recipe, where: str = "recipe") -> None:
 
 
 def validate_pairing(p: PairingConfig, where: str = "pairing") -> None:
-    known = CANDIDATE_FILTERS + PAIR_FILTERS
+    """Rule and filter names are checked against the registry in pairing_rules, read now (so a
+    rule added there is accepted here without another list to keep)."""
+    rules = pairing_rules.RULES
+    if p.rule not in rules:
+        close = difflib.get_close_matches(str(p.rule), list(rules), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise RecipeError(f"{where}: unknown rule 'pairing.rule: {p.rule}'{hint}; "
+                          f"known: {', '.join(rules)}")  # fmt: skip
+    known = pairing_rules.FILTERS
     for f in p.filters:
         if f not in known:
             close = difflib.get_close_matches(f, known, n=1)

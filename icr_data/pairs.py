@@ -11,8 +11,9 @@ margin, chosen_tokens, rejected_tokens, chosen_sample_idx, rejected_sample_idx.
 2. Length control: per language, alpha from the grid 0, step, ..., alpha_max such that the mean
    len(chosen) - len(rejected) of the max/min pairs is closest to zero (smallest alpha on ties);
    responses are ranked by reward - alpha * length (characters, or tokens).
-3. Strategy: max_min (the paper's), max_random (best vs a seeded random other), top_bottom
-   (every top-k x bottom-k pair), threshold (every pair whose reward margin >= threshold).
+3. Rule (pairing_rules.RULES): max_min (the paper's), max_random (best vs a seeded random other),
+   top_bottom (every top-k x bottom-k pair), threshold (every pair whose reward margin >=
+   threshold). A new rule is one function plus one registry line in pairing_rules.py.
 4. Pair filters: no_separation (the ranking does not separate two responses; always),
    chosen_eq_rejected (same normalised text), tie (|margin| < tie_epsilon), below_min_margin,
    below_margin_quantile (per language).
@@ -29,7 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from datasets import Dataset, Features, List, Value
 
-from icr_data.config import PairingConfig
+from icr_data.config import PairingConfig, RecipeError
+from icr_data.pairing_rules import FILTERS, RULES  # noqa: F401 - the registry, re-exported here
 
 PAIR_COLUMNS = [
     "prompt_id", "lang", "prompt", "chosen", "rejected", "chosen_reward", "rejected_reward",
@@ -128,22 +130,8 @@ def _rng(cfg: PairingConfig, lang: str, prompt_id: str) -> random.Random:
 
 
 def select(adjusted: np.ndarray, reward: np.ndarray, cfg: PairingConfig, rng: random.Random):
-    """(chosen, rejected) index pairs for one prompt under the strategy."""
-    n = len(adjusted)
-    best, worst = int(adjusted.argmax()), int(adjusted.argmin())
-    if cfg.rule == "max_min":
-        return [(best, worst)]
-    if cfg.rule == "max_random":
-        others = [i for i in range(n) if i != best]
-        return [(best, rng.choice(others))] if others else [(best, best)]
-    if cfg.rule == "top_bottom":
-        order = sorted(range(n), key=lambda i: (-adjusted[i], i))
-        top, bottom = order[: cfg.k], order[::-1][: cfg.k]
-        out = [(i, j) for i in top for j in bottom if i != j and adjusted[i] > adjusted[j]]
-        return out or [(best, worst)]
-    # threshold: every ordered pair whose reward margin clears the threshold
-    return [(i, j) for i in range(n) for j in range(n)
-            if i != j and reward[i] - reward[j] >= cfg.threshold and reward[i] > reward[j]]  # fmt: skip
+    """(chosen, rejected) index pairs for one prompt under the rule `cfg.rule` (see RULES)."""
+    return RULES[cfg.rule].select(adjusted, reward, cfg, rng)
 
 
 def make_pairs(candidates: Dataset, cfg: PairingConfig) -> tuple[Dataset, PairStats]:
@@ -178,6 +166,9 @@ def make_pairs(candidates: Dataset, cfg: PairingConfig) -> tuple[Dataset, PairSt
     for lang, (off, total) in lid_total.items():
         stats.funnel[lang]["off_target_rate"] = off / total if total else None
 
+    rule = RULES.get(cfg.rule)
+    if rule is None:
+        raise RecipeError(f"unknown pairing rule {cfg.rule!r}; known: {', '.join(RULES)}")
     alphas = _alpha_grid(cfg)
     unit = "response_tokens" if cfg.length_unit == "tokens" else None
     out: list[dict] = []
@@ -197,14 +188,14 @@ def make_pairs(candidates: Dataset, cfg: PairingConfig) -> tuple[Dataset, PairSt
         lang_pairs = []
         for rows, (reward, length) in zip(prompts, groups):
             adjusted = reward - alpha * length
-            chosen = select(adjusted, reward, cfg, _rng(cfg, lang, rows[0]["prompt_id"]))
+            chosen = rule.select(adjusted, reward, cfg, _rng(cfg, lang, rows[0]["prompt_id"]))
             if not chosen:
                 _count(funnel["prompts_without_pair"], "no_pair_clears_threshold")
             for i, j in chosen:
                 c, r = rows[i], rows[j]
                 margin = c["reward"] - r["reward"]
                 reason = None
-                if i == j or adjusted[i] <= adjusted[j] and cfg.rule != "threshold":
+                if i == j or rule.ranked and adjusted[i] <= adjusted[j]:
                     reason = "no_separation"
                 elif "chosen_eq_rejected" in cfg.filters and normalise(c["response"]) == normalise(
                     r["response"]

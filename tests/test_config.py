@@ -81,3 +81,31 @@ def test_overrides_and_defaults(tmp_path):
 def test_unknown_language_refused(tmp_path):
     with pytest.raises(RecipeError, match="unknown language code 'xx'"):
         load_recipe(write(tmp_path, BASE.replace("[en, es]", "[en, xx]")))
+
+
+def test_pairing_rules_are_the_registry(tmp_path, monkeypatch):
+    """The rules a recipe accepts are exactly pairing_rules.RULES, read when the recipe is checked."""
+    from icr_data import pairing_rules
+
+    with pytest.raises(RecipeError, match=r"\(did you mean 'max_min'\?\)"):
+        load_recipe(write(tmp_path, BASE + "pairing: {rule: max_mn}\n"))
+    path = write(tmp_path, BASE + "pairing: {rule: best_worst}\n")
+    with pytest.raises(RecipeError) as e:
+        load_recipe(path)
+    assert str(e.value).endswith(f"known: {', '.join(pairing_rules.RULES)}")
+    assert "unknown rule 'pairing.rule: best_worst'" in str(e.value)
+    monkeypatch.setitem(
+        pairing_rules.RULES, "best_worst", pairing_rules.Rule(pairing_rules.max_min)
+    )
+    assert load_recipe(path).pairing.rule == "best_worst"
+    assert PairingConfig().filters == list(pairing_rules.FILTERS)
+
+
+def test_unreadable_training_record_is_not_called_missing(tmp_path):
+    from icr_data.config import read_training_record
+
+    with pytest.raises(RecipeError, match="training record not found"):
+        read_training_record(tmp_path / "nope.json")
+    (tmp_path / "run" / "training.json").mkdir(parents=True)  # there, but not a readable file
+    with pytest.raises(RecipeError, match="cannot read training record .*training.json"):
+        read_training_record(tmp_path / "run")

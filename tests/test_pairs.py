@@ -248,3 +248,27 @@ def test_repeated_ngram_ratio():
 def test_no_pairs_gives_empty_dataset_with_columns():
     pairs, _ = run(TABLE[5:7])
     assert len(pairs) == 0 and pairs.features["margin"].dtype == "float64"
+
+
+def test_a_rule_is_one_function_plus_one_registry_line(monkeypatch):
+    """A rule added to pairing_rules.RULES is run by make_pairs and accepted by the recipe check."""
+    from icr_data import pairing_rules
+    from icr_data.config import validate_pairing
+
+    def second_best(adjusted, reward, cfg, rng):
+        """the second best vs the worst"""
+        order = sorted(range(len(adjusted)), key=lambda i: -adjusted[i])
+        return [(order[1], order[-1])]
+
+    monkeypatch.setitem(pairing_rules.RULES, "second_best", pairing_rules.Rule(second_best))
+    validate_pairing(PairingConfig(rule="second_best"))
+    pairs, stats = run(FIVE, length_control=False, rule="second_best")
+    assert idx(pairs) == [("p", 4, 0)] and stats.funnel["en"]["pairs"] == 1
+    assert "second_best: the second best vs the worst." in pairing_rules.rules_help()
+
+
+def test_unknown_rule_is_refused_by_name():
+    from icr_data.config import RecipeError
+
+    with pytest.raises(RecipeError, match="unknown pairing rule 'best'"):
+        run(FIVE, rule="best")
