@@ -24,11 +24,11 @@ what the template emits after the end-of-turn token.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from icr_data.errors import IcrError
 from icr_data import store
+from icr_data.errors import IcrError
+from icr_data.files import atomic_write, atomic_write_text
 
 FORMATS = ("trl", "llamafactory", "jsonl")
 
@@ -100,11 +100,12 @@ def _ref_columns(version_dir: Path, pairs) -> tuple[list[float], list[float]]:
 
 
 def _write_jsonl(path: Path, rows) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+    atomic_write(path, write)
 
 
 def export(version: str | Path, fmt: str, out: str | Path, ref_logps: bool = False) -> list[Path]:
@@ -144,9 +145,7 @@ def export(version: str | Path, fmt: str, out: str | Path, ref_logps: bool = Fal
             )  # fmt: skip
             table = table.add_column("ref_chosen_logps", chosen)
             table = table.add_column("ref_rejected_logps", rejected)
-        tmp = out / "train.parquet.tmp"
-        table.to_parquet(str(tmp))
-        os.replace(tmp, out / "train.parquet")
+        atomic_write(out / "train.parquet", lambda tmp: table.to_parquet(tmp))
         return [out / "train.parquet"]
 
     flat = [
@@ -176,7 +175,5 @@ def export(version: str | Path, fmt: str, out: str | Path, ref_logps: bool = Fal
         "formatting": "alpaca",
         "columns": {"prompt": "instruction", "query": "input", "chosen": "chosen", "rejected": "rejected"},
     }  # fmt: skip
-    tmp = info_path.with_name("dataset_info.json.tmp")
-    tmp.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, info_path)
+    atomic_write_text(info_path, json.dumps(info, indent=2, ensure_ascii=False) + "\n")
     return [out / f"{name}.jsonl", info_path]

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from icr_data.errors import IcrError
 from icr_data.config import PromptsConfig, ScoringConfig
+from icr_data.errors import IcrError
 from icr_data.languages import language_name, scoring_prompt
 
 REQUIRED = ("prompt_id", "lang", "instruction")

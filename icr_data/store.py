@@ -12,6 +12,7 @@ which can confuse two version folders of the same layout).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -24,6 +25,7 @@ from pathlib import Path
 from datasets import Dataset
 
 from icr_data.errors import IcrError
+from icr_data.files import atomic_write
 
 VERSION_RE = re.compile(r"^v(\d+)$")
 CONFIGS = ("pairs", "candidates")
@@ -68,15 +70,21 @@ def _write_parquet(ds: Dataset, folder: Path) -> str:
     """
     from datasets.utils.logging import disable_progress_bar, enable_progress_bar
 
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / ".writing.parquet"
-    disable_progress_bar()
-    try:
-        ds.to_parquet(str(tmp))
-    finally:
-        enable_progress_bar()
-    name = f"train-00000-of-00001-{sha256_file(tmp)[:16]}.parquet"
-    os.rename(tmp, folder / name)
+    digest: list[str] = []
+
+    def write(tmp: str) -> None:
+        disable_progress_bar()
+        try:
+            ds.to_parquet(tmp)
+        finally:
+            enable_progress_bar()
+        digest.append(sha256_file(tmp)[:16])
+
+    # The name is the content's digest, known only once the file is written: it is written
+    # (and flushed) under a fixed name, then renamed inside the still temporary version folder.
+    written = atomic_write(folder / ".writing.parquet", write)
+    name = f"train-00000-of-00001-{digest[0]}.parquet"
+    os.rename(written, folder / name)
     return name
 
 
@@ -121,16 +129,27 @@ def write_version(
             target = dataset_dir / version
             try:
                 if target.exists():
-                    raise FileExistsError(version)
+                    raise FileExistsError(errno.EEXIST, "exists", str(target))
                 os.rename(tmp, target)  # atomic; fails if a non-empty folder took the name
                 return target
-            except OSError:
+            except OSError as e:
+                if not _name_taken(e):
+                    raise StoreError(f"cannot move the new version into {target}: "
+                                     f"{e.strerror or e}") from None  # fmt: skip
                 if name is not None:
                     raise StoreError(f"version {name} already exists at {target}") from None
+                # another writer claimed this name first: try the next free one
         raise StoreError(f"could not claim a version name in {dataset_dir}")  # pragma: no cover
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _name_taken(e: OSError) -> bool:
+    """Whether a rename onto a version name failed because that name is taken (another version,
+    or a writer that claimed it first), not for another reason (permissions, a full disk...).
+    os.rename onto an existing non-empty folder raises ENOTEMPTY, or EEXIST on some systems."""
+    return isinstance(e, FileExistsError) or e.errno in (errno.EEXIST, errno.ENOTEMPTY)
 
 
 def resolve_version(ref: str | Path, store: str | Path | None = None) -> Path:

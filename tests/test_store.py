@@ -1,5 +1,9 @@
 """Versions are immutable, written atomically, readable by datasets and by the Hub's card parser."""
 
+import errno
+import os
+from pathlib import Path
+
 import pytest
 from datasets import load_dataset
 from huggingface_hub import DatasetCard
@@ -7,6 +11,7 @@ from synthetic import digest, tables
 
 from icr_data import store
 from icr_data.card import render_card
+from icr_data.files import atomic_write, atomic_write_text
 
 
 def test_second_version_leaves_first_byte_identical(tmp_path):
@@ -81,3 +86,69 @@ def test_load_dataset_tells_same_named_versions_apart(tmp_path):
     ra = load_dataset(str(a), "candidates", split="train")["reward"]
     rb = load_dataset(str(b), "candidates", split="train")["reward"]
     assert rb == pytest.approx([r + 10.0 for r in ra])
+
+
+def _claims(tmp_path, monkeypatch, on_claim):
+    """Patch os.rename so that renames onto a version name in tmp_path/t go through on_claim."""
+    import os
+
+    real = os.rename
+    calls = []
+
+    def rename(src, dst):
+        dst = Path(dst)
+        if dst.parent == tmp_path / "t" and store.VERSION_RE.match(dst.name):
+            calls.append(dst.name)
+            return on_claim(real, src, dst)
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    return calls
+
+
+def test_claim_reraises_what_is_not_a_name_collision(tmp_path, monkeypatch):
+    """A rename that fails for another reason than a taken name is not retried: StoreError naming
+    the folder and the reason, and the temporary folder is gone."""
+
+    def refuse(real, src, dst):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(dst))
+
+    calls = _claims(tmp_path, monkeypatch, refuse)
+    t, m = tables()
+    with pytest.raises(
+        store.StoreError, match=r"cannot move the new version into .*v1: Permission denied"
+    ):
+        store.write_version(tmp_path, "t", t, m, render_card)
+    assert calls == ["v1"]  # tried once: it is not a taken name, so no other name is tried
+    assert list((tmp_path / "t").iterdir()) == []
+
+
+def test_claim_retries_when_another_writer_takes_the_name(tmp_path, monkeypatch):
+    """A writer that claims v1 between our choice of the name and our rename: we take v2."""
+
+    def race(real, src, dst):
+        if dst.name == "v1":
+            (dst / "data").mkdir(parents=True)  # the other writer's version, non-empty
+        return real(src, dst)
+
+    calls = _claims(tmp_path, monkeypatch, race)
+    t, m = tables()
+    v = store.write_version(tmp_path, "t", t, m, render_card)
+    assert calls == ["v1", "v2"] and v.name == "v2" and store.read_manifest(v)["version"] == "v2"
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["v1", "v2"]
+
+
+def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
+    target = tmp_path / "info.json"
+    target.write_text("old")
+
+    def half(tmp):
+        Path(tmp).write_text("half of the new")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write(target, half)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["info.json"]  # no temporary file left
+    atomic_write_text(target, "new")
+    assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["info.json"]
