@@ -20,20 +20,12 @@ start-up per actor pool) is the executor's.
 
 from __future__ import annotations
 
-import os
-import sys
-
-# Run as `python benchmarks/ray_build.py`, this folder comes first on sys.path, and its
-# inspect.py would shadow the standard library's `inspect` (which ray imports).
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    sys.path.pop(0)
-
-import argparse  # noqa: E402
-import hashlib  # noqa: E402
-import math  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import hashlib
+import math
+import tempfile
+import time
+from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 

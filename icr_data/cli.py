@@ -1,21 +1,48 @@
-"""The `icr-data` command line. It parses options and calls the stage functions; heavy imports
-(torch, vLLM, datasets) happen inside the commands so `icr-data --help` starts instantly.
+"""The `icr-data` command line. It only parses options and dispatches to the modules that do the
+work; the tables it prints are drawn in reports.py. Heavy imports (torch, vLLM, datasets, polars)
+happen inside the commands so `icr-data --help` starts instantly.
+
+Errors: any `errors.IcrError` (a bad recipe, file, option or model) raised by a command becomes
+one line `error: ...` on stderr and exit code 2; anything else is a bug and keeps its traceback.
 
     icr-data build recipes/demo.yaml --store icr_store --set sampling.n=4
 """
 
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NoReturn
 
 import typer
-from rich.table import Table
 
 from icr_data.console import progress_bar, stderr_console
+from icr_data.errors import IcrError
+from icr_data.pairing_rules import FILTERS, RULES
 
-app = typer.Typer(
+
+class _App(typer.Typer):
+    """A Typer app whose every command turns an IcrError into one `error: ...` line, exit 2."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[Callable], Callable]:
+        register = super().command(*args, **kwargs)
+
+        def decorate(fn: Callable) -> Callable:
+            @functools.wraps(fn)
+            def run(*a: Any, **k: Any) -> Any:
+                try:
+                    return fn(*a, **k)
+                except IcrError as e:
+                    _fail(str(e))
+
+            return register(run)
+
+        return decorate
+
+
+app = _App(
     help="Build multilingual preference datasets from an English implicit reward "
     "(implicit cross-lingual rewarding).",
     no_args_is_help=True,
@@ -28,30 +55,6 @@ err = stderr_console()
 @app.callback()
 def _group() -> None:
     """Stages: prompts -> generate (vLLM) -> score (policy/reference log-probs) -> pairs -> version."""
-
-
-def summary_table(manifest: dict) -> Table:
-    table = Table(title=f"{manifest['dataset']} {manifest['version']}")
-    cols = ("lang", "prompts", "candidates", "kept", "pairs", "off-target", "margin mean",
-            "margin median", "alpha", "dropped")  # fmt: skip
-    for col in cols:
-        table.add_column(col, justify="left" if col in ("lang", "dropped") else "right")
-
-    def fmt(v):
-        return "-" if v is None else f"{v:.3f}"
-
-    for lang, c in manifest["counts"].items():
-        q = manifest["margins"][lang]
-        f = manifest.get("funnel", {}).get(lang, {})
-        alpha = manifest["pairing"]["alphas"].get(lang)
-        off = f.get("off_target_rate")
-        reasons = {**f.get("dropped_candidates", {}), **f.get("prompts_without_pair", {}),
-                   **f.get("dropped_pairs", {})}  # fmt: skip
-        table.add_row(lang, str(c["prompts"]), str(c["candidates"]), str(f.get("kept_candidates", "-")),
-                      str(c["pairs"]), "-" if off is None else f"{off:.0%}", fmt(q["mean"]),
-                      fmt(q["median"]), fmt(alpha),
-                      ", ".join(f"{k} {v}" for k, v in reasons.items()) or "-")  # fmt: skip
-    return table
 
 
 RecipeArg = Annotated[Path, typer.Argument(help="YAML build recipe, e.g. recipes/demo.yaml.")]
@@ -87,16 +90,16 @@ AddressOpt = Annotated[
 
 
 def _run(recipe: Path, store: str | None, set_: list[str] | None, **kwargs):
-    from icr_data.config import RecipeError, load_recipe
+    from icr_data.config import load_recipe
     from icr_data.shards import parse_shard
 
     overrides = list(set_ or [])
     if store is not None:
         overrides.append(f"store={store}")
+    cfg = load_recipe(recipe, overrides)
     try:
-        cfg = load_recipe(recipe, overrides)
         part = parse_shard(kwargs.pop("shard", None))
-    except (RecipeError, ValueError) as e:
+    except ValueError as e:  # the --shard spelling
         _fail(str(e))
     if kwargs.get("executor", "local") not in ("local", "ray"):
         _fail(f"--executor must be local or ray, got {kwargs['executor']!r}")
@@ -105,13 +108,12 @@ def _run(recipe: Path, store: str | None, set_: list[str] | None, **kwargs):
 
     from icr_data.build import build as run_build
 
-    try:
-        return run_build(cfg, console=err, part=part, **kwargs)
-    except _user_errors() as e:
-        _fail(str(e))
+    return run_build(cfg, console=err, part=part, **kwargs)
 
 
 def _report_version(path: Path, manifest: dict) -> None:
+    from icr_data.reports import summary_table
+
     err.print(summary_table(manifest))
     err.print(f"[green]wrote[/] {path}")
     print(path)
@@ -189,10 +191,7 @@ def score(
             for k, v in {"mode": mode, "beta": beta, "count_eot": count_eot}.items()
             if v is not None
         }
-        try:
-            path, manifest = rescore(source, policy, reference, scoring, name=version)
-        except _user_errors() as e:
-            _fail(str(e))
+        path, manifest = rescore(source, policy, reference, scoring, name=version)
         _report_version(path, manifest)
         return
     if policy or reference or mode or beta is not None or count_eot is not None:
@@ -207,13 +206,13 @@ def pair(
     version_dir: Annotated[Path, typer.Argument(help="An existing version folder.")],
     strategy: Annotated[
         str | None,
-        typer.Option(help="max_min, max_random, top_bottom or threshold (default: the parent's)."),
+        typer.Option(help=f"{', '.join(RULES)} (default: the parent's)."),
     ] = None,
     filters: Annotated[
         str | None,
         typer.Option(
-            help="Comma list of filters, e.g. truncated,empty,duplicate,off_target,tie "
-            "('' for none; default: the parent's)."
+            help=f"Comma list of filters among {','.join(FILTERS)} ('' for none; default: the "
+            "parent's)."
         ),
     ] = None,
     k: Annotated[
@@ -231,8 +230,8 @@ def pair(
     their responses and scores are reused, nothing is regenerated or rescored."""
     from icr_data.derive import repair
 
-    if strategy not in (None, "max_min", "max_random", "top_bottom", "threshold"):
-        _fail(f"--strategy must be max_min, max_random, top_bottom or threshold, got {strategy!r}")
+    if strategy is not None and strategy not in RULES:
+        _fail(f"--strategy must be one of {', '.join(RULES)}, got {strategy!r}")
     if length_unit not in (None, "chars", "tokens"):
         _fail(f"--length-unit must be chars or tokens, got {length_unit!r}")
     settings = {"rule": strategy, "k": k, "threshold": threshold, "min_margin": min_margin,
@@ -240,10 +239,7 @@ def pair(
     settings = {key: v for key, v in settings.items() if v is not None}
     if filters is not None:
         settings["filters"] = [f.strip() for f in filters.split(",") if f.strip()]
-    try:
-        path, manifest = repair(version_dir, settings, name=version)
-    except _user_errors() as e:
-        _fail(str(e))
+    path, manifest = repair(version_dir, settings, name=version)
     _report_version(path, manifest)
 
 
@@ -279,13 +275,9 @@ def export(
     ] = False,
 ) -> None:
     """Write a version's pairs for an external trainer (TRL, LLaMA-Factory, plain JSONL)."""
-    from icr_data.export import ExportError
     from icr_data.export import export as run_export
 
-    try:
-        files = run_export(version_dir, format, out, ref_logps=ref_logps)
-    except (ExportError, *_user_errors()) as e:
-        _fail(str(e))
+    files = run_export(version_dir, format, out, ref_logps=ref_logps)
     for f in files:
         err.print(f"[green]wrote[/] {f}")
         print(f)
@@ -301,36 +293,13 @@ def train(
     """Train on a version with the thin DPO recipe (DPO sigmoid + optional NLL; LoRA or full).
 
     Writes the trained model, its LoRA adapter and training.json to the config's output_dir."""
-    from icr_data.train import TrainError, load_train_config
+    from icr_data.train import load_train_config
     from icr_data.train import train as run_train
 
-    try:
-        cfg = load_train_config(config, list(set_ or []))
-        record = run_train(cfg, console=err)
-    except (TrainError, *_user_errors()) as e:
-        _fail(str(e))
+    cfg = load_train_config(config, list(set_ or []))
+    record = run_train(cfg, console=err)
     err.print(f"[green]wrote[/] {cfg.output_dir} ({record['steps']} steps, {record['seconds']}s)")
     print(cfg.output_dir)
-
-
-def check_table(report: dict) -> Table:
-    table = Table(title=f"implicit reward on labelled pairs ({report['mode']})")
-    for col in ("lang", "pairs", "accuracy", "95% CI", "ties", "mean margin", "chosen shorter",
-                "similar length", "chosen longer", "len-margin corr"):  # fmt: skip
-        table.add_column(col, justify="left" if col == "lang" else "right")
-
-    def acc(b: dict) -> str:
-        return "-" if b["accuracy"] is None else f"{b['accuracy']:.2f} ({b['pairs']})"
-
-    for lang, r in report["languages"].items():
-        lo, hi = r["ci95"]
-        bins = r["by_length_difference"]
-        corr = r["length_margin_corr"]
-        table.add_row(lang, str(r["pairs"]), f"{r['accuracy']:.3f}", f"{lo:.2f}-{hi:.2f}",
-                      str(r["ties"]), f"{r['mean_margin']:+.3f}", acc(bins["chosen shorter"]),
-                      acc(bins["similar"]), acc(bins["chosen longer"]),
-                      "-" if corr is None else f"{corr:+.2f}")  # fmt: skip
-    return table
 
 
 @app.command("check-reward")
@@ -365,6 +334,7 @@ def check_reward(
 
     from icr_data.check import check_reward as run_check
     from icr_data.config import ScoringConfig
+    from icr_data.reports import check_table
 
     if mode not in ("cross_lingual", "native"):
         _fail(f"--mode must be cross_lingual or native, got {mode!r}")
@@ -376,11 +346,8 @@ def check_reward(
                 tasks[role] = progress.add_task(f"score ({role})", total=None, rate="")
             progress.update(tasks[role], advance=k)
 
-        try:
-            report = run_check(policy, reference, pairs, ScoringConfig(mode=mode, beta=beta),
-                               advance=advance)  # fmt: skip
-        except _user_errors() as e:
-            _fail(str(e))
+        report = run_check(policy, reference, pairs, ScoringConfig(mode=mode, beta=beta),
+                           advance=advance)  # fmt: skip
     err.print(check_table(report))
     if json_out:
         json_out.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
@@ -436,10 +403,9 @@ def inspect_version(
     Table: pairs, margin p10/p50/p90 and mean, mean chosen/rejected length, Pearson correlation
     of (len chosen - len rejected) with margin, off-target rate (from the manifest's funnel).
     Without --top/--bottom the 3 highest and 3 lowest pairs are shown; --top 0 shows none."""
-    import polars as pl
-
-    from icr_data import inspect as ins
+    from icr_data import inspection as ins
     from icr_data import store as st
+    from icr_data.reports import inspect_report
 
     if sort not in ins.SORT_KEYS:
         _fail(f"--sort must be one of {', '.join(ins.SORT_KEYS)}, got {sort!r}")
@@ -447,40 +413,19 @@ def inspect_version(
         _fail(f"--length-unit must be chars or tokens, got {length_unit!r}")
     if bins < 1 or (top or 0) < 0 or (bottom or 0) < 0:
         _fail("--bins must be >= 1 and --top/--bottom >= 0")
-    if top is None and bottom is None:
-        top = bottom = 3
-    try:
-        path = st.resolve_version(version, store)
-        if plot is not None and st.within(plot, path):
-            _fail(f"--plot {plot} is inside the version {path}; versions are immutable "
-                  "(and publish uploads the whole folder): write the PNG elsewhere")  # fmt: skip
-        manifest = st.read_manifest(path)
-        unit = length_unit or ins.length_unit(manifest)
-        lf = ins.scan_pairs(path)
-        df = ins.numeric_view(lf, unit, lang)
-        name = f"{manifest.get('dataset', path.parent.name)}/{manifest.get('version', path.name)}"
-        if df.is_empty():
-            langs = ", ".join(manifest.get("counts") or {}) or "none"
-            where = f" in language {lang!r} (languages: {langs})" if lang else ""
-            _fail(f"{name}: no pairs{where}")
-        stats = ins.language_stats(df, ins.off_target_rates(manifest))
-        hist = ins.margin_histogram(df, bins)
-        picks = [(f"{end} {n} by {sort}", ins.select_pairs(df, n, end == "bottom", sort))
-                 for end, n in (("top", top), ("bottom", bottom)) if n]  # fmt: skip
-        views = list(zip([t for t, _ in picks], ins.with_texts(lf, *(s for _, s in picks))))
-        if plot is not None:
-            ins.plot(df, hist, plot, unit, title=name)
-    except (pl.exceptions.PolarsError, OSError) as e:
-        _fail(f"{version}: cannot read pairs: {str(e).splitlines()[0]}")
-    except _user_errors() as e:
-        _fail(str(e))
+    path = st.resolve_version(version, store)
+    if plot is not None and st.within(plot, path):
+        _fail(f"--plot {plot} is inside the version {path}; versions are immutable "
+              "(and publish uploads the whole folder): write the PNG elsewhere")  # fmt: skip
+    report = ins.inspect_version(path, lang, length_unit, sort, top, bottom, bins)
+    if plot is not None:
+        try:
+            ins.plot(report.df, report.hist, plot, report.unit, title=report.name)
+        except OSError as e:
+            _fail(f"--plot {plot}: cannot write it: {e.strerror or e}")
     out = _stdout()
-    out.print(ins.stats_table(stats, f"{name}: {df.height} pairs", unit))
-    out.print(f"margin histogram, {bins} bins over a range shared by the languages:")
-    for line in ins.histogram_lines(hist):
-        out.print(line, highlight=False)
-    for title, sel in views:
-        out.print(ins.pairs_view(sel, f"{name}: {title}", unit, max_chars))
+    for part in inspect_report(report, max_chars):
+        out.print(part, highlight=False)
     if plot is not None:
         err.print(f"[green]wrote[/] {plot}")
 
@@ -495,13 +440,11 @@ def list_versions(
     """Every version of a dataset (or of every dataset in the store), oldest first: its parent,
     recipe digest (sha256 of the recorded recipe without 'store'), prompt/candidate/pair counts
     and creation time. '-' marks what an older manifest does not record."""
-    from icr_data import inspect as ins
+    from icr_data.inspection import list_versions as run_list
+    from icr_data.reports import versions_table
 
-    try:
-        rows = ins.list_versions(store, dataset)
-    except _user_errors() as e:
-        _fail(str(e))
-    _stdout().print(ins.versions_table(rows))
+    rows = run_list(store, dataset)
+    _stdout().print(versions_table(rows))
     for r in rows:
         if r.get("error"):
             err.print(f"warning: {r['error']}", soft_wrap=True, highlight=False)
@@ -512,22 +455,15 @@ def diff(version_a: VersionRef, version_b: VersionRef, store: StoreDirOpt = "icr
     """What changed from VERSION_A to VERSION_B: recipe keys (dotted, old -> new), models (name,
     sha256, revision per role), counts per language, and the margin distribution shift per
     language (deltas of mean, median, p10, p90, and the two-sample Kolmogorov-Smirnov D)."""
-    import polars as pl
-
-    from icr_data import inspect as ins
     from icr_data import store as st
+    from icr_data.inspection import diff_versions
+    from icr_data.reports import diff_tables
 
-    try:
-        a, b = st.resolve_version(version_a, store), st.resolve_version(version_b, store)
-        d = ins.diff_versions(a, b)
-    except pl.exceptions.PolarsError as e:
-        _fail(f"cannot read pairs: {str(e).splitlines()[0]}")
-    except _user_errors() as e:
-        _fail(str(e))
+    d = diff_versions(st.resolve_version(version_a, store), st.resolve_version(version_b, store))
     out = _stdout()
     if not d["recipe"] and not d["models"]:
         out.print(f"{d['a']} -> {d['b']}: same recipe and models")
-    for table in ins.diff_tables(d):
+    for table in diff_tables(d):
         out.print(table)
 
 
@@ -563,45 +499,19 @@ def publish(
     from icr_data.publish import dry_run as write_dry_run
     from icr_data.publish import execute, plan_publish
 
-    try:
-        plan = plan_publish(version, repo, private=private, store=store)
-        if dry_run is not None:
-            out = write_dry_run(plan, dry_run)
-            size = sum(op.size or 0 for op in plan.adds)
-            err.print(f"[green]dry run:[/] {len(plan.adds)} files ({size:,} bytes) for "
-                      f"{plan.repo_id}@{plan.tag} and plan.json in {out}; nothing was sent")  # fmt: skip
-            print(out)
-            return
-        result = execute(plan)
-    except _user_errors() as e:
-        _fail(str(e))
+    plan = plan_publish(version, repo, private=private, store=store)
+    if dry_run is not None:
+        out = write_dry_run(plan, dry_run)
+        size = sum(op.size or 0 for op in plan.adds)
+        err.print(f"[green]dry run:[/] {len(plan.adds)} files ({size:,} bytes) for "
+                  f"{plan.repo_id}@{plan.tag} and plan.json in {out}; nothing was sent")  # fmt: skip
+        print(out)
+        return
+    result = execute(plan)
     gone = f", deleted {len(result.deleted)} old files" if result.deleted else ""
     err.print(f"[green]published[/] {plan.tag} to {result.repo_url} "
               f"(commit {result.commit_oid[:12]}{gone})")  # fmt: skip
     print(f"{result.repo_url}/tree/{result.tag}")
-
-
-def _translate_tables(path: Path, manifest: dict, show: int = 20) -> list[Table]:
-    """Kept / failed per language (failed by first reason), then the first `show` failures."""
-    from icr_data.store import read_table
-
-    summary = Table(title=f"{manifest['dataset']} {manifest['version']}: translated prompts")
-    for col in ("lang", "sources", "kept", "failed", "failed by reason"):
-        summary.add_column(col, justify="left" if col in ("lang", "failed by reason") else "right")
-    for lang, c in manifest["counts"].items():
-        reasons = ", ".join(f"{k} {v}" for k, v in c["reasons"].items()) or "-"
-        summary.add_row(lang, str(c["sources"]), str(c["kept"]), str(c["failed"]), reasons)
-    failed = read_table(path, "failures")
-    rows = failed.select(range(min(show, len(failed))))
-    more = f" (first {show} of {len(failed)}; all in data/failures)" if len(failed) > show else ""
-    detail = Table(title=f"failures{more}")
-    for col in ("prompt_id", "lang", "reason", "all reasons", "translation"):
-        detail.add_column(col, overflow="fold" if col == "translation" else "ellipsis")
-    for r in rows:
-        text = r["translation"].replace("\n", " ")
-        detail.add_row(r["prompt_id"][:16], r["lang"], r["reason"], ", ".join(r["reasons"]),
-                       text[:80] + ("..." if len(text) > 80 else ""))  # fmt: skip
-    return [summary, detail] if len(failed) else [summary]
 
 
 @app.command()
@@ -658,54 +568,35 @@ def translate(
 
     Gates: target language, length ratio, code/URLs/numbers/placeholders kept, not answered.
     A translation that fails one is left out for its language and listed in data/failures."""
-    from icr_data.translate import TranslateConfig, TranslateError, parse_column_map, parse_ratios
+    from icr_data.reports import translate_tables
+    from icr_data.translate import TranslateConfig, parse_column_map, parse_ratios
     from icr_data.translate import translate as run_translate
 
     if backend not in ("vllm", "transformers"):
         _fail(f"--backend must be vllm or transformers, got {backend!r}")
-    try:
-        default_ratio, ratio_by_lang = parse_ratios(ratio)
-        cfg = TranslateConfig(
-            source=prompts, languages=[x.strip() for x in to.split(",") if x.strip()],
-            model=model, out=out, name=name, version=version, split=split,
-            column_map=parse_column_map(column_map), limit=limit, seed=seed,
-            template=str(template) if template else None, backend=backend,  # type: ignore[arg-type]
-            max_tokens=max_tokens, dtype=dtype, max_model_len=max_model_len,
-            chat_template=chat_template, ratio=default_ratio, ratio_by_lang=ratio_by_lang,
-        )  # fmt: skip
-    except TranslateError as e:
-        _fail(str(e))
+    default_ratio, ratio_by_lang = parse_ratios(ratio)
+    cfg = TranslateConfig(
+        source=prompts, languages=[x.strip() for x in to.split(",") if x.strip()],
+        model=model, out=out, name=name, version=version, split=split,
+        column_map=parse_column_map(column_map), limit=limit, seed=seed,
+        template=str(template) if template else None, backend=backend,  # type: ignore[arg-type]
+        max_tokens=max_tokens, dtype=dtype, max_model_len=max_model_len,
+        chat_template=chat_template, ratio=default_ratio, ratio_by_lang=ratio_by_lang,
+    )  # fmt: skip
     with progress_bar(err) as progress:
         task = progress.add_task("translate", total=None, rate="")
-        try:
-            path, manifest = run_translate(
-                cfg,
-                advance=lambda k: progress.advance(task, k),
-                on_total=lambda n: progress.update(task, total=n),
-            )
-        except _user_errors() as e:
-            _fail(str(e))
-    for table in _translate_tables(path, manifest):
+        path, manifest = run_translate(
+            cfg,
+            advance=lambda k: progress.advance(task, k),
+            on_total=lambda n: progress.update(task, total=n),
+        )
+    for table in translate_tables(path, manifest):
         err.print(table)
     err.print(f"[green]wrote[/] {path}")
     print(path)
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from icr_data.chat import TemplateError
-    from icr_data.derive import DeriveError
-    from icr_data.models import ModelError
-    from icr_data.prompts import PromptError
-    from icr_data.publish import PublishError
-    from icr_data.ray_exec import RayError  # the module, not ray: ray is imported when used
-    from icr_data.store import StoreError
-    from icr_data.translate import TranslateError
-
-    return (PromptError, ModelError, StoreError, TemplateError, DeriveError, PublishError,
-            TranslateError, RayError)  # fmt: skip
-
-
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     from rich.markup import escape  # a message's own brackets ('icr-data[ray]') are text
 
     err.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)

@@ -10,8 +10,8 @@ from datasets import Dataset
 from PIL import Image
 from rich.console import Console
 
-from icr_data import inspect as ins
-from icr_data import store
+from icr_data import inspection as ins
+from icr_data import reports, store
 from icr_data.card import render_card
 from icr_data.cli import main
 from icr_data.config import Recipe
@@ -119,11 +119,11 @@ def test_histogram_counts_and_sparkline(v1):
     for lang, margins in (("de", DE), ("fr", FR)):
         expected, _ = np.histogram(margins, bins=4, range=(-1.0, 3.0))
         assert hist["counts"][lang] == expected.tolist()
-    assert ins.sparkline([0, 4, 8, 1]) == " ▄█▁"
-    assert ins.sparkline([0, 0]) == "  "
-    lines = ins.histogram_lines(hist)
+    assert reports.sparkline([0, 4, 8, 1]) == " ▄█▁"
+    assert reports.sparkline([0, 0]) == "  "
+    lines = reports.histogram_lines(hist)
     assert lines[0].startswith("de ") and lines[1].startswith("fr ")
-    assert "|" + ins.sparkline([0, 10, 1, 0]) + "|" in lines[0] and "n=11" in lines[0]
+    assert "|" + reports.sparkline([0, 10, 1, 0]) + "|" in lines[0] and "n=11" in lines[0]
 
 
 def test_plot_writes_a_png(v1, tmp_path):
@@ -151,7 +151,7 @@ def test_versions_list_parent_counts_and_old_manifests(tmp_path):
     assert rows[0]["recipe_digest"] != rows[1]["recipe_digest"]
     assert len(rows[0]["recipe_digest"]) == 12 and rows[0]["created"]
     console = Console(record=True, width=200)
-    console.print(ins.versions_table(rows))
+    console.print(reports.versions_table(rows))
     last = [line for line in console.export_text().splitlines() if " v3 " in line][0]
     assert [cell.strip() for cell in last.split("│")[3:9]] == ["-"] * 6
     with pytest.raises(store.StoreError, match="no versions of 'nope'"):
@@ -163,7 +163,7 @@ def test_versions_list_parent_counts_and_old_manifests(tmp_path):
     assert [r["version"] for r in rows] == ["v1", "v2", "v3", "v4"] and rows[1]["pairs"] == 5
     assert "v4/manifest.json: unreadable" in rows[3]["error"] and rows[3]["pairs"] is None
     console = Console(record=True, width=200)
-    console.print(ins.versions_table(rows))
+    console.print(reports.versions_table(rows))
     assert "manifest unreadable" in console.export_text()
 
 

@@ -5,25 +5,25 @@
     icr-data diff demo/v1 demo/v2 [--store icr_store]
 
 Everything is computed with polars straight from the version's Parquet files (never through the
-`datasets` cache, which can confuse two version folders of the same shape). The functions in the
-first half return plain data (polars DataFrames, dicts) so tests can assert numbers; the second
-half turns that data into rich tables, terminal histograms and a matplotlib PNG.
+`datasets` cache, which can confuse two version folders of the same shape). The functions return
+plain data (polars DataFrames, dicts) so tests can assert numbers; reports.py turns that data
+into rich tables and terminal histograms, and `plot` here into a matplotlib PNG. (The module is
+not called `inspect`, which would shadow the standard library's.)
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
-from rich.table import Table
 
 from icr_data import store
 from icr_data.shards import digest
 
 SORT_KEYS = ("margin", "length_diff", "chosen_reward", "rejected_reward")
-BLOCKS = " ▁▂▃▄▅▆▇█"
 COUNT_FIELDS = ("prompts", "candidates", "pairs")
 MODEL_FIELDS = ("name", "sha256", "revision")
 _ABSENT = "(absent)"  # a recipe key one version has and the other does not
@@ -139,11 +139,59 @@ def margin_histogram(df: pl.DataFrame, bins: int = 24) -> dict:
     return {"edges": [lo + width * i for i in range(bins + 1)], "counts": counts}
 
 
-def sparkline(counts: list[int]) -> str:
-    """One unicode block per bin, scaled to the tallest bin; an empty bin is a space."""
-    top = max(counts, default=0)
-    # ceil(8 k / top): any non-empty bin gets at least the lowest block, so it never looks empty
-    return "".join(BLOCKS[-(-8 * k // top)] if top else " " for k in counts)
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+@dataclass
+class InspectReport:
+    """What `icr-data inspect` shows of one version; reports.inspect_report draws it."""
+
+    name: str
+    """dataset/version, from the manifest."""
+    unit: str
+    """chars or tokens: the unit of the lengths."""
+    bins: int
+    df: pl.DataFrame
+    """numeric_view of the (language's) pairs: no texts."""
+    stats: pl.DataFrame
+    """language_stats, with the manifest's off-target rates."""
+    hist: dict
+    """margin_histogram over `bins` bins shared by the languages."""
+    views: list[tuple[str, pl.DataFrame]]
+    """(title, pairs with their texts) for the top and bottom selections asked for."""
+
+
+def inspect_version(
+    version_dir: str | Path, lang: str | None = None, unit: str | None = None,
+    sort: str = "margin", top: int | None = None, bottom: int | None = None, bins: int = 24,
+) -> InspectReport:  # fmt: skip
+    """Statistics, histogram and extreme pairs of a version (of one language, with `lang`).
+
+    `unit` defaults to the unit the version was paired in; without `top` and `bottom` the 3
+    highest and 3 lowest pairs (by `sort`) are selected. A version without pairs (in `lang`) or
+    whose Parquet files cannot be read is a StoreError naming it."""
+    path = Path(version_dir)
+    manifest = _manifest(path)
+    unit = unit or length_unit(manifest)
+    name = f"{manifest.get('dataset', path.parent.name)}/{manifest.get('version', path.name)}"
+    if top is None and bottom is None:
+        top = bottom = 3
+    try:
+        lf = scan_pairs(path)
+        df = numeric_view(lf, unit, lang)
+        if df.is_empty():
+            langs = ", ".join(manifest.get("counts") or {}) or "none"
+            where = f" in language {lang!r} (languages: {langs})" if lang else ""
+            raise store.StoreError(f"{name}: no pairs{where}")
+        stats = language_stats(df, off_target_rates(manifest))
+        hist = margin_histogram(df, bins)
+        picks = [(f"{end} {n} by {sort}", select_pairs(df, n, end == "bottom", sort))
+                 for end, n in (("top", top), ("bottom", bottom)) if n]  # fmt: skip
+        views = list(zip([t for t, _ in picks], with_texts(lf, *(s for _, s in picks))))
+    except (pl.exceptions.PolarsError, OSError) as e:
+        raise store.StoreError(f"{path}: cannot read pairs: {_first_line(e)}") from None
+    return InspectReport(name, unit, bins, df, stats, hist, views)
 
 
 def recipe_digest(manifest: dict) -> str | None:
@@ -254,103 +302,16 @@ def diff_versions(version_a: str | Path, version_b: str | Path) -> dict:
     ca, cb = ma.get("counts") or {}, mb.get("counts") or {}
     counts = {lang: {k: ((ca.get(lang) or {}).get(k), (cb.get(lang) or {}).get(k)) for k in COUNT_FIELDS}
               for lang in dict.fromkeys([*ca, *cb])}  # fmt: skip
-    margins = [scan_pairs(v).select("lang", "margin").collect() for v in (version_a, version_b)]
+    try:
+        margins = [scan_pairs(v).select("lang", "margin").collect() for v in (version_a, version_b)]
+    except (pl.exceptions.PolarsError, OSError) as e:
+        raise store.StoreError(f"cannot read pairs: {_first_line(e)}") from None
     return {"a": f"{ma.get('dataset')}/{ma.get('version')}", "b": f"{mb.get('dataset')}/{mb.get('version')}",
             "recipe": recipe, "models": model_rows, "counts": counts,
             "margins": margin_shift(*margins)}  # fmt: skip
 
 
-# Rendering: rich tables, terminal histograms and the PNG, from the data above.
-
-
-def _f(v, spec: str = ".3f") -> str:
-    return "-" if v is None else format(v, spec)
-
-
-def stats_table(stats: pl.DataFrame, title: str, unit: str) -> Table:
-    table = Table(title=title)
-    cols = ("lang", "pairs", "margin p10", "p50", "p90", "mean", f"chosen len ({unit})",
-            f"rejected len ({unit})", "len-margin corr", "off-target")  # fmt: skip
-    for col in cols:
-        table.add_column(col, justify="left" if col == "lang" else "right")
-    for r in stats.iter_rows(named=True):
-        table.add_row(r["lang"], str(r["pairs"]), _f(r["margin_p10"]), _f(r["margin_p50"]),
-                      _f(r["margin_p90"]), _f(r["margin_mean"]), _f(r["chosen_len"], ".1f"),
-                      _f(r["rejected_len"], ".1f"), _f(r["len_margin_corr"], "+.3f"),
-                      _f(r["off_target_rate"], ".1%"))  # fmt: skip
-    return table
-
-
-def histogram_lines(hist: dict) -> list[str]:
-    if not hist["counts"]:
-        return []
-    lo, hi = hist["edges"][0], hist["edges"][-1]
-    width = max(len(lang) for lang in hist["counts"])
-    return [f"{lang:<{width}} {lo:>8.3f} |{sparkline(c)}| {hi:<8.3f} n={sum(c)}"
-            for lang, c in hist["counts"].items()]  # fmt: skip
-
-
-def _clip(text: str | None, n: int) -> str:
-    text = text or ""
-    return text if len(text) <= n else text[: n - 1] + "…"
-
-
-def pairs_view(pairs: pl.DataFrame, title: str, unit: str, max_chars: int = 400) -> Table:
-    """Chosen and rejected side by side, one row per pair, with margin, rewards and lengths."""
-    table = Table(title=title, show_lines=True)
-    table.add_column("pair", ratio=1)
-    table.add_column("chosen", ratio=2)
-    table.add_column("rejected", ratio=2)
-    for r in pairs.iter_rows(named=True):
-        info = (f"{r['lang']} {r['prompt_id']}\nmargin {r['margin']:+.3f}\n"
-                f"reward {r['chosen_reward']:+.3f} / {r['rejected_reward']:+.3f}\n"
-                f"{unit} {r['chosen_len']} / {r['rejected_len']}\n\n{_clip(r['prompt'], 160)}")  # fmt: skip
-        table.add_row(info, _clip(r["chosen"], max_chars), _clip(r["rejected"], max_chars))
-    return table
-
-
-def versions_table(rows: list[dict]) -> Table:
-    table = Table(title="versions")
-    cols = ("dataset", "version", "parent", "recipe digest", *COUNT_FIELDS, "created")
-    for col in cols:
-        table.add_column(col, justify="right" if col in COUNT_FIELDS else "left")
-    for r in rows:
-        table.add_row(r["dataset"], r["version"], r["parent"] or "-", r["recipe_digest"] or "-",
-                      *(_f(r[k], "d") for k in COUNT_FIELDS),
-                      "manifest unreadable" if r.get("error") else r["created"] or "-")  # fmt: skip
-    return table
-
-
-def _show(v) -> str:
-    return v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
-
-
-def diff_tables(d: dict) -> list[Table]:
-    recipe = Table(title=f"recipe: {d['a']} -> {d['b']}")
-    for col in ("key", "old", "new"):
-        recipe.add_column(col)
-    for r in d["recipe"]:
-        recipe.add_row(r["key"], _show(r["old"]), _show(r["new"]))
-    models = Table(title="models")
-    for col in ("role", "field", "old", "new"):
-        models.add_column(col)
-    for r in d["models"]:
-        models.add_row(r["role"], r["field"], r["old"] or "-", r["new"] or "-")
-    counts = Table(title="counts (old -> new)")
-    counts.add_column("lang")
-    for k in COUNT_FIELDS:
-        counts.add_column(k, justify="right")
-    for lang, c in d["counts"].items():
-        counts.add_row(lang, *(f"{_f(c[k][0], 'd')} -> {_f(c[k][1], 'd')}" for k in COUNT_FIELDS))
-    shift = Table(title="margin shift per language (new - old)")
-    for col in ("lang", "pairs", "mean", "Δ mean", "Δ median", "Δ p10", "Δ p90", "KS D"):
-        shift.add_column(col, justify="left" if col == "lang" else "right")
-    for r in d["margins"].iter_rows(named=True):
-        shift.add_row(r["lang"], f"{r['pairs_a']} -> {r['pairs_b']}",
-                      f"{_f(r['mean_a'])} -> {_f(r['mean_b'])}", _f(r["mean_delta"], "+.3f"),
-                      _f(r["median_delta"], "+.3f"), _f(r["p10_delta"], "+.3f"),
-                      _f(r["p90_delta"], "+.3f"), _f(r["ks"]))  # fmt: skip
-    return [t for t in (recipe, models) if t.row_count] + [counts, shift]
+# The PNG (the tables are drawn in reports.py).
 
 
 def plot(df: pl.DataFrame, hist: dict, path: str | Path, unit: str, title: str = "",

@@ -1,7 +1,7 @@
-"""Speed of `icr-data inspect` on a million pairs: icr_data.inspect (polars) vs a pandas baseline.
+"""Speed of `icr-data inspect` on a million pairs: icr_data.inspection (polars) vs a pandas baseline.
 
-    python benchmarks/inspect.py                       # 1,000,000 pairs, lengths in characters
-    python benchmarks/inspect.py --pairs 200000 --length-unit tokens
+    python benchmarks/inspect_version.py               # 1,000,000 pairs, lengths in characters
+    python benchmarks/inspect_version.py --pairs 200000 --length-unit tokens
 
 It writes a synthetic version in a temporary folder, in the store's layout (manifest.json and
 data/pairs/train-*.parquet in TRL's message-list format, 5 languages, responses of 20..500
@@ -9,7 +9,7 @@ characters, rewards that grow with length), then times, on the same files:
   (a) pandas baseline: pd.read_parquet of the columns needed, text lengths by a per-row .map over
       the message lists (pandas has no vectorised way into list<struct> columns), groupby
       quantiles/means, a per-language Pearson corr, nlargest/nsmallest, np.histogram per language;
-  (b) icr_data.inspect: a polars scan keeping only numbers (numeric_view), language_stats,
+  (b) icr_data.inspection: a polars scan keeping only numbers (numeric_view), language_stats,
       top/bottom selection (select_pairs + with_texts), margin_histogram.
 Both compute the same statistics, and the script checks they agree. It prints seconds per step
 (reading steps run once; in-memory steps report the best of --repeats runs, on both sides),
@@ -19,19 +19,11 @@ Timings are printed, never asserted.
 
 from __future__ import annotations
 
-import os
-import sys
-
-# Run as `python benchmarks/inspect.py`, this folder comes first on sys.path and this file
-# would shadow the standard library's `inspect` (imported by dataclasses, rich, polars ...).
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    sys.path.pop(0)
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
 
 LANGS = ("en", "de", "fr", "es", "ru")
 STEPS = ("read + lengths", "language stats", "top/bottom + texts", "histogram")
@@ -96,7 +88,7 @@ def timed(t: dict, step: str, fn, repeats: int = 1):
 
 
 def run_polars(version: Path, unit: str, k: int, repeats: int) -> tuple[dict, dict]:
-    from icr_data import inspect as ins
+    from icr_data import inspection as ins
 
     t, out = {}, {}
     lf = ins.scan_pairs(version)
@@ -184,7 +176,7 @@ def main() -> None:
         if not args.skip_baseline:
             ta, oa = run_pandas(version, args.length_unit, args.top, args.repeats)
         t0 = time.perf_counter()
-        from icr_data import inspect as ins
+        from icr_data import inspection as ins
 
         ins.plot(ob["df"], ob["hist"], Path(tmp) / "plot.png", args.length_unit)
         plot_s = time.perf_counter() - t0

@@ -1,0 +1,212 @@
+"""Report tables: what the commands print, drawn with rich from plain data (manifests, check
+reports, inspection's DataFrames and dicts). Nothing here computes a statistic or reads more than
+the failures table of a translated version.
+
+    summary_table(manifest)           build / merge / score VERSION / pair: counts, margins, funnel
+    check_table(report)               check-reward
+    translate_tables(path, manifest)  translate: kept / failed per language, the first failures
+    inspect_report(report)            inspect: statistics, histograms, the extreme pairs
+    versions_table(rows)              versions
+    diff_tables(d)                    diff
+
+Imported inside the commands (cli.py), so `icr-data --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.table import Table
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from icr_data.inspection import InspectReport
+
+BLOCKS = " ▁▂▃▄▅▆▇█"
+
+
+def summary_table(manifest: dict) -> Table:
+    table = Table(title=f"{manifest['dataset']} {manifest['version']}")
+    cols = ("lang", "prompts", "candidates", "kept", "pairs", "off-target", "margin mean",
+            "margin median", "alpha", "dropped")  # fmt: skip
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("lang", "dropped") else "right")
+
+    def fmt(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    for lang, c in manifest["counts"].items():
+        q = manifest["margins"][lang]
+        f = manifest.get("funnel", {}).get(lang, {})
+        alpha = manifest["pairing"]["alphas"].get(lang)
+        off = f.get("off_target_rate")
+        reasons = {**f.get("dropped_candidates", {}), **f.get("prompts_without_pair", {}),
+                   **f.get("dropped_pairs", {})}  # fmt: skip
+        table.add_row(lang, str(c["prompts"]), str(c["candidates"]), str(f.get("kept_candidates", "-")),
+                      str(c["pairs"]), "-" if off is None else f"{off:.0%}", fmt(q["mean"]),
+                      fmt(q["median"]), fmt(alpha),
+                      ", ".join(f"{k} {v}" for k, v in reasons.items()) or "-")  # fmt: skip
+    return table
+
+
+def check_table(report: dict) -> Table:
+    table = Table(title=f"implicit reward on labelled pairs ({report['mode']})")
+    for col in ("lang", "pairs", "accuracy", "95% CI", "ties", "mean margin", "chosen shorter",
+                "similar length", "chosen longer", "len-margin corr"):  # fmt: skip
+        table.add_column(col, justify="left" if col == "lang" else "right")
+
+    def acc(b: dict) -> str:
+        return "-" if b["accuracy"] is None else f"{b['accuracy']:.2f} ({b['pairs']})"
+
+    for lang, r in report["languages"].items():
+        lo, hi = r["ci95"]
+        bins = r["by_length_difference"]
+        corr = r["length_margin_corr"]
+        table.add_row(lang, str(r["pairs"]), f"{r['accuracy']:.3f}", f"{lo:.2f}-{hi:.2f}",
+                      str(r["ties"]), f"{r['mean_margin']:+.3f}", acc(bins["chosen shorter"]),
+                      acc(bins["similar"]), acc(bins["chosen longer"]),
+                      "-" if corr is None else f"{corr:+.2f}")  # fmt: skip
+    return table
+
+
+def translate_tables(path: Path, manifest: dict, show: int = 20) -> list[Table]:
+    """Kept / failed per language (failed by first reason), then the first `show` failures."""
+    from icr_data.store import read_table
+
+    summary = Table(title=f"{manifest['dataset']} {manifest['version']}: translated prompts")
+    for col in ("lang", "sources", "kept", "failed", "failed by reason"):
+        summary.add_column(col, justify="left" if col in ("lang", "failed by reason") else "right")
+    for lang, c in manifest["counts"].items():
+        reasons = ", ".join(f"{k} {v}" for k, v in c["reasons"].items()) or "-"
+        summary.add_row(lang, str(c["sources"]), str(c["kept"]), str(c["failed"]), reasons)
+    failed = read_table(path, "failures")
+    rows = failed.select(range(min(show, len(failed))))
+    more = f" (first {show} of {len(failed)}; all in data/failures)" if len(failed) > show else ""
+    detail = Table(title=f"failures{more}")
+    for col in ("prompt_id", "lang", "reason", "all reasons", "translation"):
+        detail.add_column(col, overflow="fold" if col == "translation" else "ellipsis")
+    for r in rows:
+        text = r["translation"].replace("\n", " ")
+        detail.add_row(r["prompt_id"][:16], r["lang"], r["reason"], ", ".join(r["reasons"]),
+                       text[:80] + ("..." if len(text) > 80 else ""))  # fmt: skip
+    return [summary, detail] if len(failed) else [summary]
+
+
+# Inspection: from the data computed in inspection.py.
+
+
+def _f(v, spec: str = ".3f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def stats_table(stats: pl.DataFrame, title: str, unit: str) -> Table:
+    table = Table(title=title)
+    cols = ("lang", "pairs", "margin p10", "p50", "p90", "mean", f"chosen len ({unit})",
+            f"rejected len ({unit})", "len-margin corr", "off-target")  # fmt: skip
+    for col in cols:
+        table.add_column(col, justify="left" if col == "lang" else "right")
+    for r in stats.iter_rows(named=True):
+        table.add_row(r["lang"], str(r["pairs"]), _f(r["margin_p10"]), _f(r["margin_p50"]),
+                      _f(r["margin_p90"]), _f(r["margin_mean"]), _f(r["chosen_len"], ".1f"),
+                      _f(r["rejected_len"], ".1f"), _f(r["len_margin_corr"], "+.3f"),
+                      _f(r["off_target_rate"], ".1%"))  # fmt: skip
+    return table
+
+
+def sparkline(counts: list[int]) -> str:
+    """One unicode block per bin, scaled to the tallest bin; an empty bin is a space."""
+    top = max(counts, default=0)
+    # ceil(8 k / top): any non-empty bin gets at least the lowest block, so it never looks empty
+    return "".join(BLOCKS[-(-8 * k // top)] if top else " " for k in counts)
+
+
+def histogram_lines(hist: dict) -> list[str]:
+    if not hist["counts"]:
+        return []
+    lo, hi = hist["edges"][0], hist["edges"][-1]
+    width = max(len(lang) for lang in hist["counts"])
+    return [f"{lang:<{width}} {lo:>8.3f} |{sparkline(c)}| {hi:<8.3f} n={sum(c)}"
+            for lang, c in hist["counts"].items()]  # fmt: skip
+
+
+def _clip(text: str | None, n: int) -> str:
+    text = text or ""
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def pairs_view(pairs: pl.DataFrame, title: str, unit: str, max_chars: int = 400) -> Table:
+    """Chosen and rejected side by side, one row per pair, with margin, rewards and lengths."""
+    table = Table(title=title, show_lines=True)
+    table.add_column("pair", ratio=1)
+    table.add_column("chosen", ratio=2)
+    table.add_column("rejected", ratio=2)
+    for r in pairs.iter_rows(named=True):
+        info = (f"{r['lang']} {r['prompt_id']}\nmargin {r['margin']:+.3f}\n"
+                f"reward {r['chosen_reward']:+.3f} / {r['rejected_reward']:+.3f}\n"
+                f"{unit} {r['chosen_len']} / {r['rejected_len']}\n\n{_clip(r['prompt'], 160)}")  # fmt: skip
+        table.add_row(info, _clip(r["chosen"], max_chars), _clip(r["rejected"], max_chars))
+    return table
+
+
+def versions_table(rows: list[dict]) -> Table:
+    from icr_data.inspection import COUNT_FIELDS
+
+    table = Table(title="versions")
+    cols = ("dataset", "version", "parent", "recipe digest", *COUNT_FIELDS, "created")
+    for col in cols:
+        table.add_column(col, justify="right" if col in COUNT_FIELDS else "left")
+    for r in rows:
+        table.add_row(r["dataset"], r["version"], r["parent"] or "-", r["recipe_digest"] or "-",
+                      *(_f(r[k], "d") for k in COUNT_FIELDS),
+                      "manifest unreadable" if r.get("error") else r["created"] or "-")  # fmt: skip
+    return table
+
+
+def _show(v) -> str:
+    return v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
+
+
+def diff_tables(d: dict) -> list[Table]:
+    from icr_data.inspection import COUNT_FIELDS
+
+    recipe = Table(title=f"recipe: {d['a']} -> {d['b']}")
+    for col in ("key", "old", "new"):
+        recipe.add_column(col)
+    for r in d["recipe"]:
+        recipe.add_row(r["key"], _show(r["old"]), _show(r["new"]))
+    models = Table(title="models")
+    for col in ("role", "field", "old", "new"):
+        models.add_column(col)
+    for r in d["models"]:
+        models.add_row(r["role"], r["field"], r["old"] or "-", r["new"] or "-")
+    counts = Table(title="counts (old -> new)")
+    counts.add_column("lang")
+    for k in COUNT_FIELDS:
+        counts.add_column(k, justify="right")
+    for lang, c in d["counts"].items():
+        counts.add_row(lang, *(f"{_f(c[k][0], 'd')} -> {_f(c[k][1], 'd')}" for k in COUNT_FIELDS))
+    shift = Table(title="margin shift per language (new - old)")
+    for col in ("lang", "pairs", "mean", "Δ mean", "Δ median", "Δ p10", "Δ p90", "KS D"):
+        shift.add_column(col, justify="left" if col == "lang" else "right")
+    for r in d["margins"].iter_rows(named=True):
+        shift.add_row(r["lang"], f"{r['pairs_a']} -> {r['pairs_b']}",
+                      f"{_f(r['mean_a'])} -> {_f(r['mean_b'])}", _f(r["mean_delta"], "+.3f"),
+                      _f(r["median_delta"], "+.3f"), _f(r["p10_delta"], "+.3f"),
+                      _f(r["p90_delta"], "+.3f"), _f(r["ks"]))  # fmt: skip
+    return [t for t in (recipe, models) if t.row_count] + [counts, shift]
+
+
+def inspect_report(report: InspectReport, max_chars: int = 400) -> list[Table | str]:
+    """What `icr-data inspect` prints, in order: the statistics table, the histogram lines and
+    one side-by-side table per selection of pairs."""
+    out: list[Table | str] = [
+        stats_table(report.stats, f"{report.name}: {report.df.height} pairs", report.unit),
+        f"margin histogram, {report.bins} bins over a range shared by the languages:",
+        *histogram_lines(report.hist),
+    ]
+    out += [pairs_view(sel, f"{report.name}: {title}", report.unit, max_chars)
+            for title, sel in report.views]  # fmt: skip
+    return out
