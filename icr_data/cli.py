@@ -178,12 +178,13 @@ def score(
     """Score candidates under the policy and the reference.
 
     With a recipe: score its generated shards (all, or I mod N with --shard I/N).
-    With a version folder: rescore its candidates (no regeneration) and write a new version."""
+    With a version folder: rescore its candidates (no regeneration) and write a new version;
+    its work is kept as a build's is, so a killed rescore resumes when run again."""
     if (source / "manifest.json").is_file():
         from icr_data.derive import rescore
 
-        if executor != "local":
-            _fail("--executor ray scores a recipe's shards; a version is rescored in this process")
+        if address and executor != "ray":
+            _fail("--address names a Ray cluster: use it with --executor ray")
         if mode not in (None, "cross_lingual", "native"):
             _fail(f"--mode must be cross_lingual or native, got {mode!r}")
         scoring = {
@@ -191,7 +192,8 @@ def score(
             for k, v in {"mode": mode, "beta": beta, "count_eot": count_eot}.items()
             if v is not None
         }
-        path, manifest = rescore(source, policy, reference, scoring, name=version)
+        path, manifest = rescore(source, policy, reference, scoring, name=version, console=err,
+                                 executor=executor, address=address)  # fmt: skip
         _report_version(path, manifest)
         return
     if policy or reference or mode or beta is not None or count_eot is not None:
@@ -253,6 +255,27 @@ def merge(
 
 
 @app.command()
+def prepare(
+    models: Annotated[
+        list[str],
+        typer.Argument(
+            help="Model strings: builtin:NAME, train:CONFIG (folders and Hub ids need nothing)."
+        ),
+    ],
+) -> None:
+    """Prepare models before they are used: build builtin: models and train train:CONFIG models
+    (their starting models first) into the cache. build, rescore, check-reward, translate and
+    train run this step themselves; run it alone to do the work up front. Prints each path."""
+    from icr_data import models as model_refs
+    from icr_data import prepare as prep
+
+    steps = prep.plan(models)
+    prep.run([s for s in steps if not s.done], err)
+    for spec in models:
+        print(model_refs.resolve(spec, "model"))
+
+
+@app.command()
 def export(
     version_dir: Annotated[Path, typer.Argument(help="An existing version folder.")],
     out: Annotated[Path, typer.Option(help="Folder to write into (created if missing).")],
@@ -293,10 +316,12 @@ def train(
     """Train on a version with the thin DPO recipe (DPO sigmoid + optional NLL; LoRA or full).
 
     Writes the trained model, its LoRA adapter and training.json to the config's output_dir."""
+    from icr_data import prepare
     from icr_data.train import load_train_config
     from icr_data.train import train as run_train
 
     cfg = load_train_config(config, list(set_ or []))
+    prepare.ensure([s for s in (cfg.model, cfg.reference) if s], err)
     record = run_train(cfg, console=err)
     err.print(f"[green]wrote[/] {cfg.output_dir} ({record['steps']} steps, {record['seconds']}s)")
     print(cfg.output_dir)
@@ -339,15 +364,8 @@ def check_reward(
     if mode not in ("cross_lingual", "native"):
         _fail(f"--mode must be cross_lingual or native, got {mode!r}")
     with progress_bar(err) as progress:
-        tasks: dict[str, int] = {}
-
-        def advance(role: str, k: int) -> None:
-            if role not in tasks:
-                tasks[role] = progress.add_task(f"score ({role})", total=None, rate="")
-            progress.update(tasks[role], advance=k)
-
         report = run_check(policy, reference, pairs, ScoringConfig(mode=mode, beta=beta),
-                           advance=advance)  # fmt: skip
+                           console=err, progress=progress)  # fmt: skip
     err.print(check_table(report))
     if json_out:
         json_out.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
@@ -584,12 +602,7 @@ def translate(
         chat_template=chat_template, ratio=default_ratio, ratio_by_lang=ratio_by_lang,
     )  # fmt: skip
     with progress_bar(err) as progress:
-        task = progress.add_task("translate", total=None, rate="")
-        path, manifest = run_translate(
-            cfg,
-            advance=lambda k: progress.advance(task, k),
-            on_total=lambda n: progress.update(task, total=n),
-        )
+        path, manifest = run_translate(cfg, console=err, progress=progress)
     for table in translate_tables(path, manifest):
         err.print(table)
     err.print(f"[green]wrote[/] {path}")

@@ -256,7 +256,7 @@ def apply_override(data: dict, override: str, where: str = "--set") -> None:
     node[parts[-1]] = value
 
 
-def _resolve_relative(value: str, base: Path) -> str:
+def resolve_relative(value: str, base: Path) -> str:
     if not value or Path(value).is_absolute() or ":" in value.split("/")[0]:
         return value
     candidate = base / value
@@ -275,21 +275,21 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         apply_override(data, o)
     recipe = from_dict(Recipe, data, where=str(path))
     base = path.resolve().parent
-    recipe.prompts.source = _resolve_relative(recipe.prompts.source, base)
+    recipe.prompts.source = resolve_relative(recipe.prompts.source, base)
     if recipe.round.previous:
-        recipe.round.previous = _resolve_relative(recipe.round.previous, base)
+        recipe.round.previous = resolve_relative(recipe.round.previous, base)
     for name in ("generator", "policy", "reference", "chat_template"):
         value = getattr(recipe.models, name)
         if value == "previous":
             setattr(recipe.models, name, previous_model(recipe.round, f"{path}: 'models.{name}'"))
         elif value and value.startswith("train:"):
-            setattr(recipe.models, name, "train:" + _resolve_relative(value[6:], base))
+            setattr(recipe.models, name, "train:" + resolve_relative(value[6:], base))
         elif value:
-            setattr(recipe.models, name, _resolve_relative(value, base))
+            setattr(recipe.models, name, resolve_relative(value, base))
     if recipe.training.reference == "previous":
         recipe.training.reference = previous_model(recipe.round, f"{path}: 'training.reference'")
     elif recipe.training.reference:
-        recipe.training.reference = _resolve_relative(recipe.training.reference, base)
+        recipe.training.reference = resolve_relative(recipe.training.reference, base)
     validate(recipe, str(path))
     return recipe
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 from pathlib import Path
 
 from icr_data.errors import IcrError
@@ -166,7 +165,10 @@ class _HashCache:
         self.file = builtin_cache() / "file_hashes.json"
         try:
             self.known = json.loads(self.file.read_text())
-        except (OSError, ValueError):
+        except FileNotFoundError:
+            self.known = {}
+        except (OSError, ValueError) as e:  # a cache: unreadable means recompute, said aloud
+            _warn(f"ignoring the file-hash cache {self.file} ({e}); hashes are recomputed")
             self.known = {}
         self.changed = False
 
@@ -187,13 +189,18 @@ class _HashCache:
 
         if not self.changed:
             return
+        from icr_data.files import atomic_write_text
+
         try:
-            self.file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.file.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(self.known))
-            os.replace(tmp, self.file)
-        except OSError:
-            pass
+            atomic_write_text(self.file, json.dumps(self.known), fsync=False)
+        except OSError as e:  # the run goes on; the next one hashes large files again
+            _warn(f"could not save the file-hash cache {self.file}: {e.strerror}")
+
+
+def _warn(message: str) -> None:
+    from icr_data.console import stderr_console
+
+    stderr_console().print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 
 
 def load_tokenizer(path: str, chat_template: str | None = None):

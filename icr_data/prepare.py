@@ -88,7 +88,10 @@ def run(
     when given, else on a bar of its own; training shows its own bars). Idempotent: a step found
     prepared when its turn comes (another step or process made it) is skipped. Updates each
     step's `path` and `done`."""
+    from icr_data.hf import quiet_transformers
+
     console = console or stderr_console()
+    quiet_transformers()  # our progress reports the work, not transformers' own bars
     for step in steps:
         step.path = _path(step.spec)
         step.done = step.path is not None and models.is_prepared(step.spec, step.path)

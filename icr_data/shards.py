@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,21 +78,12 @@ class WorkDir:
         return Dataset(pq.read_table(self._paths(stage, key)[0]))
 
     def save(self, stage: str, key: str, ds: Dataset, made_of: dict) -> None:
+        """The output, then its marker, each written atomically: a marker only ever follows a
+        complete output."""
         import pyarrow.parquet as pq
 
+        from icr_data.files import atomic_write, atomic_write_text
+
         data, marker = self._paths(stage, key)
-        data.parent.mkdir(parents=True, exist_ok=True)
-        for target, write in (
-            (data, lambda f: pq.write_table(ds.data.table, f)),
-            (marker, lambda f: Path(f).write_text(json.dumps(made_of, indent=1, default=str))),
-        ):
-            fd, tmp = tempfile.mkstemp(prefix=".part-", dir=data.parent)
-            os.close(fd)
-            try:
-                write(tmp)
-                with open(tmp, "rb+") as fh:
-                    os.fsync(fh.fileno())
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+        atomic_write(data, lambda tmp: pq.write_table(ds.data.table, tmp))
+        atomic_write_text(marker, json.dumps(made_of, indent=1, default=str))

@@ -290,7 +290,8 @@ def model_key(identity: dict) -> str:
 # ------------------------------------------------------------------------------------ language ID
 @dataclass
 class LangIdStage(Stage):
-    """The language of each response (lingua, restricted to the languages in play)."""
+    """The language of each response (lingua, restricted to the languages in play). lingua sums
+    confidences in threads, so `lid_score` may differ in its last bits between runs."""
 
     name: ClassVar[str] = "langid"
     inputs: ClassVar[tuple[str, ...]] = ("lang", "response")

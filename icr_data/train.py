@@ -94,6 +94,19 @@ def _text(value, role: str, source: str, i: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------- loop
+LOGRATIO_ATOL = 1e-4
+"""Logged accuracy counts a pair as ranked right only when its chosen log-ratio beats the rejected
+one by more than this (in nats; times beta in reward units). A model equal to its reference has
+rewards of exactly zero in exact arithmetic, but the reference pass and a training step batch the
+rows differently, and float rounding then differs by about 1e-7 per sum on some CPUs: without the
+tolerance, an unchanged model could log a step-0 accuracy of 0.25."""
+
+
+def ranked_right(chosen_rewards, rejected_rewards, beta: float):
+    """Which pairs the implicit reward ranks right, beyond float rounding (LOGRATIO_ATOL)."""
+    return (chosen_rewards - rejected_rewards) > beta * LOGRATIO_ATOL
+
+
 def dpo_loss(pc, pr, rc, rr, beta: float):
     """DPO sigmoid loss and the logged rewards, from policy/reference chosen/rejected log-probs."""
     import torch.nn.functional as F
@@ -261,7 +274,7 @@ def train(cfg: TrainConfig, console: Console | None = None) -> dict:
                 sums["nll"] += nll.item() * k
                 sums["chosen"] += cr.sum().item()
                 sums["rejected"] += rr.sum().item()
-                sums["acc"] += (cr > rr).double().sum().item()
+                sums["acc"] += ranked_right(cr, rr, cfg.beta).double().sum().item()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).item()
             opt.step()
             sched.step()

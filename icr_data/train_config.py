@@ -88,7 +88,7 @@ def load_train_config(
 ) -> TrainConfig:
     import yaml
 
-    from icr_data.config import RecipeError, _resolve_relative, apply_override, from_dict
+    from icr_data.config import RecipeError, apply_override, from_dict, resolve_relative
 
     path = Path(path)
     try:
@@ -101,14 +101,14 @@ def load_train_config(
     except (yaml.YAMLError, RecipeError) as e:
         raise TrainError(str(e)) from None
     base = path.resolve().parent
-    cfg.data.source = _resolve_relative(cfg.data.source, base)
+    cfg.data.source = resolve_relative(cfg.data.source, base)
     for name in ("model", "reference", "chat_template", "output_dir"):
         value = getattr(cfg, name)
         if value and name in ("model", "reference") and value.startswith("train:"):
             # a model another config trains: its config is named relative to this one
-            setattr(cfg, name, "train:" + _resolve_relative(value.removeprefix("train:"), base))
+            setattr(cfg, name, "train:" + resolve_relative(value.removeprefix("train:"), base))
         elif value:
-            setattr(cfg, name, _resolve_relative(value, base))
+            setattr(cfg, name, resolve_relative(value, base))
     if not cfg.data.source or not cfg.model or (need_output and not cfg.output_dir):
         raise TrainError(f"{path}: 'data.source', 'model' and 'output_dir' are required")
     if cfg.batch_size < 1 or cfg.grad_accum < 1 or cfg.epochs < 1:

@@ -205,3 +205,27 @@ def test_walk_resolves_every_spelling(tmp_path):
         ["a", "sub", "sub.inner", "a"],
         ["a", "sub.inner", "a"],
     ]
+
+
+def test_no_module_imports_another_modules_private_names():
+    """`from icr_data.x import _helper` (or `x._helper(...)` on an imported icr_data module)
+    reaches into another module's insides: what is shared is public."""
+    offences = []
+    for name, file in _modules().items():
+        tree = ast.parse(file.read_text(encoding="utf-8"), filename=str(file))
+        aliases = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(PACKAGE):
+                for a in node.names:
+                    if a.name.startswith("_") and not a.name.startswith("__"):
+                        offences.append(f"{name}: from {node.module} import {a.name}")
+                    if node.module == PACKAGE:
+                        aliases.add(a.asname or a.name)
+            elif isinstance(node, ast.Import):
+                aliases |= {a.asname for a in node.names if a.name.startswith(PACKAGE) and a.asname}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                    and node.value.id in aliases and node.attr.startswith("_")
+                    and not node.attr.startswith("__")):  # fmt: skip
+                offences.append(f"{name}: {node.value.id}.{node.attr}")
+    assert not offences, "\n".join(offences)

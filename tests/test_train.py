@@ -291,3 +291,15 @@ def test_recipe_script_and_export_command(version, tiny_pair, tmp_path):
                          capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2 and not (tmp_path / "e").exists()
     assert "--ref-logps refused: the version was scored in cross_lingual mode" in bad.stderr
+
+
+def test_rounding_noise_is_not_a_ranking():
+    """Step 0 on another CPU: rewards of an unchanged model off zero by rounding (1e-7) must not
+    count as pairs ranked right (it once logged an accuracy of 0.25)."""
+    import torch
+
+    from icr_data.train import ranked_right
+
+    chosen = torch.tensor([1e-7, -1e-7, 0.0, 0.02, 3e-7], dtype=torch.float64)
+    rejected = torch.tensor([0.0, 0.0, 0.0, 0.0, -2e-7], dtype=torch.float64)
+    assert ranked_right(chosen, rejected, beta=0.1).tolist() == [False, False, False, True, False]
