@@ -8,7 +8,7 @@ tokens (one batch per prompt). icr_data's scorer instead recomputes the prompt p
 all rows by length and fills batches to a token budget. Both compute the same quantity; the
 script checks they agree and prints tokens/s for each, with the prompt share of the tokens and
 the padding each one pays. The prefix variant lives here, not in the package, because it lost
-where measured (see README).
+where measured (see docs/benchmarks.md).
 """
 
 from __future__ import annotations
