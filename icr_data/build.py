@@ -28,6 +28,7 @@ from icr_data.card import render_card
 from icr_data.config import Recipe
 from icr_data.console import progress_bar, stderr_console
 from icr_data.executor import LocalExecutor, Task, writing
+from icr_data.logs import log_to
 from icr_data.manifest import make_manifest, margin_summary
 from icr_data.prompts import load_prompts
 from icr_data.score import with_rewards
@@ -300,6 +301,7 @@ def build(
         )
     prepare_models(model_specs(recipe), console)
     plan = make_plan(recipe)  # validates prompts and models before anything is written
+    log_to(plan.work.root / "logs" / "third_party.log")  # engine logs, off the terminal
     _check_writable(dataset_dir)
     console.print(
         f"[bold]{recipe.dataset}[/]: {len(plan.prompts)} prompts in {', '.join(plan.langs)}, "

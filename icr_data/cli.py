@@ -53,8 +53,24 @@ err = stderr_console()
 
 
 @app.callback()
-def _group() -> None:
+def _group(
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help="Show third-party logs (vLLM's engine) on stderr; by default they go to "
+            "<store>/<dataset>/.work/logs/third_party.log.",
+        ),
+    ] = False,
+) -> None:
     """Stages: prompts -> generate (vLLM) -> score (policy/reference log-probs) -> pairs -> version."""
+    if verbose:
+        import os
+
+        from icr_data.logs import VERBOSE_ENV
+
+        os.environ[VERBOSE_ENV] = "1"
 
 
 RecipeArg = Annotated[Path, typer.Argument(help="YAML build recipe, e.g. recipes/demo.yaml.")]

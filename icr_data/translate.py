@@ -283,6 +283,7 @@ def translate(cfg: TranslateConfig, console=None, progress=None) -> tuple[Path, 
     Translation work is kept under <out>/<name>/.work, so a killed run resumes."""
     from icr_data import models, prepare
     from icr_data.executor import LocalExecutor
+    from icr_data.logs import log_to
     from icr_data.shards import WorkDir
     from icr_data.store import sha256_file, write_version
 
@@ -304,7 +305,9 @@ def translate(cfg: TranslateConfig, console=None, progress=None) -> tuple[Path, 
         for lang, r in jobs
     ]  # fmt: skip
     model_id = models.identity(cfg.model, model_path)
-    executor = LocalExecutor(WorkDir(Path(cfg.out) / cfg.name / ".work"), console, progress)
+    work = WorkDir(Path(cfg.out) / cfg.name / ".work")
+    log_to(work.root / "logs" / "third_party.log")  # engine logs, off the terminal
+    executor = LocalExecutor(work, console, progress)
     outputs = run_engine(model_path, requests, cfg, executor, model_id)
     detected = detect_languages(
         [t for t, _ in outputs],
