@@ -1,0 +1,99 @@
+"""The executor knows keys, markers, progress and resume, and nothing of a stage's insides: shown
+with a stage written here (docs/extending.md's example), which no executor was told about."""
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import pytest
+from datasets import Dataset
+from rich.console import Console
+from rich.progress import Progress
+
+from icr_data.executor import LocalExecutor, MemoryWork, run_once, tasks
+from icr_data.shards import WorkDir
+from icr_data.stages import Shard, Stage, candidate_shards
+
+
+@dataclass
+class WordCount(Stage):
+    name: ClassVar[str] = "words"
+    inputs: ClassVar[tuple[str, ...]] = ("prompt_id", "response")
+    outputs: ClassVar[tuple[str, ...]] = ("words",)
+
+    fail_on: str | None = None
+    log: list = field(default_factory=list)
+
+    def identity(self) -> dict:
+        return {"rule": "str.split"}
+
+    def open(self):
+        self.log.append("open")
+
+    def run(self, rows, advance=None):
+        if self.fail_on in rows["prompt_id"]:
+            raise RuntimeError(f"boom on {self.fail_on}")
+        self.log.append(f"run {rows['prompt_id'][0]}")
+        if advance:
+            advance(len(rows))
+        self._n = len(rows)
+        return Dataset.from_dict({"words": [len(r.split()) for r in rows["response"]]})
+
+    def close(self):
+        self.log.append("close")
+
+    def stats(self):
+        return {"rows": self._n}
+
+    @staticmethod
+    def summarize(per_shard):
+        return {"rows": sum(s["rows"] for s in per_shard)}
+
+
+def candidates():
+    rows = [("a", "one two"), ("b", "three"), ("a", "four five six"), ("c", "")]
+    return Dataset.from_list([{"prompt_id": p, "response": r} for p, r in rows])
+
+
+def test_runs_resumes_and_reports(tmp_path):
+    shards, positions = candidate_shards(candidates(), shard_prompts=1)
+    assert positions == [[0, 2], [1], [3]]  # blocks of prompt_ids, in order of first appearance
+    stage = WordCount()
+    todo = tasks(stage, shards)
+    with Progress(console=Console(file=open(tmp_path / "bar", "w"))) as progress:  # noqa: SIM115
+        report = LocalExecutor(WorkDir(tmp_path / ".work"), None, progress).run(stage, todo)
+        assert [t.total for t in progress.tasks] == [4]  # a total, never "?"
+    assert report == {"done": 3, "skipped": 0, "stats": {"rows": 4}}
+    assert stage.log == ["open", "run a", "run b", "run c", "close"]
+    ex = LocalExecutor(WorkDir(tmp_path / ".work"))
+    assert [ex.load(stage, t)["words"] for t in todo] == [[2, 3], [1], [0]]
+    again = WordCount()
+    assert ex.run(again, tasks(again, shards)) == {"done": 0, "skipped": 3}
+    assert again.log == []  # nothing opened when nothing is left
+
+
+def test_a_failure_keeps_finished_shards_and_closes_the_stage(tmp_path):
+    shards, _ = candidate_shards(candidates(), shard_prompts=1)
+    work = WorkDir(tmp_path / ".work")
+    broken = WordCount(fail_on="c")
+    with pytest.raises(RuntimeError, match="boom on c"):
+        LocalExecutor(work).run(broken, tasks(broken, shards))
+    assert broken.log[-1] == "close"
+    fixed = WordCount()
+    assert LocalExecutor(work).run(fixed, tasks(fixed, shards))["skipped"] == 2
+    assert fixed.log == ["open", "run c", "close"]
+
+
+def test_keys_follow_inputs_and_identity():
+    rows = candidates()
+    base = WordCount().key(Shard(0, rows))
+    assert WordCount().key(Shard(7, rows)) == base  # the index is not content
+    assert WordCount().key(Shard(0, rows.select([0, 1]))) != base
+    assert WordCount().key(Shard(0, rows, upstream="gen-key")) != base
+
+
+def test_in_memory_runs_leave_nothing_behind(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    outs, report = run_once(WordCount(), [Shard(0, candidates())])
+    assert outs[0]["words"] == [2, 1, 3, 0] and report["done"] == 1
+    assert list(tmp_path.iterdir()) == []
+    assert not MemoryWork().done("words", "k")
