@@ -123,6 +123,11 @@ class PairingConfig:
     """Drop pairs whose margin is below this absolute value."""
     min_margin_quantile: float | None = None
     """Drop pairs whose margin is below this quantile (0..1) of their language's margins."""
+    paper_exact: bool = False
+    """The research code's selection, exactly: max/min, no candidate or pair filters (a prompt
+    whose responses all score alike still yields its argmax/argmin pair), alpha per language in
+    characters from the grid 0..1 step 0.001. Requires those settings; recorded as
+    "paper-exact pairing" in the manifest and card."""
     repetition_ngram: int = 4
     repetition_max: float = 0.5
     """repetition filter: drop responses whose share of repeated word n-grams exceeds this."""
@@ -390,6 +395,15 @@ def validate_pairing(p: PairingConfig, where: str = "pairing") -> None:
             raise RecipeError(
                 f"{where}: unknown filter 'pairing.filters: {f}'{hint}; known: {', '.join(known)}"
             )
+    if p.paper_exact:
+        exact = {"rule": "max_min", "filters": [], "length_control": True, "length_unit": "chars",
+                 "alpha_max": 1.0, "alpha_step": 0.001, "min_margin": None,
+                 "min_margin_quantile": None}  # fmt: skip
+        for key, want in exact.items():
+            if getattr(p, key) != want:
+                raise RecipeError(f"{where}: 'pairing.paper_exact' runs the research code's "
+                                  f"selection, which needs 'pairing.{key}: {want}' "
+                                  f"(got {getattr(p, key)!r})")  # fmt: skip
     if p.k < 1:
         raise RecipeError(f"{where}: 'pairing.k' must be >= 1")
     if p.min_margin_quantile is not None and not 0 <= p.min_margin_quantile <= 1:

@@ -111,6 +111,9 @@ def make_manifest(
         },
         "pairing": {
             "rule": recipe.pairing.rule,
+            "selection": "paper-exact pairing (the research code's max/min, no filters)"
+            if recipe.pairing.paper_exact
+            else "filtered (candidate and pair filters, each drop counted)",
             "length_control": recipe.pairing.length_control,
             "length_unit": recipe.pairing.length_unit,
             "alpha_grid": {

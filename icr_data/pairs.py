@@ -14,7 +14,8 @@ margin, chosen_tokens, rejected_tokens, chosen_sample_idx, rejected_sample_idx.
 3. Rule (pairing_rules.RULES): max_min (the paper's), max_random (best vs a seeded random other),
    top_bottom (every top-k x bottom-k pair), threshold (every pair whose reward margin >=
    threshold). A new rule is one function plus one registry line in pairing_rules.py.
-4. Pair filters: no_separation (the ranking does not separate two responses; always),
+4. Pair filters: no_separation (the ranking does not separate two responses; always, except
+   under `paper_exact`, which keeps every argmax/argmin pair as the research code does),
    chosen_eq_rejected (same normalised text), tie (|margin| < tie_epsilon), below_min_margin,
    below_margin_quantile (per language).
 `margin` is chosen_reward - rejected_reward (rewards before length control).
@@ -195,7 +196,8 @@ def make_pairs(candidates: Dataset, cfg: PairingConfig) -> tuple[Dataset, PairSt
                 c, r = rows[i], rows[j]
                 margin = c["reward"] - r["reward"]
                 reason = None
-                if i == j or rule.ranked and adjusted[i] <= adjusted[j]:
+                separated = i != j and (not rule.ranked or adjusted[i] > adjusted[j])
+                if not separated and not cfg.paper_exact:  # the research code keeps them all
                     reason = "no_separation"
                 elif "chosen_eq_rejected" in cfg.filters and normalise(c["response"]) == normalise(
                     r["response"]

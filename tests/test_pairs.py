@@ -1,10 +1,14 @@
 """Pairing on hand-made tables: exact pairs, alphas and funnel counts for every strategy and filter."""
 
+from pathlib import Path
+
 import pytest
 from datasets import Dataset
 
 from icr_data.config import PairingConfig
 from icr_data.pairs import make_pairs, repeated_ngram_ratio
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def cand(pid, idx, reward, text, lang="en", finish="stop", lid=None, tokens=None):
@@ -272,3 +276,85 @@ def test_unknown_rule_is_refused_by_name():
 
     with pytest.raises(RecipeError, match="unknown pairing rule 'best'"):
         run(FIVE, rule="best")
+
+
+def _research_selection(rows):
+    """METHOD.md's description of the research code, written out plainly: per language, for
+    each alpha in 0, 0.001, ..., 1, rank each prompt's responses by reward - alpha * len(chars),
+    take argmax vs argmin, and keep the alpha whose mean len(chosen) - len(rejected) is closest
+    to zero (the first on ties); no filters of any kind."""
+    by_lang: dict = {}
+    for r in rows:
+        by_lang.setdefault(r["lang"], {}).setdefault(r["prompt_id"], []).append(r)
+    out = {}
+    for lang, prompts in by_lang.items():
+        groups = [sorted(g, key=lambda r: r["sample_idx"]) for g in prompts.values()]
+
+        def picks(alpha, groups=groups):
+            result = []
+            for g in groups:
+                score = [r["reward"] - alpha * len(r["response"]) for r in g]
+                hi = max(range(len(g)), key=lambda i: (score[i], -i))  # first maximum
+                lo = min(range(len(g)), key=lambda i: (score[i], i))  # first minimum
+                result.append((g[hi], g[lo]))
+            return result
+
+        best = None
+        for k in range(1001):
+            chosen = picks(k * 0.001)
+            mean = sum(len(c["response"]) - len(r["response"]) for c, r in chosen) / len(chosen)
+            if best is None or abs(mean) < best[0]:
+                best = (abs(mean), chosen)
+        for c, r in best[1]:
+            out[(lang, c["prompt_id"])] = (c["sample_idx"], r["sample_idx"])
+    return out
+
+
+def test_paper_exact_preset_is_the_research_selection_and_not_the_filtered_default():
+    from icr_data.config import load_recipe
+
+    texts = {  # (reward, response, finish_reason, lid_lang) per sample
+        ("p1", "de"): [(0.9, "Das ist eine sehr lange Antwort ohne Ende", "length", "de"),
+                       (0.5, "Kurz.", "stop", "de"), (0.2, "Eine mittlere Antwort.", "stop", "de"),
+                       (-0.4, "Kurz.", "stop", "de")],
+        ("p2", "de"): [(0.3, "This one is English", "stop", "en"),
+                       (0.1, "Eine Antwort hier", "stop", "de"), (0.1, "", "stop", None),
+                       (-0.2, "Noch eine ziemlich lange Antwort auf Deutsch", "stop", "de")],
+        ("p3", "de"): [(0.7, "Gut gut gut gut gut gut", "stop", "de"),
+                       (0.7 + 1e-9, "Gut gut gut gut gut gut!", "stop", "de"),
+                       (-0.1, "Nein", "stop", "de")],
+        ("p1", "en"): [(0.4, "A fine answer, quite long indeed", "stop", "en"),
+                       (0.4, "A fine answer, quite long indeed", "stop", "en"),
+                       (0.0, "Short", "stop", "en")],
+        ("p2", "en"): [(0.2, "Same words", "stop", "en"), (0.2, "Same words", "stop", "en")],
+    }  # fmt: skip
+    rows = [{"prompt_id": p, "lang": lang, "instruction": f"{p}-{lang}", "scoring_prompt": "x",
+             "sample_idx": i, "response": text, "finish_reason": fin, "response_tokens": len(text),
+             "logp_policy": 0.0, "logp_ref": -r, "reward": r, "reward_mean": 0.0, "lid_lang": lid,
+             "lid_score": 0.9}
+            for (p, lang), samples in texts.items() for i, (r, text, fin, lid) in enumerate(samples)]  # fmt: skip
+    cands = Dataset.from_list(rows)
+    recipe = load_recipe(ROOT / "recipes" / "paper_round1.yaml")
+    assert recipe.pairing.paper_exact and recipe.pairing.filters == []
+    exact, stats = make_pairs(cands, recipe.pairing)
+    got = {(p["lang"], p["prompt_id"]): (p["chosen_sample_idx"], p["rejected_sample_idx"])
+           for p in exact}  # fmt: skip
+    assert got == _research_selection(rows)
+    assert got[("de", "p1")][0] == 0  # the truncated answer wins, as in the research code
+    assert got[("en", "p2")] == (0, 0)  # all alike: argmax and argmin are the first sample
+    assert (
+        stats.funnel["de"]["dropped_candidates"] == {} and stats.funnel["de"]["dropped_pairs"] == {}
+    )
+    default, _ = make_pairs(cands, PairingConfig())
+    assert {(p["lang"], p["prompt_id"]): (p["chosen_sample_idx"], p["rejected_sample_idx"])
+            for p in default} != got  # fmt: skip
+
+
+def test_paper_exact_refuses_settings_the_research_code_does_not_have(tmp_path):
+    from icr_data.config import RecipeError, load_recipe
+
+    paper = ROOT / "recipes" / "paper_round1.yaml"
+    with pytest.raises(RecipeError, match=r"needs 'pairing.filters: \[\]'"):
+        load_recipe(paper, ["pairing.filters=[tie]"])
+    with pytest.raises(RecipeError, match="needs 'pairing.length_unit: chars'"):
+        load_recipe(paper, ["pairing.length_unit=tokens"])
