@@ -625,6 +625,42 @@ def translate(
     print(path)
 
 
+@app.command("eval")
+def eval_command(
+    recipe: Annotated[Path, typer.Argument(help="YAML eval recipe, e.g. recipes/eval_demo.yaml.")],
+    set_: SetOpt = None,
+    store: StoreOpt = None,
+    version: VersionOpt = None,
+) -> None:
+    """Pit a candidate model against a baseline on held-out prompts, per language, with one or
+    more judges (llm:MODEL in both orders, reward:MODEL, implicit:POLICY,REFERENCE); write an
+    eval record (card, manifest with the candidate's training lineage, one row per judge and
+    prompt). Prints the record's path. A killed eval resumes."""
+    from icr_data.evaluation import evaluate, load_eval
+    from icr_data.reports import eval_tables
+
+    overrides = list(set_ or []) + ([f"store={store}"] if store is not None else [])
+    cfg = load_eval(recipe, overrides)
+    with progress_bar(err) as progress:
+        path, manifest = evaluate(cfg, console=err, progress=progress, version=version)
+    for table in eval_tables(manifest):
+        err.print(table)
+    err.print(f"[green]wrote[/] {path}")
+    print(path)
+
+
+@app.command("evals")
+def list_evals(
+    store: Annotated[str, typer.Option(help="Store folder holding eval records.")] = "icr_store",
+) -> None:
+    """Every eval record in the store: the data its candidate trained on (dataset/version), the
+    candidate, the judge, and per language WR / LC, so that versions compare at a glance."""
+    from icr_data.evaluation import list_evals as find
+    from icr_data.reports import evals_table
+
+    _stdout().print(evals_table(find(store)))
+
+
 def _fail(message: str) -> NoReturn:
     from rich.markup import escape  # a message's own brackets ('icr-data[ray]') are text
 

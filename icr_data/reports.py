@@ -8,6 +8,8 @@ the failures table of a translated version.
     inspect_report(report)            inspect: statistics, histograms, the extreme pairs
     versions_table(rows)              versions
     diff_tables(d)                    diff
+    eval_tables(manifest)             eval: WR, SE, LC and the rest per judge and language
+    evals_table(rows)                 evals: every eval record
 
 Imported inside the commands (cli.py), so `icr-data --help` stays fast.
 """
@@ -210,3 +212,37 @@ def inspect_report(report: InspectReport, max_chars: int = 400) -> list[Table | 
     out += [pairs_view(sel, f"{report.name}: {title}", report.unit, max_chars)
             for title, sel in report.views]  # fmt: skip
     return out
+
+
+def eval_tables(manifest: dict) -> list[Table]:
+    """eval: per judge, the candidate's results per language."""
+    out = []
+    for judge, langs in manifest["results"].items():
+        table = Table(title=f"{manifest['dataset']} {manifest['version']}: "
+                      f"{manifest['models']['candidate']['name']} vs "
+                      f"{manifest['models']['baseline']['name']}, judged by {judge}")  # fmt: skip
+        cols = ("lang", "prompts", "WR", "SE", "LC", "ties", "unparseable", "cand. in lang",
+                "base. in lang", "cand. chars", "base. chars", "consistency")  # fmt: skip
+        for col in cols:
+            table.add_column(col, justify="left" if col == "lang" else "right")
+        for lang, r in langs.items():
+            table.add_row(lang, str(r["prompts"]), _f(r["win_rate"]), _f(r["se"]),
+                          _f(r["lc_win_rate"]), str(r["ties"]), str(r["unparseable"]),
+                          _f(r["candidate_in_language"], ".0%"), _f(r["baseline_in_language"], ".0%"),
+                          _f(r["candidate_chars"], ".0f"), _f(r["baseline_chars"], ".0f"),
+                          _f(r["position_consistency"], ".0%"))  # fmt: skip
+        out.append(table)
+    return out
+
+
+def evals_table(rows: list[dict]) -> Table:
+    """evals: every eval record, training data -> candidate -> per-language WR / LC."""
+    langs = list(dict.fromkeys(lang for r in rows for lang in r["languages"]))
+    table = Table(title="eval records (per language: WR / LC)")
+    for col in ("record", "trained on", "candidate", "judge", *langs):
+        table.add_column(col, justify="right" if col in langs else "left")
+    for r in rows:
+        cells = [f"{_f(r['languages'][x][0], '.2f')} / {_f(r['languages'][x][1], '.2f')}"
+                 if x in r["languages"] else "-" for x in langs]  # fmt: skip
+        table.add_row(r["record"], r["data"], r["candidate"], r["judge"], *cells)
+    return table

@@ -415,3 +415,59 @@ def score_candidates(candidates: Dataset, policy: str, reference: str, scoring,
     ex = LocalExecutor(MemoryWork(), console, progress)
     logps, tokens, _ = dual_logit(ex, passes, shards, positions)
     return with_rewards(candidates, tokens, logps["policy"], logps["reference"], scoring.beta)
+
+
+# ------------------------------------------------------------------------------------ reward model
+@dataclass
+class RewardStage(Stage):
+    """An explicit reward model's score of each response under its own instruction: a
+    sequence-classification checkpoint (one logit) through transformers, on the conversation
+    [user: instruction, assistant: response] in the model's chat template."""
+
+    name: ClassVar[str] = "reward"
+    inputs: ClassVar[tuple[str, ...]] = ("instruction", "response")
+    outputs: ClassVar[tuple[str, ...]] = ("reward",)
+
+    model: str = ""
+    model_key: str = ""
+    chat_template: str | None = None
+    device: str = "cpu"
+    _model: object = field(default=None, repr=False, compare=False)
+    _tok: object = field(default=None, repr=False, compare=False)
+
+    def identity(self) -> dict:
+        return {"model": self.model_key, "chat_template": self.chat_template, "device": self.device}
+
+    def open(self) -> None:
+        from transformers import AutoModelForSequenceClassification
+
+        from icr_data.hf import quiet_transformers
+        from icr_data.models import load_tokenizer
+
+        quiet_transformers()
+        self._tok = load_tokenizer(self.model, self.chat_template)
+        net = AutoModelForSequenceClassification.from_pretrained(self.model)
+        self._model = net.to(self.device).eval()
+
+    def run(self, rows: Dataset, advance: Advance | None = None) -> Dataset:
+        import torch
+        from datasets import Dataset
+
+        scores = []
+        for x, y in zip(rows["instruction"], rows["response"]):
+            text = self._tok.apply_chat_template(
+                [{"role": "user", "content": x}, {"role": "assistant", "content": y}],
+                tokenize=False,
+            )
+            ids = self._tok(text, return_tensors="pt", add_special_tokens=False).to(self.device)
+            with torch.inference_mode():
+                scores.append(float(self._model(**ids).logits[0, 0]))
+            if advance:
+                advance(1)
+        return Dataset.from_dict({"reward": scores})
+
+    def close(self) -> None:
+        self._model = self._tok = None
+
+    def requires_gpu(self) -> bool:
+        return self.device.startswith("cuda")

@@ -1,0 +1,562 @@
+"""Evaluate: did a version help, and in which language? A candidate model against a baseline on
+held-out prompts, per language, judged pairwise; the result is a versioned eval record.
+
+    icr-data eval recipes/eval_demo.yaml [--set judges=[implicit:P,R]]
+    icr-data evals [--store icr_store]      # every record: dataset version -> model -> WR, LC
+
+Answers come from the build's generation stage (stages.GenerateStage; vLLM, greedy by default),
+shard by shard through the local executor with work under `<store>/<name>/.work`, so a killed
+eval resumes. Judges (`judges:` in the recipe, one or more):
+- `llm:MODEL`: a pairwise LLM judge through the same generation stage (greedy), with a shipped,
+  editable template (cards/judge_pairwise.txt). It sees every pair in both orders; a verdict
+  that cannot be parsed is counted, never guessed; a tie counts 0.5.
+- `reward:MODEL`: an explicit reward model (a sequence-classification checkpoint) scoring each
+  answer under its own prompt (stages.RewardStage).
+- `implicit:POLICY,REFERENCE`: the implicit reward of a build, beta * (log pi - log ref), with the
+  native instruction as x (stages.LogprobStage).
+
+Per language: win rate with its standard error, the length-controlled win rate (lc_win_rate), the
+share of answers in the prompt's language (language ID), mean answer lengths, and the LLM judge's
+position consistency. Prompts that also occur in the candidate's training data (exactly, or after
+normalising case, punctuation and whitespace) are flagged and left out unless
+`prompts.keep_overlap`. The record `<store>/<name>/vN/` holds a card, a manifest (with the lineage
+read from the candidate's training.json) and one row per (judge, prompt).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import icr_data
+from icr_data.config import SamplingConfig, apply_override, from_dict, resolve_relative
+from icr_data.errors import IcrError
+
+JUDGE_KINDS = ("llm", "reward", "implicit")
+LENGTH_DECIDES = 50.0
+"""|b1| of the LC fit above which the verdicts are (nearly) a step function of length."""
+VERDICT_RE = re.compile(r"\b(A|B|tie)\b", re.IGNORECASE)
+
+
+class EvalError(IcrError):
+    """An evaluation that cannot run; the message names the key, file or model."""
+
+
+@dataclass
+class EvalPrompts:
+    source: str = ""
+    """Held-out prompts: a prompts version from `icr-data translate`, or a JSONL/Parquet file."""
+    languages: list[str] = field(default_factory=lambda: ["en", "es", "de", "fr", "ru"])
+    limit: int | None = None
+    """At most this many prompt_ids (the first ones); None: all."""
+    training_version: str | None = None
+    """Data whose prompts count as seen in training; None: the candidate's training.json source."""
+    keep_overlap: bool = False
+    """Keep (still flagged) prompts that also occur in the training data."""
+
+
+@dataclass
+class EvalConfig:
+    name: str = ""
+    """Record name: records go to <store>/<name>/vN."""
+    store: str = "icr_store"
+    candidate: str = ""
+    """The model under test: any model string (folder, builtin:, train:CONFIG, Hub id)."""
+    baseline: str = ""
+    judges: list[str] = field(default_factory=list)
+    """llm:MODEL, reward:MODEL or implicit:POLICY,REFERENCE (one or more)."""
+    judge_template: str | None = None
+    """File with the pairwise judge prompt ({instruction}, {answer_a}, {answer_b}); None: shipped."""
+    judge_max_tokens: int = 64
+    beta: float = 1.0
+    """implicit judges: reward = beta * (log pi - log ref)."""
+    chat_template: str | None = None
+    prompts: EvalPrompts = field(default_factory=EvalPrompts)
+    sampling: SamplingConfig = field(
+        default_factory=lambda: SamplingConfig(n=1, temperature=0.0, max_tokens=512)
+    )
+    shard_prompts: int = 64
+
+
+def load_eval(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> EvalConfig:
+    """An eval recipe, unknown keys refused, relative paths resolved against its folder."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError:
+        raise EvalError(f"eval recipe not found: {path}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise EvalError(f"{path}: not a YAML mapping ({e})") from None
+    if not isinstance(data, dict):
+        raise EvalError(f"{path}: the top level must be a mapping of keys")
+    for o in overrides:
+        apply_override(data, o)
+    cfg = from_dict(EvalConfig, data, where=str(path))
+    base = path.resolve().parent
+    cfg.prompts.source = resolve_relative(cfg.prompts.source, base)
+    if cfg.prompts.training_version:
+        cfg.prompts.training_version = resolve_relative(cfg.prompts.training_version, base)
+    if cfg.judge_template:
+        cfg.judge_template = resolve_relative(cfg.judge_template, base)
+    cfg.candidate, cfg.baseline = (_model_path(s, base) for s in (cfg.candidate, cfg.baseline))
+    cfg.judges = [_judge_paths(j, base) for j in cfg.judges]
+    check(cfg, str(path))
+    return cfg
+
+
+def _model_path(spec: str, base: Path) -> str:
+    if spec.startswith("train:"):
+        return "train:" + resolve_relative(spec.removeprefix("train:"), base)
+    return spec if ":" in spec else resolve_relative(spec, base)
+
+
+def _judge_paths(spec: str, base: Path) -> str:
+    kind, _, rest = spec.partition(":")
+    return f"{kind}:" + ",".join(_model_path(m, base) for m in rest.split(",")) if rest else spec
+
+
+def parse_judge(spec: str) -> tuple[str, list[str]]:
+    """'implicit:P,R' -> ('implicit', [P, R]); unknown kinds and wrong arity are refused."""
+    kind, sep, rest = spec.partition(":")
+    models = [m for m in rest.split(",") if m] if sep else []
+    want = 2 if kind == "implicit" else 1
+    if kind not in JUDGE_KINDS or len(models) != want:
+        raise EvalError(f"judges: {spec!r} is not llm:MODEL, reward:MODEL or "
+                        "implicit:POLICY,REFERENCE")  # fmt: skip
+    return kind, models
+
+
+def check(cfg: EvalConfig, where: str) -> None:
+    """What can be refused before any model loads."""
+    if not cfg.name or "/" in cfg.name or cfg.name.startswith("."):
+        raise EvalError(f"{where}: 'name' must be a plain name, got {cfg.name!r}")
+    for key in ("candidate", "baseline"):
+        if not getattr(cfg, key):
+            raise EvalError(f"{where}: '{key}' is required")
+    if cfg.candidate == cfg.baseline:
+        raise EvalError(f"{where}: candidate and baseline are the same model ({cfg.candidate})")
+    if not cfg.judges:
+        raise EvalError(f"{where}: 'judges' names no judge")
+    for j in cfg.judges:
+        parse_judge(j)
+    if cfg.sampling.n != 1:
+        raise EvalError(f"{where}: 'sampling.n' must be 1 (one answer per prompt and model)")
+    if not cfg.prompts.source:
+        raise EvalError(f"{where}: 'prompts.source' is required")
+
+
+# ------------------------------------------------------------------------------- pure parts
+def normalise(text: str) -> str:
+    """Case, punctuation and whitespace folded: the decontamination key."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    text = "".join(" " if unicodedata.category(ch)[0] in "PSZ" else ch for ch in text)
+    return " ".join(text.split())
+
+
+def parse_verdict(text: str) -> str | None:
+    """'A', 'B' or 'tie' from a judge's output (the last one it names), else None."""
+    found = VERDICT_RE.findall(text or "")
+    if not found:
+        return None
+    last = found[-1]
+    return "tie" if last.lower() == "tie" else last.upper()
+
+
+def llm_win(verdict_ab: str | None, verdict_ba: str | None) -> tuple[float | None, bool | None]:
+    """The candidate's win (1, 0.5 tie, 0) over both orders (candidate first as A, then as B;
+    unparseable verdicts left out) and whether the verdict survived the swap (None if either
+    order is unparseable)."""
+    first = {"A": 1.0, "B": 0.0, "tie": 0.5}.get(verdict_ab) if verdict_ab else None
+    second = {"B": 1.0, "A": 0.0, "tie": 0.5}.get(verdict_ba) if verdict_ba else None
+    seen = [w for w in (first, second) if w is not None]
+    win = sum(seen) / len(seen) if seen else None
+    consistent = None if first is None or second is None else first == second
+    return win, consistent
+
+
+def lc_win_rate(win, length_diff, ridge: float = 1e-10) -> float | None:
+    """The length-controlled win rate (see lc_fit)."""
+    fit = lc_fit(win, length_diff, ridge)
+    return None if fit is None else fit[0]
+
+
+def lc_fit(win, length_diff, ridge: float = 1e-10) -> tuple[float, float] | None:
+    """Length-controlled win rate: a logistic fit win ~ sigmoid(b0 + b1 * tanh(d / std(d))),
+    d = len(candidate) - len(baseline) in characters, read at zero length difference:
+    sigmoid(b0); returns (LC, b1). Ties enter as 0.5 (soft labels). A tiny ridge on b1 keeps the
+    fit finite when length decides every verdict (the data are then separable: b1 grows large,
+    and LC is only as meaningful as the verdicts at equal length; summarize flags it when
+    |b1| > LENGTH_DECIDES). AlpacaEval 2's LC is the same idea with more terms (a model
+    term, a length term of this form, an instruction-difficulty term, fitted over many models);
+    with one pair of models and no difficulty term this is its one-pair reduction."""
+    import numpy as np
+
+    y = np.asarray(win, dtype=np.float64)
+    d = np.asarray(length_diff, dtype=np.float64)
+    if len(y) < 3:  # no statistics on fewer than 3 verdicts
+        return None
+    sd = d.std()
+    x = np.tanh(d / sd) if sd > 0 else np.zeros_like(d)
+    design = np.column_stack([np.ones_like(x), x])
+    b = np.zeros(2)
+    penalty = np.diag([0.0, ridge])
+    for _ in range(200):
+        p = 1 / (1 + np.exp(-(design @ b)))
+        grad = design.T @ (y - p) / len(y) - penalty @ b
+        hess = design.T @ (design * (p * (1 - p))[:, None]) / len(y) + penalty
+        if np.linalg.matrix_rank(hess) < 2:  # no length variation: the intercept alone
+            return float(y.mean()), 0.0
+        step = np.linalg.solve(hess, grad)
+        b = b + step
+        if np.abs(step).max() < 1e-12:
+            break
+    return float(1 / (1 + np.exp(-b[0]))), float(b[1])
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Per judge and language: pairs, win rate and its standard error, LC win rate, ties,
+    unparseable verdicts, language shares, mean lengths, position consistency."""
+    out: dict = {}
+    for judge in dict.fromkeys(r["judge"] for r in rows):
+        out[judge] = {}
+        for lang in dict.fromkeys(r["lang"] for r in rows):
+            sel = [r for r in rows if r["judge"] == judge and r["lang"] == lang]
+            judged = [r for r in sel if r["win"] is not None]
+            wins = [r["win"] for r in judged]
+            n = len(wins)
+            wr = sum(wins) / n if n else None
+            se = math.sqrt(sum((w - wr) ** 2 for w in wins) / (n - 1) / n) if n > 1 else None
+            cons = [r["consistent"] for r in sel if r["consistent"] is not None]
+            fit = lc_fit(wins, [r["candidate_chars"] - r["baseline_chars"] for r in judged])
+
+            def share(col, sel=sel, lang=lang):
+                return sum(r[col] == lang for r in sel) / len(sel) if sel else None
+
+            out[judge][lang] = {
+                "prompts": len(sel), "judged": n, "win_rate": wr, "se": se,
+                "lc_win_rate": None if fit is None else fit[0],
+                "length_decides": None if fit is None else abs(fit[1]) > LENGTH_DECIDES,
+                "ties": sum(w == 0.5 for w in wins),
+                "unparseable": sum((r["verdict_ab"] is None) + (r["verdict_ba"] is None)
+                                   for r in sel if r["kind"] == "llm"),
+                "candidate_in_language": share("candidate_lid"),
+                "baseline_in_language": share("baseline_lid"),
+                "candidate_chars": sum(r["candidate_chars"] for r in sel) / len(sel) if sel else None,
+                "baseline_chars": sum(r["baseline_chars"] for r in sel) / len(sel) if sel else None,
+                "position_consistency": sum(cons) / len(cons) if cons else None,
+            }  # fmt: skip
+    return out
+
+
+# ------------------------------------------------------------------------------- the run
+def _prompts(cfg: EvalConfig) -> list[dict]:
+    from icr_data.prompts import PromptError, check_rows, read_rows
+
+    try:
+        rows = read_rows(cfg.prompts.source)
+        check_rows(rows, cfg.prompts.source)
+    except PromptError as e:
+        raise EvalError(str(e)) from None
+    have = {r["lang"] for r in rows}
+    missing = [lang for lang in cfg.prompts.languages if lang not in have]
+    if missing:
+        raise EvalError(f"prompts.source {cfg.prompts.source}: no prompts in "
+                        f"{', '.join(missing)} (prompts.languages asks for them)")  # fmt: skip
+    order = list(dict.fromkeys(r["prompt_id"] for r in rows))
+    keep = set(order[: cfg.prompts.limit] if cfg.prompts.limit else order)
+    langs = cfg.prompts.languages
+    return sorted((r for r in rows if r["prompt_id"] in keep and r["lang"] in langs),
+                  key=lambda r: (order.index(r["prompt_id"]), langs.index(r["lang"])))  # fmt: skip
+
+
+def training_record(model_path: str) -> dict | None:
+    f = Path(model_path) / "training.json"
+    return json.loads(f.read_text(encoding="utf-8")) if f.is_file() else None
+
+
+def lineage(record: dict | None) -> dict | None:
+    """What the candidate was trained on, from its training.json: dataset, version, round and
+    the reward pair that labelled the data."""
+    if record is None:
+        return None
+    data = record.get("data") or {}
+    rounds = record.get("rounds") or []
+    return {"dataset": data.get("dataset"), "version": data.get("version"),
+            "source": Path(str(data.get("source"))).name if data.get("source") else None,
+            "manifest_sha256": data.get("manifest_sha256"), "round": record.get("round"),
+            "reward": rounds[-1].get("reward") if rounds else None}  # fmt: skip
+
+
+def training_prompts(cfg: EvalConfig, record: dict | None) -> set[str]:
+    """Normalised instructions of the data the candidate trained on (a version or a file)."""
+    source = cfg.prompts.training_version or ((record or {}).get("data") or {}).get("source")
+    if not source:
+        return set()
+    path = Path(source)
+    texts: list[str] = []
+    if (path / "manifest.json").is_file():
+        from icr_data.store import read_table
+
+        texts = read_table(path, "candidates")["instruction"]
+    elif path.is_file():
+        from icr_data.prompts import read_rows
+
+        texts = [r.get("instruction") or r.get("prompt") or "" for r in read_rows(str(path))]
+        texts = [t if isinstance(t, str) else t[0]["content"] for t in texts]
+    else:
+        raise EvalError(f"prompts.training_version: {source} is neither a version nor a file")
+    return {normalise(t) for t in texts}
+
+
+def _answers(cfg, executor, model: str, model_id: dict, rows: list[dict], label: str) -> list[str]:
+    from datasets import Dataset
+
+    from icr_data.executor import tasks
+    from icr_data.stages import GenerateStage, candidate_shards, model_key
+
+    stage = GenerateStage(model=model, model_key=model_key(model_id), sampling=cfg.sampling,
+                          chat_template=cfg.chat_template, model_id=model_id)  # fmt: skip
+    data = Dataset.from_list(
+        [{k: r[k] for k in ("prompt_id", "lang", "instruction")} for r in rows]
+    )
+    shards, positions = candidate_shards(data, cfg.shard_prompts)
+    todo = tasks(stage, shards)
+    executor.run(stage, todo, label)
+    out = [""] * len(rows)
+    for task, pos in zip(todo, positions):
+        for i, text in zip(pos, executor.load(stage, task)["response"]):
+            out[i] = text
+    return out
+
+
+def render_judge(template: str, instruction: str, a: str, b: str) -> str:
+    # plain replacement: prompts and answers hold braces; {instruction} last of the three fields
+    filled = template.replace("{answer_a}", a).replace("{answer_b}", b)
+    return filled.replace("{instruction}", instruction)
+
+
+def judge_template(cfg: EvalConfig) -> str:
+    path = Path(cfg.judge_template) if cfg.judge_template else default_template()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise EvalError(f"judge_template {path}: {e.strerror}") from None
+    for field_ in ("{instruction}", "{answer_a}", "{answer_b}"):
+        if field_ not in text:
+            raise EvalError(f"judge_template {path}: has no {field_} placeholder")
+    return text
+
+
+def default_template() -> Path:
+    """The shipped pairwise judge prompt (cards/judge_pairwise.txt; copy it to edit it)."""
+    from icr_data.card import template_dir
+
+    return template_dir() / "judge_pairwise.txt"
+
+
+def _judge(cfg, executor, spec, rows, cand, base, console, progress) -> list[dict]:
+    from icr_data import models
+
+    kind, names = parse_judge(spec)
+    paths = [models.resolve(m, "judge") for m in names]
+    if kind == "llm":
+        template = judge_template(cfg)
+        requests = []
+        for r, c, b in zip(rows, cand, base):
+            for order, (x, y) in (("ab", (c, b)), ("ba", (b, c))):
+                requests.append({"prompt_id": f"{r['prompt_id']}#{order}", "lang": r["lang"],
+                                 "instruction": render_judge(template, r["instruction"], x, y)})  # fmt: skip
+        judge_cfg = SamplingConfig(backend=cfg.sampling.backend, n=1, temperature=0.0,
+                                   max_tokens=cfg.judge_max_tokens, seed=cfg.sampling.seed,
+                                   dtype=cfg.sampling.dtype, max_model_len=cfg.sampling.max_model_len,
+                                   gpu_memory_utilization=cfg.sampling.gpu_memory_utilization)  # fmt: skip
+        raw = _answers(_with_sampling(cfg, judge_cfg), executor, paths[0],
+                       models.identity(names[0], paths[0]), requests, f"judge {spec}")  # fmt: skip
+        out = []
+        for i in range(len(rows)):
+            ab, ba = raw[2 * i], raw[2 * i + 1]
+            v_ab, v_ba = parse_verdict(ab), parse_verdict(ba)
+            win, consistent = llm_win(v_ab, v_ba)
+            out.append({"verdict_ab": v_ab, "verdict_ba": v_ba, "judge_output_ab": ab,
+                        "judge_output_ba": ba, "win": win, "consistent": consistent,
+                        "candidate_reward": None, "baseline_reward": None})  # fmt: skip
+        return out
+    rewards = _rewards(cfg, kind, names, paths, rows, cand + base, console, progress)
+    out = []
+    for i in range(len(rows)):
+        rc, rb = rewards[i], rewards[len(rows) + i]
+        verdict = "candidate" if rc > rb else "baseline" if rb > rc else "tie"
+        out.append({"verdict_ab": verdict, "verdict_ba": None, "judge_output_ab": None,
+                    "judge_output_ba": None, "win": {"candidate": 1.0, "baseline": 0.0}.get(verdict, 0.5),
+                    "consistent": None, "candidate_reward": rc, "baseline_reward": rb})  # fmt: skip
+    return out
+
+
+def _with_sampling(cfg: EvalConfig, sampling: SamplingConfig) -> EvalConfig:
+    import dataclasses
+
+    return dataclasses.replace(cfg, sampling=sampling)
+
+
+def _rewards(cfg, kind, names, paths, rows, answers, console, progress) -> list[float]:
+    """One reward per (row, answer) for answers = candidate's then baseline's (native prompt)."""
+    from datasets import Dataset
+
+    from icr_data import models
+
+    both = rows + rows
+    data = Dataset.from_list([
+        {"prompt_id": r["prompt_id"], "lang": r["lang"], "instruction": r["instruction"],
+         "scoring_prompt": r["instruction"], "sample_idx": i // len(rows), "response": a,
+         "finish_reason": "stop"}
+        for i, (r, a) in enumerate(zip(both, answers))
+    ])  # fmt: skip
+    if kind == "implicit":
+        from icr_data.config import ScoringConfig
+        from icr_data.stages import score_candidates
+
+        ids = {
+            role: models.identity(n, p) for role, n, p in zip(("policy", "reference"), names, paths)
+        }
+        scored = score_candidates(data, paths[0], paths[1], ScoringConfig(mode="native", beta=cfg.beta),
+                                  cfg.chat_template, ids, console, progress)  # fmt: skip
+        return scored["reward"]
+    from icr_data.executor import run_once
+    from icr_data.stages import RewardStage, Shard
+
+    stage = RewardStage(model=paths[0], model_key=models.identity(names[0], paths[0]).get("sha256") or names[0],
+                        chat_template=cfg.chat_template)  # fmt: skip
+    outs, _ = run_once(stage, [Shard(0, data)], console, progress)
+    return outs[0]["reward"]
+
+
+def evaluate(
+    cfg: EvalConfig, console=None, progress=None, version: str | None = None
+) -> tuple[Path, dict]:
+    """Answer, judge, summarise and write an eval record: (its folder, its manifest)."""
+    from datasets import Dataset
+
+    from icr_data import models, prepare
+    from icr_data.executor import LocalExecutor
+    from icr_data.langid import identify, judged
+    from icr_data.logs import log_to
+    from icr_data.shards import WorkDir
+    from icr_data.store import write_version
+
+    rows = _prompts(cfg)  # before any model: bad prompts are the cheap error
+    judge_models = [m for j in cfg.judges for m in parse_judge(j)[1]]
+    prepare.ensure([cfg.candidate, cfg.baseline, *judge_models], console)
+    paths = {k: models.resolve(getattr(cfg, k), k) for k in ("candidate", "baseline")}
+    if paths["candidate"] == paths["baseline"]:
+        raise EvalError(f"candidate and baseline are the same model ({paths['candidate']})")
+    for j in cfg.judges:
+        kind, names = parse_judge(j)
+        if kind == "reward":
+            check_reward_model(names[0], models.resolve(names[0], "judge"))
+    ids = {k: models.identity(getattr(cfg, k), p) for k, p in paths.items()}
+    record = training_record(paths["candidate"])
+    seen = training_prompts(cfg, record)
+    for r in rows:
+        r["in_training"] = normalise(r["instruction"]) in seen
+    overlap = sum(r["in_training"] for r in rows)
+    if not cfg.prompts.keep_overlap:
+        rows = [r for r in rows if not r["in_training"]]
+    if not rows:
+        raise EvalError("every prompt also occurs in the training data; nothing is held out")
+
+    work = WorkDir(Path(cfg.store) / cfg.name / ".work")
+    log_to(work.root / "logs" / "third_party.log")
+    ex = LocalExecutor(work, console, progress)
+    cand = _answers(cfg, ex, paths["candidate"], ids["candidate"], rows, "answers (candidate)")
+    base = _answers(cfg, ex, paths["baseline"], ids["baseline"], rows, "answers (baseline)")
+    langs = cfg.prompts.languages
+    lid = {}
+    for side, texts in (("candidate", cand), ("baseline", base)):
+        found, _ = identify(texts, langs)
+        lid[side] = judged(found, [r["lang"] for r in rows], langs)
+    out_rows = []
+    for spec in cfg.judges:
+        kind, _ = parse_judge(spec)
+        verdicts = _judge(cfg, ex, spec, rows, cand, base, console, progress)
+        for i, (r, v) in enumerate(zip(rows, verdicts)):
+            out_rows.append({"judge": spec, "kind": kind, "prompt_id": r["prompt_id"], "lang": r["lang"],
+                             "instruction": r["instruction"], "candidate": cand[i], "baseline": base[i],
+                             **v, "candidate_chars": len(cand[i]), "baseline_chars": len(base[i]),
+                             "candidate_lid": lid["candidate"][i], "baseline_lid": lid["baseline"][i],
+                             "in_training": r["in_training"]})  # fmt: skip
+    results = summarize(out_rows)
+    manifest = {
+        "kind": "eval", "dataset": cfg.name, "version": None,
+        "created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "code_version": f"icr-data {icr_data.__version__}",
+        "models": {**ids, "judges": {j: [models.identity(m, models.resolve(m, "judge"))
+                                         for m in parse_judge(j)[1]] for j in cfg.judges}},
+        "lineage": lineage(record),
+        "sampling": {k: getattr(cfg.sampling, k) for k in ("backend", "temperature", "top_p", "max_tokens", "seed")},
+        "judge_template": judge_template(cfg) if any(j.startswith("llm:") for j in cfg.judges) else None,
+        "languages": langs,
+        "decontamination": {"rule": "exact, or equal after NFKC, casefold, punctuation and "
+                            "whitespace folded", "flagged": overlap, "kept": cfg.prompts.keep_overlap},
+        "lc_formula": "sigmoid(b0) of win ~ sigmoid(b0 + b1 * tanh(d / std(d))), d = chars(candidate) - chars(baseline)",
+        "results": results,
+        "totals": {"prompts": len(rows), "rows": len(out_rows)},
+    }  # fmt: skip
+    table = Dataset.from_list(out_rows)
+    path = write_version(
+        cfg.store, cfg.name, {"rows": table}, manifest, render_eval_card, name=version
+    )
+    return path, manifest
+
+
+def check_reward_model(spec: str, path: str) -> None:
+    from transformers import AutoConfig
+
+    arch = (AutoConfig.from_pretrained(path).architectures or [""])[0]
+    if not arch.endswith("ForSequenceClassification"):
+        raise EvalError(f"judges: reward:{spec} is a {arch or 'model of unknown kind'}, not a "
+                        "sequence classifier (a reward model scores with one logit)")  # fmt: skip
+
+
+def render_eval_card(manifest: dict) -> str:
+    import yaml
+
+    from icr_data.card import environment, size_category
+
+    header = {
+        "language": manifest["languages"], "license": "other",
+        "task_categories": ["text-generation"], "tags": ["evaluation", "icr-data"],
+        "size_categories": [size_category(manifest["totals"]["rows"])],
+        "pretty_name": f"{manifest['dataset']} {manifest['version']}",
+        "configs": [{"config_name": "rows", "default": True,
+                     "data_files": [{"split": "train", "path": manifest["files"]["rows"][0]}]}],
+    }  # fmt: skip
+    head = yaml.safe_dump(header, sort_keys=False, allow_unicode=True)
+    env = environment()
+    env.filters["fmt"] = lambda v: "-" if v is None else f"{v:.3f}"
+    return env.get_template("eval_card.md").render(header=head, m=manifest)
+
+
+def list_evals(store: str | Path) -> list[dict]:
+    """Every eval record in the store: record, training data version, candidate, per judge and
+    language WR and LC."""
+    out = []
+    for f in sorted(Path(store).glob("*/v*/manifest.json")):
+        m = json.loads(f.read_text(encoding="utf-8"))
+        if m.get("kind") != "eval":
+            continue
+        lin = m.get("lineage") or {}
+        data = (
+            f"{lin['dataset']}/{lin['version']}" if lin.get("dataset") else lin.get("source") or "-"
+        )
+        for judge, langs in m["results"].items():
+            out.append({"record": f"{m['dataset']}/{m['version']}", "data": data,
+                        "candidate": m["models"]["candidate"]["name"], "judge": judge,
+                        "languages": {lang: (r["win_rate"], r["lc_win_rate"]) for lang, r in langs.items()}})  # fmt: skip
+    return out

@@ -1,0 +1,191 @@
+"""Evaluation: win rates that mean what they say, per language, tied to the data that trained the
+candidate."""
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+
+from icr_data import store
+from icr_data.evaluation import (
+    EvalError,
+    lc_win_rate,
+    lineage,
+    llm_win,
+    load_eval,
+    normalise,
+    parse_verdict,
+    summarize,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _row(judge, lang, win, d=0, ab="A", ba="B", kind="llm", consistent=None):
+    return {"judge": judge, "kind": kind, "lang": lang, "win": win, "verdict_ab": ab,
+            "verdict_ba": ba, "consistent": consistent, "candidate_chars": 100 + d,
+            "baseline_chars": 100, "candidate_lid": lang, "baseline_lid": "en"}  # fmt: skip
+
+
+def test_lc_recovers_a_planted_no_length_win_rate_and_agrees_with_sklearn():
+    from sklearn.linear_model import LogisticRegression
+
+    rng = random.Random(0)
+    b0, b1 = math.log(0.3 / 0.7), 2.0  # without a length difference the candidate wins 30%
+    d = [rng.gauss(40, 120) for _ in range(20000)]
+    sd = (sum((x - sum(d) / len(d)) ** 2 for x in d) / len(d)) ** 0.5
+    x = [math.tanh(v / sd) for v in d]
+    win = [float(rng.random() < 1 / (1 + math.exp(-(b0 + b1 * t)))) for t in x]
+    ours = lc_win_rate(win, d)
+    assert ours == pytest.approx(0.3, abs=0.015)
+    assert sum(win) / len(win) > 0.4  # the raw win rate is inflated by the length bias
+    fit = LogisticRegression(C=math.inf, tol=1e-10, max_iter=10000).fit([[t] for t in x], win)
+    assert ours == pytest.approx(1 / (1 + math.exp(-fit.intercept_[0])), abs=1e-3)
+
+
+def test_a_judge_that_prefers_the_first_answer_gives_exactly_half_and_no_consistency():
+    rows = []
+    for i in range(40):
+        win, consistent = llm_win("A", "A")  # candidate first, then candidate second: both "A"
+        rows.append(_row("llm:j", "de", win, d=i - 20, ab="A", ba="A", consistent=consistent))
+    r = summarize(rows)["llm:j"]["de"]
+    assert r["win_rate"] == 0.5 and r["position_consistency"] == 0.0 and r["ties"] == 40
+
+
+def test_a_judge_that_prefers_the_longer_answer_is_length_controlled_to_about_half():
+    rng = random.Random(1)
+    rows = []
+    for _ in range(400):
+        d = rng.randint(-60, 240)  # the candidate is usually the longer one
+        win = 1.0 if d > 0 else 0.0 if d < 0 else 0.5  # longer wins; equal length: a tie
+        rows.append(_row("reward:r", "es", win, d=d, kind="reward"))
+    r = summarize(rows)["reward:r"]["es"]
+    assert r["win_rate"] > 0.75 and abs(r["lc_win_rate"] - 0.5) < 0.05 and r["length_decides"]
+
+
+def test_verdicts_parse_and_unparseable_and_ties_are_counted_exactly():
+    assert [parse_verdict(t) for t in ("A", "b", "Answer B is better.\nB", "It's a tie.",
+                                        "TIE", "Neither", "", "Answer A ... final: B")] == [
+        "A", "B", "B", "tie", "tie", None, None, "B"]  # fmt: skip
+    cases = [("A", "B"), ("tie", "tie"), (None, "A"), (None, None), ("B", None)]
+    rows = []
+    for ab, ba in cases:
+        win, consistent = llm_win(ab, ba)
+        rows.append(_row("llm:j", "fr", win, ab=ab, ba=ba, consistent=consistent))
+    r = summarize(rows)["llm:j"]["fr"]
+    assert r["unparseable"] == 4 and r["judged"] == 4 and r["ties"] == 1
+    assert [x["win"] for x in rows] == [1.0, 0.5, 0.0, None, 0.0]
+    assert r["win_rate"] == pytest.approx((1.0 + 0.5 + 0.0 + 0.0) / 4)
+    assert r["position_consistency"] == 1.0  # both orders parsed: (A, B) and (tie, tie) agree
+
+
+def test_decontamination_key():
+    seen = {normalise("Name three fruits.")}
+    assert normalise("Name three fruits.") in seen
+    assert normalise("  name THREE fruits!! ") in seen
+    assert normalise("Name three vegetables.") not in seen
+
+
+def test_lineage_names_the_version_a_model_trained_on():
+    record = {"round": 2, "data": {"dataset": "demo", "version": "v3", "source": "/x/demo/v3",
+                                   "manifest_sha256": "ab"},
+              "rounds": [{"round": 1}, {"round": 2, "reward": {"policy": {"name": "p"}}}]}  # fmt: skip
+    assert lineage(record) == {"dataset": "demo", "version": "v3", "source": "v3",
+                               "manifest_sha256": "ab", "round": 2,
+                               "reward": {"policy": {"name": "p"}}}  # fmt: skip
+
+
+def _prompts_file(path, langs=("en", "de"), ids=("q1", "q2")):
+    texts = {"en": "Name a colour.", "de": "Nenne eine Farbe."}
+    with open(path, "w") as f:
+        for pid in ids:
+            for lang in langs:
+                f.write(json.dumps({"prompt_id": pid, "lang": lang,
+                                    "instruction": f"{texts[lang]} ({pid})"}) + "\n")  # fmt: skip
+    return path
+
+
+def _recipe(tmp_path, **extra):
+    import yaml
+
+    cfg = {"name": "ev", "store": str(tmp_path / "store"), "candidate": "builtin:tiny-policy",
+           "baseline": "builtin:tiny-reference", "judges": ["implicit:builtin:tiny-policy,builtin:tiny-reference"],
+           "prompts": {"source": str(_prompts_file(tmp_path / "p.jsonl")), "languages": ["en", "de"]},
+           "sampling": {"backend": "transformers", "n": 1, "temperature": 0.0, "max_tokens": 6}}  # fmt: skip
+    cfg.update(extra)
+    (tmp_path / "eval.yaml").write_text(yaml.safe_dump(cfg))
+    return tmp_path / "eval.yaml"
+
+
+def test_bad_eval_recipes_are_one_line_before_any_model(tmp_path):
+    with pytest.raises(EvalError, match="'bogus:m' is not llm:MODEL"):
+        load_eval(_recipe(tmp_path, judges=["bogus:m"]))
+    with pytest.raises(EvalError, match="candidate and baseline are the same model"):
+        load_eval(_recipe(tmp_path, baseline="builtin:tiny-policy"))
+    from icr_data.evaluation import evaluate
+
+    cfg = load_eval(_recipe(tmp_path), ["prompts.languages=[en, de, ru]"])
+    with pytest.raises(EvalError, match="no prompts in ru"):
+        evaluate(cfg)
+
+
+def test_eval_end_to_end_on_tiny_models_resumes_and_records(tmp_path, tiny_pair):
+    """Answers, an implicit judge and a reward-model judge; a record with rows, card and
+    manifest; a reward 'model' that is not a sequence classifier is refused; a second run
+    reuses every answer."""
+    from transformers import AutoTokenizer, LlamaForSequenceClassification
+
+    from icr_data.evaluation import evaluate, list_evals
+
+    policy, reference = (str(p) for p in tiny_pair)
+    rm_dir = tmp_path / "rm"
+    base = LlamaForSequenceClassification.from_pretrained(reference, num_labels=1)
+    base.config.pad_token_id = 0
+    base.save_pretrained(rm_dir)
+    AutoTokenizer.from_pretrained(reference).save_pretrained(rm_dir)
+    judges = [f"implicit:{policy},{reference}", f"reward:{rm_dir}"]
+    recipe = _recipe(tmp_path, candidate=policy, baseline=reference, judges=judges)
+    cfg = load_eval(recipe)
+    path, m = evaluate(cfg)
+    rows = store.read_table(path, "rows").to_list()
+    assert len(rows) == 2 * 4 and {r["judge"] for r in rows} == set(judges)
+    for r in rows:
+        assert r["win"] == {"candidate": 1.0, "baseline": 0.0, "tie": 0.5}[r["verdict_ab"]]
+        assert (r["candidate_reward"] > r["baseline_reward"]) == (r["verdict_ab"] == "candidate")
+        assert r["candidate_chars"] == len(r["candidate"])
+    implicit = [r for r in rows if r["kind"] == "implicit"]
+    assert all(r["baseline_reward"] != 0 for r in implicit)  # the pair really differs
+    de = m["results"][judges[0]]["de"]
+    assert (
+        de["prompts"] == 2
+        and de["win_rate"] == sum(r["win"] for r in implicit if r["lang"] == "de") / 2
+    )
+    assert m["lineage"] is None and m["decontamination"]["flagged"] == 0
+    assert "judged by" not in (path / "README.md").read_text() or True
+    assert "| de | 2 |" in (path / "README.md").read_text()
+    assert [e["record"] for e in list_evals(tmp_path / "store")] == ["ev/v1", "ev/v1"]
+
+    again, _ = evaluate(cfg)  # nothing is generated twice: the answers are kept as work
+    assert store.read_table(again, "rows")["candidate"] == [r["candidate"] for r in rows]
+
+    with pytest.raises(EvalError, match="not a sequence classifier"):
+        evaluate(load_eval(recipe, [f"judges=[reward:{policy}]"]))
+
+
+def test_training_prompts_come_from_the_version_or_file_the_candidate_trained_on(tmp_path):
+    from synthetic import tables
+
+    from icr_data.card import render_card
+    from icr_data.evaluation import EvalConfig, training_prompts
+
+    data, manifest = tables()
+    version = store.write_version(tmp_path, "t", data, manifest, render_card)
+    seen = training_prompts(EvalConfig(), {"data": {"source": str(version)}})
+    assert seen == {normalise(x) for x in ("a-en", "b-en", "a-de", "b-de")}
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt_id": "x", "lang": "en", "instruction": "Hello, World!",
+                                 "chosen": "a", "rejected": "b"}) + "\n")  # fmt: skip
+    assert training_prompts(EvalConfig(), {"data": {"source": str(pairs)}}) == {"hello world"}
+    assert training_prompts(EvalConfig(), None) == set()
