@@ -9,16 +9,8 @@ from pathlib import Path
 import pytest
 
 from icr_data import store
-from icr_data.evaluation import (
-    EvalError,
-    lc_win_rate,
-    lineage,
-    llm_win,
-    load_eval,
-    normalise,
-    parse_verdict,
-    summarize,
-)
+from icr_data.evaluation import EvalError, lineage, load_eval
+from icr_data.winrates import lc_win_rate, llm_win, normalise, parse_verdict, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 
