@@ -28,6 +28,12 @@ def test_every_shipped_recipe_loads(recipe):
         return
     if recipe.name == "paper_round2.yaml":  # needs round 1's training record (test_train.py)
         return
+    if recipe.name.startswith("eval_"):  # eval recipes (evaluation.py)
+        from icr_data.evaluation import load_eval
+
+        cfg = load_eval(recipe)
+        assert cfg.judges and Path(cfg.prompts.source).is_file()
+        return
     r = load_recipe(recipe)
     assert r.dataset
     if not recipe.name.startswith("paper_"):  # the paper's prompts are the user's file
