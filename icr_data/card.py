@@ -13,6 +13,14 @@ import yaml
 
 from icr_data.languages import language_name
 
+# The load snippet's dataset argument in a local card; publish puts the repo id there (for_repo).
+LOAD_PLACEHOLDER = "<this folder or Hub repo>"
+
+
+def for_repo(card: str, repo_id: str) -> str:
+    """The card as published to `repo_id`: its load snippet names the repo."""
+    return card.replace(f'"{LOAD_PLACEHOLDER}"', f'"{repo_id}"')
+
 
 def template_dir() -> Path:
     here = Path(__file__).resolve().parent

@@ -366,6 +366,14 @@ def check_reward(
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Also write the report as JSON here.")
     ] = None,
+    agreement: Annotated[
+        bool,
+        typer.Option(
+            "--agreement",
+            help="Also score in the other mode (native / cross_lingual) and report, per "
+            "language, the Kendall tau per prompt between the two rewards.",
+        ),
+    ] = False,
 ) -> None:
     """How well an implicit reward ranks labelled pairs, per language, before generating anything.
 
@@ -381,8 +389,19 @@ def check_reward(
         _fail(f"--mode must be cross_lingual or native, got {mode!r}")
     with progress_bar(err) as progress:
         report = run_check(policy, reference, pairs, ScoringConfig(mode=mode, beta=beta),
-                           console=err, progress=progress)  # fmt: skip
+                           console=err, progress=progress, agreement=agreement)  # fmt: skip
     err.print(check_table(report))
+    for lang, r in report["languages"].items():
+        if r["includes_chance"]:
+            err.print(f"[yellow]warning:[/] {lang}: the accuracy interval includes chance (0.5): "
+                      "this reward's pairs in this language are likely noise", highlight=False)  # fmt: skip
+    if report["agreement"]:
+        a, b = report["agreement"]["modes"]
+        for lang, r in report["agreement"]["languages"].items():
+            spread = "" if r["sd_tau"] is None else f" (sd {r['sd_tau']:.2f})"
+            tau = "-" if r["mean_tau"] is None else f"{r['mean_tau']:+.2f}"
+            err.print(f"{lang}: {a} vs {b} rewards, mean Kendall tau per prompt {tau}{spread} "
+                      f"over {r['prompts']} prompts", highlight=False)  # fmt: skip
     if json_out:
         json_out.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
         err.print(f"[green]wrote[/] {json_out}")

@@ -27,8 +27,12 @@ class DeriveError(IcrError):
 
 
 def parent_recipe(version_dir: Path) -> tuple[dict, Recipe]:
+    """The parent's manifest and its recipe: as this machine loaded it (the version's hidden local
+    file, with absolute paths), else the manifest's portable one (paths relative to the recipe's
+    folder, or names: give --policy/--reference where they no longer resolve)."""
     manifest = store.read_manifest(version_dir)
-    return manifest, from_dict(Recipe, manifest["recipe"], where=str(version_dir / "manifest.json"))
+    recipe = store.local_recipe(version_dir, manifest)
+    return manifest, from_dict(Recipe, recipe, where=str(version_dir / "manifest.json"))
 
 
 def rescoring_prompts(candidates: Dataset, mode: str) -> list[str]:
@@ -67,6 +71,8 @@ def rescore(
     from icr_data.stages import candidate_shards, dual_logit, logprob_stages
 
     console = console or stderr_console()
+    if name is not None:
+        store.check_version_name(name)
     version_dir = store.resolve_version(version)
     parent_manifest, recipe = parent_recipe(version_dir)
     if policy:
@@ -78,15 +84,22 @@ def rescore(
     if name is not None and (version_dir.parent / name).exists():
         raise store.StoreError(f"version {name} already exists at {version_dir.parent / name}; "
                                "versions are immutable")  # fmt: skip
-    specs = {r: getattr(recipe.models, r) for r in ("policy", "reference")}
-    prepare.ensure(list(specs.values()), console)
-    resolved = {r: models.resolve(spec, r) for r, spec in specs.items()}
-    ids = dict(parent_manifest["models"])
-    ids.update({r: models.identity(spec, resolved[r]) for r, spec in specs.items()})
+    # the candidates' own checks first: they need no model
     candidates = store.read_table(version_dir, "candidates")
     candidates = candidates.remove_columns("scoring_prompt").add_column(
         "scoring_prompt", rescoring_prompts(candidates, recipe.scoring.mode)
     )
+    specs = {r: getattr(recipe.models, r) for r in ("policy", "reference")}
+    try:
+        prepare.ensure(list(specs.values()), console)
+        resolved = {r: models.resolve(spec, r) for r, spec in specs.items()}
+    except models.ModelError as e:
+        if (version_dir / store.LOCAL_FILE).is_file():
+            raise
+        raise DeriveError(f"{e} ({version_dir} records its models by name and content hash, "
+                          "not by this machine's paths: give --policy and --reference)") from None  # fmt: skip
+    ids = dict(parent_manifest["models"])
+    ids.update({r: models.identity(spec, resolved[r]) for r, spec in specs.items()})
     passes = logprob_stages(resolved["policy"], resolved["reference"], ids, recipe.scoring,
                             recipe.models.chat_template, models.pick_device(recipe.scoring.device))  # fmt: skip
     shards, positions = candidate_shards(candidates, recipe.shard_prompts)
@@ -121,6 +134,8 @@ def repair(
     or rescored); write and return a new version."""
     from icr_data.config import RecipeError, validate_pairing
 
+    if name is not None:
+        store.check_version_name(name)
     version_dir = store.resolve_version(version)
     parent_manifest, recipe = parent_recipe(version_dir)
     if pairing:

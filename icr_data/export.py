@@ -64,11 +64,9 @@ def ref_logps_refusal(manifest: dict) -> str | None:
     return None
 
 
-def _eot_text(manifest: dict) -> tuple[object, str]:
+def _eot_text(recipe: dict) -> tuple[object, str]:
     """The training tokenizer and its end-of-turn token text; it must be the EOS token TRL adds."""
     from icr_data.chat import ChatEncoder
-
-    recipe = manifest["recipe"]
     from icr_data.models import ModelError, load_tokenizer, resolve
 
     try:
@@ -116,9 +114,14 @@ def export(version: str | Path, fmt: str, out: str | Path, ref_logps: bool = Fal
         raise ExportError("--ref-logps applies to --format trl only (TRL reads those columns)")
     version_dir = store.resolve_version(version)
     manifest = store.read_manifest(version_dir)
-    pairs = store.read_table(version_dir, "pairs")
-    name = f"{manifest['dataset']}_{manifest['version']}"
     out = Path(out)
+    name = f"{manifest['dataset']}_{manifest['version']}"
+    try:
+        store.refuse_inside_version(out, "--out")
+        store.inside(out / f"{name}.jsonl", out, "--out file")  # a manifest's names stay in --out
+    except store.StoreError as e:
+        raise ExportError(str(e)) from None
+    pairs = store.read_table(version_dir, "pairs")
     if ref_logps and (why := ref_logps_refusal(manifest)):
         raise ExportError(f"--ref-logps refused: {why}")
     targets = {"trl": ["train.parquet"], "llamafactory": [f"{name}.jsonl", "dataset_info.json"],
@@ -136,7 +139,7 @@ def export(version: str | Path, fmt: str, out: str | Path, ref_logps: bool = Fal
         if ref_logps:
             from icr_data.chat import render_prompt
 
-            tok, eot = _eot_text(manifest)
+            tok, eot = _eot_text(store.local_recipe(version_dir, manifest))  # this machine's paths
             chosen, rejected = _ref_columns(version_dir, pairs)
             table = pairs.map(
                 lambda r: {"prompt": render_prompt(tok, _text(r["prompt"])),

@@ -6,6 +6,11 @@
 The writer fills a temporary file beside the target (same folder, so the rename is atomic on one
 filesystem); the file is flushed to disk and renamed over the target. On any failure, KeyboardInterrupt
 included, the temporary file is removed and the target is left as it was.
+
+Modes follow the umask, as `open()` would give: a new file gets 0o666 & ~umask (mkstemp's private
+0600 is only for the temporary file while it is written), a replaced file keeps its mode, and
+`new_dir_mode()` (0o777 & ~umask) is what a new folder gets, so a store shared by a team (umask
+002) is readable by its members and a private one (umask 077) stays private.
 """
 
 from __future__ import annotations
@@ -16,6 +21,29 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def umask() -> int:
+    """The process's umask, read without changing it where the OS says it (Linux), else by the
+    usual set-and-restore."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode() -> int:
+    return 0o666 & ~umask()
+
+
+def new_dir_mode() -> int:
+    return 0o777 & ~umask()
+
+
 def atomic_write(path: str | Path, write: Callable[[str], object], fsync: bool = True) -> Path:
     """Call `write(tmp_path)` on a temporary file beside `path`, then rename it to `path`."""
     path = Path(path)
@@ -24,6 +52,11 @@ def atomic_write(path: str | Path, write: Callable[[str], object], fsync: bool =
     os.close(fd)
     try:
         write(tmp)
+        try:  # the target's mode if it exists, else what a plain new file would get
+            mode = path.stat().st_mode & 0o7777
+        except FileNotFoundError:
+            mode = new_file_mode()
+        os.chmod(tmp, mode)
         if fsync:
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())

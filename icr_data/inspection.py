@@ -336,6 +336,7 @@ def plot(df: pl.DataFrame, hist: dict, path: str | Path, unit: str, title: str =
     right.legend(fontsize="small")
     fig.suptitle(title)
     path = Path(path)
+    store.refuse_inside_version(path, "--plot", "the PNG ")  # versions are immutable
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     return path

@@ -5,13 +5,22 @@
 It records the recipe, the models (with content hashes), sampling, the scoring convention, the
 pairing rule and its funnel, per-language counts and margin quantiles, the rounds of the method
 this version belongs to, timings and the hardware. The card (card.py) is rendered from it.
+
+Nothing in it names this machine: `portable` turns every absolute path (a prompts file, a
+`train:/.../dpo_demo.yaml`, a model folder, the store) into its path relative to the recipe's
+folder when it lies there, else its file or folder name; content hashes (`sources`, the models'
+sha256) say which file it was. The recipe as loaded, absolute paths and all, is what a rescore or
+an export needs on this machine: it goes to the version's hidden store.LOCAL_FILE, never published.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
+import os
 import platform
+import re
 from pathlib import Path
 
 import polars as pl
@@ -22,6 +31,67 @@ from icr_data.config import Recipe
 from icr_data.languages import DIRECTIVE
 from icr_data.pairs import PairStats, empty_funnel
 from icr_data.stages import SCORING_CONVENTION
+
+# An absolute path, whole or after a scheme such as `train:`: /..., ~/..., C:\... or C:/..., \\host.
+_ABSOLUTE = re.compile(
+    r"^(?P<prefix>[a-z][a-z0-9_+-]+:)?(?P<path>/|~[/\\\\]|[A-Za-z]:[/\\\\]|\\\\)"
+)
+
+
+def portable_path(value: str, recipe_dir: str | Path | None = None) -> str:
+    """`value` without this machine's folders: an absolute path (or `train:` + one) becomes its
+    path relative to `recipe_dir` if it lies inside it, else its last component; anything else
+    (a relative path, a Hub id, `builtin:NAME`, text) is returned as it is."""
+    m = _ABSOLUTE.match(value) if isinstance(value, str) and "\n" not in value else None
+    if m is None or (m["prefix"] and value[len(m["prefix"]) :].startswith("//")):  # a URL
+        return value
+    prefix, path = m["prefix"] or "", value[len(m["prefix"] or "") :]
+    if recipe_dir is not None and path.startswith("/"):
+        base = Path(recipe_dir).resolve()
+        p = Path(os.path.normpath(path))
+        if base in p.parents:
+            return prefix + p.relative_to(base).as_posix()
+    parts = [part for part in re.split(r"[/\\\\]+", path) if part]
+    return prefix + (parts[-1] if parts else "(root)")
+
+
+def portable(obj, recipe_dir: str | Path | None = None):
+    """`obj` (a manifest, or any part of one) with every string passed through portable_path."""
+    if isinstance(obj, dict):
+        return {k: portable(v, recipe_dir) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [portable(v, recipe_dir) for v in obj]
+    return portable_path(obj, recipe_dir) if isinstance(obj, str) else obj
+
+
+def content_sha256(path: str | Path) -> str | None:
+    """sha256 of a local file, or of a folder's files (relative name + each file's sha256, in
+    sorted order); None for what is not local (a Hub id)."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        from icr_data.store import sha256_file
+
+        return sha256_file(p)
+    if p.is_dir():
+        from icr_data.store import sha256_file
+
+        h = hashlib.sha256()
+        for f in sorted(x for x in p.rglob("*") if x.is_file()):
+            h.update(f.relative_to(p).as_posix().encode() + b"\0" + sha256_file(f).encode())
+        return h.hexdigest()
+    return None
+
+
+def sources(recipe: Recipe, recipe_dir: str | Path | None = None) -> dict:
+    """The local inputs of a recipe by portable name and content hash (identity without paths)."""
+    out = {}
+    for key, value in (
+        ("prompts", recipe.prompts.source),
+        ("round.previous", recipe.round.previous),
+    ):
+        if value:
+            out[key] = {"path": portable_path(value, recipe_dir), "sha256": content_sha256(value)}
+    return out
 
 
 def round_history(recipe: Recipe, model_ids: dict) -> list[dict]:
@@ -85,6 +155,35 @@ def make_manifest(
     parent: str | None = None,
     skipped_english: dict[str, int] | None = None,
     rounds: list[dict] | None = None,
+    recipe_dir: str | Path | None = None,
+) -> dict:
+    """The manifest, in portable form (see `portable`); with `recipe_dir` (the recipe's folder)
+    paths inside it are kept relative to it. When that changed the recipe, the recipe as loaded
+    rides along under store.LOCAL_KEY, which store.write_version moves to the hidden local file."""
+    from icr_data.store import LOCAL_KEY
+
+    local = {"recipe": recipe.to_dict()}
+    manifest = portable(
+        _manifest(recipe, model_ids, stats, counts, margins, timings, parent, skipped_english,
+                  rounds),
+        recipe_dir,
+    )  # fmt: skip
+    manifest["sources"] = sources(recipe, recipe_dir)
+    if manifest["recipe"] != local["recipe"]:
+        manifest[LOCAL_KEY] = local
+    return manifest
+
+
+def _manifest(
+    recipe: Recipe,
+    model_ids: dict,
+    stats: PairStats,
+    counts: dict,
+    margins: dict,
+    timings: dict,
+    parent: str | None,
+    skipped_english: dict[str, int] | None,
+    rounds: list[dict] | None,
 ) -> dict:
     funnel = {lang: dict(f) for lang, f in stats.funnel.items()}
     for lang, n in (skipped_english or {}).items():

@@ -11,6 +11,13 @@ create_commit on main (this version's files added, files of earlier versions del
 at that commit, then check the tag holds exactly the plan's files. After that,
 `load_dataset(repo, "pairs", revision="v1")` loads v1, and earlier tags stay loadable.
 
+Before anything is planned, the version is checked: a symlink anywhere in it, or a file that
+resolves outside it, is refused (publishing would upload what it points to). The card's load
+snippet gets the repo id. Every uploaded file but the Parquet data (the dataset's own rows) is
+scanned for strings that look like absolute local paths (home folders, /tmp, ~/, drive letters,
+file:// and other absolute paths of three or more parts); one is refused, naming the string and
+the file, unless `allow_local_paths` (`--allow-local-paths`) says to upload it anyway.
+
 The token is the one huggingface_hub finds (HF_TOKEN, or `hf auth login`); nothing here writes it
 anywhere and it is scrubbed from every error message. Every failure is one `PublishError` line, and
 the version folder is only ever read.
@@ -19,7 +26,9 @@ the version folder is only ever read.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -29,8 +38,16 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from icr_data.card import for_repo
 from icr_data.errors import IcrError
-from icr_data.store import VERSION_RE, read_manifest, resolve_version, sha256_file, within
+from icr_data.store import (
+    VERSION_RE,
+    enclosing_version,
+    read_manifest,
+    resolve_version,
+    sha256_file,
+    within,
+)
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
@@ -38,6 +55,22 @@ if TYPE_CHECKING:
 REPO_TYPE = "dataset"
 HUB_FILES = frozenset({".gitattributes"})  # made by the Hub itself: never deleted, never compared
 _TOKEN_RE = re.compile(r"hf_[A-Za-z0-9]{6,}")
+_PATH_CHARS = r"[^\s\"'`<>|*?,;()\[\]{}]"
+# A string that looks like an absolute path of some machine: a home or temporary folder, ~/...,
+# a drive letter, a UNC share, a file:// URL, or any absolute path of three or more parts.
+# Not preceded by a word character, '.' or '/', so a URL's path (https://host/a/b/c) is no match.
+LOCAL_PATH_RE = re.compile(
+    rf"""(?<![\w.~/\\-])(?:
+        file://{_PATH_CHARS}+
+      | ~[/\\]{_PATH_CHARS}+
+      | [A-Za-z]:[\\/]{_PATH_CHARS}*
+      | \\\\[\w.-]+\\[\w$.-]+{_PATH_CHARS}*
+      | /(?:home|Users|root|tmp|var/tmp|var/folders|private/var|private/tmp|mnt|media|scratch)
+        (?=[/\s"'`<>|,;)\]]|$){_PATH_CHARS}*
+      | (?:/[\w.@+-]+){{3,}}/?
+    )""",
+    re.X,
+)
 
 
 class PublishError(IcrError):
@@ -62,13 +95,16 @@ class PublishPlan:
     repo_type: str = REPO_TYPE
     # Where the files are read from; left out of the JSON so a plan names no local path.
     source: Path | None = field(default=None, compare=False, repr=False)
+    # README.md as uploaded (the card with the repo id in its load snippet); its size and sha256
+    # are the add operation's.
+    card: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def adds(self) -> list[FileOp]:
         return [op for op in self.operations if op.op == "add"]
 
     def to_json(self) -> str:
-        d = {k: v for k, v in dataclasses.asdict(self).items() if k != "source"}
+        d = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("source", "card")}
         return json.dumps(d, indent=2, sort_keys=True) + "\n"
 
 
@@ -103,16 +139,27 @@ def parse_repo_id(repo: str) -> str:
 
 
 def plan_publish(
-    version_dir: str | Path, repo: str, *, private: bool = False, store: str | Path | None = None
+    version_dir: str | Path,
+    repo: str,
+    *,
+    private: bool = False,
+    store: str | Path | None = None,
+    allow_local_paths: bool = False,
 ) -> PublishPlan:
     """The commit that publishes a version (a folder, or dataset/vN inside `store`): every file
-    of the folder at its own relative path."""
-    src = resolve_version(version_dir, store)
+    of the folder at its own relative path, README.md with the repo id in its load snippet.
+    Refused: symlinks, files resolving outside the folder, and (unless `allow_local_paths`) a
+    card, manifest or other non-data file holding an absolute local path."""
+    src = resolve_version(version_dir, store).resolve()  # a link *to* the version is followed
+    rid = parse_repo_id(repo)
     manifest = read_manifest(src)
     tag = manifest.get("version") or src.name
     if not VERSION_RE.match(tag):
         raise PublishError(f"{src}: version name {tag!r} is not vN, cannot be a tag")
-    # Hidden names are OS or editor droppings (.DS_Store); the store never writes one.
+    for p in src.rglob("*"):
+        check_source(src, p.relative_to(src).as_posix())
+    # Hidden names are OS or editor droppings (.DS_Store) or the store's local-only file
+    # (store.LOCAL_FILE, this machine's paths): never uploaded.
     paths = sorted(
         p.relative_to(src).as_posix()
         for p in src.rglob("*")
@@ -121,12 +168,79 @@ def plan_publish(
     listed = [f for files in manifest.get("files", {}).values() for f in files]
     if missing := sorted({"README.md", "manifest.json", *listed} - set(paths)):
         raise PublishError(f"{src} is incomplete, missing {', '.join(missing)}")
-    adds = tuple(FileOp("add", p, (src / p).stat().st_size, sha256_file(src / p)) for p in paths)
+    card = for_repo((src / "README.md").read_text(encoding="utf-8"), rid)
+    card_bytes = card.encode("utf-8")
+    adds = tuple(
+        FileOp("add", p, len(card_bytes), hashlib.sha256(card_bytes).hexdigest())
+        if p == "README.md"
+        else FileOp("add", p, (src / p).stat().st_size, sha256_file(src / p))
+        for p in paths
+    )
+    if not allow_local_paths:
+        for p in sorted(paths, key=lambda p: p == "README.md"):  # the manifest names the key
+            if p.endswith(".parquet"):
+                continue  # the rows are the dataset's content (an instruction may name /tmp)
+            text = card if p == "README.md" else (src / p).read_text("utf-8", errors="replace")
+            if found := local_paths_in(p, text):
+                where, string = found[0]
+                more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+                raise PublishError(
+                    f"{p} ({where}) holds a local path {string!r}{more}: publishing would upload "
+                    "this machine's folders; rebuild the version (manifests record paths relative "
+                    "to the recipe), or pass --allow-local-paths to upload it as it is"
+                )
     counts = manifest.get("counts", {})
     pairs = sum(c.get("pairs", 0) for c in counts.values())
     name = manifest.get("dataset", src.parent.name)
     message = f"{name} {tag}: {pairs} pairs in {len(counts)} languages (icr-data)"
-    return PublishPlan(parse_repo_id(repo), tag, message, adds, private, source=src)
+    return PublishPlan(rid, tag, message, adds, private, source=src, card=card)
+
+
+def local_paths(text: str) -> list[str]:
+    """Strings of `text` that look like absolute local paths (LOCAL_PATH_RE), in order."""
+    return [m.group(0) for m in LOCAL_PATH_RE.finditer(text)]
+
+
+def local_paths_in(name: str, text: str) -> list[tuple[str, str]]:
+    """(where, string) for each local path in a file: a JSON file's decoded strings by key path
+    (JSON escapes would hide a C:\\ path and fake others), any other file's text by line."""
+    if name.endswith(".json"):
+        try:
+            data = json.loads(text)
+        except ValueError:
+            pass
+        else:
+            found: list[tuple[str, str]] = []
+
+            def walk(obj, key: str) -> None:
+                if isinstance(obj, dict):
+                    for k, v in obj.items():
+                        walk(k, key or "(key)")
+                        walk(v, f"{key}.{k}" if key else str(k))
+                elif isinstance(obj, list):
+                    for i, v in enumerate(obj):
+                        walk(v, f"{key}[{i}]")
+                elif isinstance(obj, str):
+                    found.extend((key or "(top)", s) for s in local_paths(obj))
+
+            walk(data, "")
+            return found
+    return [(f"line {text.count(chr(10), 0, m.start()) + 1}", m.group(0))
+            for m in LOCAL_PATH_RE.finditer(text)]  # fmt: skip
+
+
+def check_source(src: Path, rel: str) -> Path:
+    """`src / rel`, after checking that it is no symlink, that no folder on the way is one, and
+    that it resolves inside `src`: publishing reads what it uploads from there."""
+    path = src
+    for part in Path(rel).parts:
+        path = path / part
+        if path.is_symlink():
+            raise PublishError(f"{path} is a symlink (to {os.readlink(path)}); a version holds "
+                               "only its own files: replace the link by the file or remove it")  # fmt: skip
+    if not within(path, src):
+        raise PublishError(f"{path} resolves outside the version {src}; refused")
+    return path
 
 
 def with_remote_files(plan: PublishPlan, remote_files: list[str]) -> PublishPlan:
@@ -146,9 +260,18 @@ def dry_run(plan: PublishPlan, folder: str | Path) -> Path:
         raise PublishError(f"--dry-run folder {out} is inside the version; versions are immutable")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise PublishError(f"--dry-run folder {out} is not empty; give a new or empty folder")
+    if (version := enclosing_version(out)) is not None:  # any other version: all are immutable
+        raise PublishError(f"--dry-run folder {out} is inside the version {version}; versions "
+                           "are immutable")  # fmt: skip
     for op in plan.adds:
-        (out / op.path_in_repo).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src / op.path_in_repo, out / op.path_in_repo)
+        target = out / op.path_in_repo
+        if not within(target, out) or target.resolve() == out.resolve():
+            raise PublishError(f"{op.path_in_repo} would be written outside {out}; refused")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if op.path_in_repo == "README.md" and plan.card is not None:
+            target.write_text(plan.card, encoding="utf-8")
+        else:
+            shutil.copyfile(check_source(src, op.path_in_repo), target)
     (out / "plan.json").write_text(plan.to_json(), encoding="utf-8")
     return out
 
@@ -201,7 +324,11 @@ def execute(plan: PublishPlan, api: HfApi | None = None) -> PublishResult:
                                "published versions are immutable")  # fmt: skip
         remote = api.list_repo_files(rid, revision=head or "main", **kw)
         plan = with_remote_files(plan, remote)
-        readme = (plan.source / "README.md").read_text(encoding="utf-8")
+        readme = (
+            plan.card
+            if plan.card is not None
+            else (plan.source / "README.md").read_text(encoding="utf-8")
+        )
         if "README.md" in remote:
             step = "reading the repo's README.md"
             with tempfile.TemporaryDirectory() as tmp:
@@ -220,7 +347,9 @@ def execute(plan: PublishPlan, api: HfApi | None = None) -> PublishResult:
             if op.op == "delete"
             else CommitOperationAdd(op.path_in_repo, readme.encode("utf-8"))
             if op.path_in_repo == "README.md"
-            else CommitOperationAdd(op.path_in_repo, str(plan.source / op.path_in_repo))
+            else CommitOperationAdd(
+                op.path_in_repo, str(check_source(plan.source, op.path_in_repo))
+            )
             for op in plan.operations
         ]
         step = "committing to main"

@@ -8,6 +8,15 @@ A version is written into a hidden temporary folder beside its final place and r
 only when complete, so a crash never leaves a visible half-written version; an existing version is
 never overwritten. Reading goes straight to the Parquet files (not through the `datasets` cache,
 which can confuse two version folders of the same layout).
+
+Names are checked before anything is written: a version is `v<N>` (VERSION_RE), a dataset one
+plain folder name (DATASET_RE), and every target is checked to lie inside its folder, so neither
+`--version ../../x` nor a dataset named `..` writes outside the store. Modes follow the umask
+(files.new_dir_mode / new_file_mode), as any other file the user writes.
+
+What a version records of this machine (the recipe with its absolute paths, which a rescore or an
+export needs to find the models again) goes to LOCAL_FILE, a hidden file of the version that is
+never published; manifest.json and the card hold only portable forms (manifest.portable).
 """
 
 from __future__ import annotations
@@ -25,14 +34,59 @@ from pathlib import Path
 from datasets import Dataset
 
 from icr_data.errors import IcrError
-from icr_data.files import atomic_write
+from icr_data.files import atomic_write, new_dir_mode
 
 VERSION_RE = re.compile(r"^v(\d+)$")
+DATASET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 CONFIGS = ("pairs", "candidates")
+LOCAL_FILE = ".local.json"  # this machine's paths; hidden, so never published
+LOCAL_KEY = "_local"  # a manifest's key for LOCAL_FILE's content (popped before writing)
 
 
 class StoreError(IcrError):
     """A store operation that would lose or overwrite data."""
+
+
+def check_version_name(name: str, option: str = "--version") -> str:
+    """`name` if it is a version name v<N>, else a StoreError naming the option."""
+    if not isinstance(name, str) or not VERSION_RE.match(name):
+        raise StoreError(f"{option} {name!r} is not a version name: use v<N>, e.g. v2 "
+                         "(a version is a folder of its dataset; no paths or other names)")  # fmt: skip
+    return name
+
+
+def check_dataset_name(name: str, option: str = "dataset") -> str:
+    """`name` if it is one plain folder name (letters, digits, . _ -, not starting with . or -)."""
+    if not isinstance(name, str) or not DATASET_RE.match(name) or set(name) <= {"."}:
+        raise StoreError(f"{option} {name!r} is not a dataset name: use letters, digits, '.', '_' "
+                         "and '-' (one folder name, no '/', not starting with '.' or '-')")  # fmt: skip
+    return name
+
+
+def inside(path: str | Path, folder: str | Path, what: str) -> Path:
+    """`path`, after checking it lies strictly inside `folder` (links and `..` resolved)."""
+    p, f = Path(path).resolve(), Path(folder).resolve()
+    if f not in p.parents:
+        raise StoreError(f"{what} {path} would be written outside {folder}; refused")
+    return Path(path)
+
+
+def enclosing_version(path: str | Path) -> Path | None:
+    """The version folder `path` is or lies in (a folder holding manifest.json, at any level
+    above it, links and `..` resolved), or None."""
+    p = Path(path).resolve()
+    for folder in (p, *p.parents):
+        if (folder / "manifest.json").is_file():
+            return folder
+    return None
+
+
+def refuse_inside_version(path: str | Path, option: str, what: str = "") -> None:
+    """A StoreError if `path` is or lies in a version folder: versions are immutable."""
+    if (version := enclosing_version(path)) is not None:
+        raise StoreError(f"{option} {path} is inside the version {version}; versions are "
+                         f"immutable (and publish uploads the whole folder): write {what}"
+                         "elsewhere")  # fmt: skip
 
 
 def versions(dataset_dir: str | Path) -> list[str]:
@@ -101,7 +155,11 @@ def write_version(
     `manifest` gets `version` set; `render_card(manifest)` gives README.md. With `name` given,
     an existing version of that name is an error; without it the next free v<N> is used.
     """
-    dataset_dir = Path(store) / dataset
+    check_dataset_name(dataset)
+    if name is not None:
+        check_version_name(name)
+    dataset_dir = inside(Path(store) / dataset, store, "dataset folder")
+    local = manifest.pop(LOCAL_KEY, None)
     try:
         dataset_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -126,7 +184,11 @@ def write_version(
                 json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
             )
             (tmp / "README.md").write_text(render_card(manifest), encoding="utf-8")
-            target = dataset_dir / version
+            if local is not None:
+                (tmp / LOCAL_FILE).write_text(json.dumps(local, indent=2, ensure_ascii=False) + "\n",
+                                              encoding="utf-8")  # fmt: skip
+            target = inside(dataset_dir / check_version_name(version), dataset_dir, "version")
+            os.chmod(tmp, new_dir_mode())  # mkdtemp's 0700 was for the unfinished folder only
             try:
                 if target.exists():
                     raise FileExistsError(errno.EEXIST, "exists", str(target))
@@ -171,6 +233,18 @@ def within(path: str | Path, folder: str | Path) -> bool:
 
 def read_manifest(version_dir: str | Path) -> dict:
     return json.loads((Path(version_dir) / "manifest.json").read_text(encoding="utf-8"))
+
+
+def local_recipe(version_dir: str | Path, manifest: dict | None = None) -> dict:
+    """The recipe a version was built from as this machine knows it (LOCAL_FILE: its absolute
+    paths), else the manifest's portable one (paths relative to the recipe's folder, or names)."""
+    try:
+        local = json.loads((Path(version_dir) / LOCAL_FILE).read_text(encoding="utf-8"))
+        if isinstance(local.get("recipe"), dict):
+            return local["recipe"]
+    except (OSError, ValueError, AttributeError):
+        pass
+    return (manifest if manifest is not None else read_manifest(version_dir))["recipe"]
 
 
 def read_table(version_dir: str | Path, config: str) -> Dataset:

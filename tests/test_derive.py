@@ -158,3 +158,26 @@ def test_rescore_killed_mid_run_resumes_to_the_same_version(build_tiny, tiny_pai
                 assert x[k] == (
                     pytest.approx(y[k], rel=1e-6) if isinstance(x[k], float) else y[k]
                 ), k
+
+
+def test_versions_record_no_local_path_and_still_rescore(v1, tmp_path):
+    """Built from models in a temporary folder: manifest.json and the card name them portably
+    (file names, content hashes); the hidden local file lets this machine rescore and re-pair."""
+    from icr_data.derive import repair
+    from icr_data.publish import local_paths
+
+    v2, _ = rescore(v1, scoring={"beta": 0.5})
+    v3, _ = repair(v2, {"rule": "max_random"})
+    for v in (v1, v2, v3):
+        for name in ("manifest.json", "README.md"):
+            text = (v / name).read_text()
+            assert local_paths(text) == [] and str(tmp_path.parent) not in text, (v, name)
+        m = store.read_manifest(v)
+        assert m["recipe"]["prompts"]["source"] == "demo_prompts.jsonl"
+        assert m["sources"]["prompts"]["sha256"] == store.sha256_file(
+            ROOT / "recipes" / "data" / "demo_prompts.jsonl"
+        )
+        assert Path(store.local_recipe(v)["models"]["policy"]).is_dir()
+    assert store.read_table(v2, "candidates")["reward"] == pytest.approx(
+        [0.5 * x for x in store.read_table(v1, "candidates")["reward"]], abs=1e-9
+    )

@@ -76,6 +76,14 @@ def fake_api(remote: list[str], tag_files: list[str], readme: str | None = None,
     return api
 
 
+def published_bytes(version: Path, path: str, repo: str = "me/icr") -> bytes:
+    """A file as publishing to `repo` uploads it: the card's load snippet names the repo."""
+    data = (version / path).read_bytes()
+    if path == "README.md":
+        data = data.replace(b'"<this folder or Hub repo>"', f'"{repo}"'.encode())
+    return data
+
+
 def test_plan_lists_the_version_files_with_size_and_sha256(versions, tmp_path):
     v1, _ = versions
     manifest = store.read_manifest(v1)
@@ -85,7 +93,7 @@ def test_plan_lists_the_version_files_with_size_and_sha256(versions, tmp_path):
         ["README.md", "manifest.json", pairs_file, cands_file]
     )
     for op in plan.operations:
-        data = (v1 / op.path_in_repo).read_bytes()
+        data = published_bytes(v1, op.path_in_repo)
         assert (op.op, op.size, op.sha256) == ("add", len(data), hashlib.sha256(data).hexdigest())
     assert pairs_file.startswith("data/pairs/train-00000-of-00001-") and op.size > 0
     assert (plan.repo_id, plan.repo_type, plan.tag, plan.private) == (
@@ -99,9 +107,10 @@ def test_plan_lists_the_version_files_with_size_and_sha256(versions, tmp_path):
     copy = shutil.copytree(v1, tmp_path / "elsewhere" / "v1")
     assert publish.plan_publish(copy, "me/icr").to_json() == plan.to_json()
     assert str(tmp_path) not in plan.to_json()
+    card = published_bytes(v1, "README.md")
     assert json.loads(plan.to_json())["operations"][0] == {
-        "op": "add", "path_in_repo": "README.md", "size": (v1 / "README.md").stat().st_size,
-        "sha256": hashlib.sha256((v1 / "README.md").read_bytes()).hexdigest(),
+        "op": "add", "path_in_repo": "README.md", "size": len(card),
+        "sha256": hashlib.sha256(card).hexdigest(),
     }  # fmt: skip
     assert publish.plan_publish(v1, "me/icr", private=True).private is True
 
@@ -132,7 +141,8 @@ def test_dry_run_writes_what_would_be_uploaded(versions, tmp_path):
     before = digest(v1)
     plan = publish.plan_publish(v1, "me/icr")
     out = publish.dry_run(plan, tmp_path / "out")
-    assert digest(out) == {**before, "plan.json": digest(out)["plan.json"]}
+    readme = hashlib.sha256(published_bytes(v1, "README.md")).hexdigest()
+    assert digest(out) == {**before, "README.md": readme, "plan.json": digest(out)["plan.json"]}
     assert (out / "plan.json").read_text() == plan.to_json()
     pairs = load_dataset(str(out), "pairs", split="train")
     local = store.read_table(v1, "pairs")
@@ -175,7 +185,7 @@ def test_first_version_is_one_commit_then_a_tag(versions):
     assert [op.path_in_repo for op in ops] == [op.path_in_repo for op in plan.adds]
     assert [op.upload_info.sha256.hex() for op in ops] == [op.sha256 for op in plan.adds]
     assert [op.upload_info.size for op in ops] == [op.size for op in plan.adds]
-    assert ops[0].path_or_fileobj == (v1 / "README.md").read_bytes()  # no README on the Hub yet
+    assert ops[0].path_or_fileobj == published_bytes(v1, "README.md")  # no README on the Hub yet
     api.create_tag.assert_called_once_with(
         "me/icr", tag="v1", revision=OID, tag_message=plan.commit_message, repo_type="dataset"
     )
@@ -195,9 +205,8 @@ def test_second_version_deletes_the_first_versions_files(versions):
     assert deletes == sorted(p for p in old if p.endswith(".parquet")) and len(deletes) == 2
     assert result.deleted == tuple(deletes)
     # v1's card has nothing ours lacks: v2's card goes up byte for byte
-    assert (
-        ops[0].path_in_repo == "README.md"
-        and ops[0].path_or_fileobj == (v2 / "README.md").read_bytes()
+    assert ops[0].path_in_repo == "README.md" and ops[0].path_or_fileobj == published_bytes(
+        v2, "README.md"
     )
     api.create_tag.assert_called_once()
     assert api.create_tag.call_args.kwargs["tag"] == "v2"
@@ -218,7 +227,7 @@ def test_existing_readme_metadata_is_merged(versions):
     assert api.hf_hub_download.call_args.kwargs["revision"] == HEAD
     ops = api.create_commit.call_args.kwargs["operations"]
     card = DatasetCard(ops[0].path_or_fileobj.decode())
-    ours = DatasetCard.load(v1 / "README.md")
+    ours = DatasetCard(published_bytes(v1, "README.md").decode())
     assert card.data.license == "apache-2.0"  # ours wins
     assert card.data.annotations_creators == ["machine-generated"]  # theirs kept
     assert card.data.tags == [*ours.data.tags, "mine"]
