@@ -97,16 +97,51 @@ def summarize(rows: list[dict], margins: list[float]) -> dict:
             "mean_margin": float(d["margin"].mean()),
             "by_length_difference": by_len,
             "length_margin_corr": None if corr is None or math.isnan(corr) else float(corr),
+            "includes_chance": wilson(k, n)[0] <= 0.5 <= wilson(k, n)[1],
         }
+    return out
+
+
+def kendall_tau(a: list[float], b: list[float]) -> float | None:
+    """Kendall's tau-a of two scorings of the same items: (concordant - discordant) pairs over
+    all pairs; None for fewer than two items."""
+    n = len(a)
+    if n < 2:
+        return None
+    total = 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            x, y = a[i] - a[j], b[i] - b[j]
+            total += (x > 0) - (x < 0) if y > 0 else -((x > 0) - (x < 0)) if y < 0 else 0
+    return total / (n * (n - 1) / 2)
+
+
+def mode_agreement(rows: list[dict], first: list[float], second: list[float]) -> dict:
+    """Per language: the mean and spread of Kendall's tau per prompt between two rewards of the
+    same responses (e.g. cross-lingual and native scoring). rows[i] holds prompt_id and lang."""
+    import statistics
+
+    groups: dict = {}
+    for r, x, y in zip(rows, first, second):
+        groups.setdefault(r["lang"], {}).setdefault(r["prompt_id"], []).append((x, y))
+    out = {}
+    for lang, prompts in groups.items():
+        taus = [t for g in prompts.values()
+                if (t := kendall_tau([x for x, _ in g], [y for _, y in g])) is not None]  # fmt: skip
+        out[lang] = {"prompts": len(taus),
+                     "mean_tau": statistics.fmean(taus) if taus else None,
+                     "sd_tau": statistics.stdev(taus) if len(taus) > 1 else None}  # fmt: skip
     return out
 
 
 def check_reward(
     policy: str, reference: str, pairs: str | Path, scoring: ScoringConfig,
-    chat_template: str | None = None, console=None, progress=None,
+    chat_template: str | None = None, console=None, progress=None, agreement: bool = False,
 ) -> dict:  # fmt: skip
     """Score every labelled pair under the implicit reward; return the report (see summarize).
-    The responses are scored by the build's own log-prob stages, in memory (nothing to resume)."""
+    The responses are scored by the build's own log-prob stages, in memory (nothing to resume).
+    With `agreement`, they are scored in the other mode too (native if cross-lingual, and back)
+    and the report gains, per language, the Kendall tau per prompt between the two rewards."""
     from icr_data import models, prepare
     from icr_data.stages import score_candidates
 
@@ -129,10 +164,25 @@ def check_reward(
                               ids, console, progress)  # fmt: skip
     reward = scored["reward"]
     margins = [reward[2 * i] - reward[2 * i + 1] for i in range(len(rows))]
+    modes = None
+    if agreement:
+        import dataclasses
+
+        other = "native" if scoring.mode == "cross_lingual" else "cross_lingual"
+        if other == "cross_lingual":
+            load_labelled(pairs, other)  # every prompt needs its English row
+        prompts = [scoring_prompt(english.get(p, ""), x, lang, other)
+                   for p, x, lang in zip(cands["prompt_id"], cands["instruction"], cands["lang"])]  # fmt: skip
+        again = score_candidates(cands.remove_columns("scoring_prompt").add_column("scoring_prompt", prompts),
+                                 paths["policy"], paths["reference"], dataclasses.replace(scoring, mode=other),
+                                 chat_template, ids, console, progress)  # fmt: skip
+        modes = {"modes": [scoring.mode, other],
+                 "languages": mode_agreement(cands.to_list(), reward, again["reward"])}  # fmt: skip
     return {
         "pairs_file": str(pairs),
         "mode": scoring.mode,
         "beta": scoring.beta,
         "models": ids,
         "languages": summarize(rows, margins),
+        "agreement": modes,
     }

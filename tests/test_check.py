@@ -91,3 +91,35 @@ def test_reward_trained_on_the_pairs_ranks_them_all_and_the_swapped_pair_none(ti
     assert cross["languages"]["fr"]["mean_margin"] != pytest.approx(
         good["fr"]["mean_margin"], abs=1e-2
     )
+
+
+def test_kendall_tau_and_mode_agreement():
+    from icr_data.check import kendall_tau, mode_agreement
+
+    assert kendall_tau([1, 2, 3], [10, 20, 30]) == 1.0
+    assert kendall_tau([1, 2, 3], [3, 2, 1]) == -1.0
+    assert kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)
+    assert kendall_tau([1], [1]) is None
+    rows = [{"prompt_id": p, "lang": "de"} for p in ("a", "a", "b", "b")]
+    out = mode_agreement(rows, [1.0, 0.0, 1.0, 0.0], [2.0, 1.0, 0.0, 1.0])["de"]
+    assert out == {"prompts": 2, "mean_tau": 0.0, "sd_tau": pytest.approx(2**0.5)}
+
+
+def test_a_language_whose_interval_includes_chance_is_flagged():
+    rows = [{"lang": "sw", "chosen": "a", "rejected": "b"}] * 6
+    assert summarize(rows, [1.0, -1.0, 1.0, 1.0, -1.0, 1.0])["sw"]["includes_chance"]
+    assert not summarize(rows * 5, [1.0] * 30)["sw"]["includes_chance"]
+
+
+def test_agreement_between_modes_on_the_tiny_pair(tiny_pair, tmp_path):
+    from icr_data.check import check_reward
+
+    policy, reference = tiny_pair
+    pairs = _write(tmp_path / "pairs.jsonl", PAIRS)
+    report = check_reward(str(policy), str(reference), pairs, ScoringConfig(token_budget=256),
+                          agreement=True)  # fmt: skip
+    agree = report["agreement"]
+    assert agree["modes"] == ["cross_lingual", "native"]
+    # English rows get no directive: the same scoring prompt in both modes, the same ranking
+    assert agree["languages"]["en"] == {"prompts": 3, "mean_tau": 1.0, "sd_tau": 0.0}
+    assert agree["languages"]["fr"]["prompts"] == 3
