@@ -67,6 +67,8 @@ class Plan:
     gen_keys: dict[int, str] = field(default_factory=dict)
     logp_keys: dict[str, dict[int, str]] = field(default_factory=dict)
     lid_keys: dict[int, str] = field(default_factory=dict)
+    missing_langs: list[str] = field(default_factory=list)
+    """Languages of prompts.languages without a single prompt row (warned about, not built)."""
 
     def shard_prompts(self, shard: Shard) -> Dataset:
         return self.prompts.select(self.rows_of[shard.index])
@@ -80,6 +82,10 @@ class Result:
     path: Path | None
     manifest: dict | None
     report: dict[str, dict[str, int]]
+    identical_to: str | None = None
+    """The latest earlier version, when this run's pairs, candidates and recipe equal its own."""
+    written: bool = True
+    """False when --if-changed skipped an identical version (`path` is then the earlier one)."""
 
 
 def _check_writable(folder: Path) -> None:
@@ -98,9 +104,47 @@ def _check_models(recipe: Recipe, resolved: dict[str, str]):
 
     template = recipe.models.chat_template
     tok = models.pair_tokenizer(resolved["policy"], resolved["reference"], template)
-    for t in (models.load_tokenizer(resolved["generator"], template), tok):
+    gen_tok = models.load_tokenizer(resolved["generator"], template)
+    for t in (gen_tok, tok):
         render_prompt(t, "x")  # raises TemplateError naming the model if it has no template
-    return tok
+    return gen_tok, tok
+
+
+def _check_context(recipe: Recipe, resolved: dict[str, str], prompts: Dataset, gen_tok,
+                   pair_tok) -> None:  # fmt: skip
+    """Refuse, before any engine starts, a prompt row whose chat-rendered instruction does not
+    fit the generator's context (sampling.max_model_len, else the config's), or whose scoring
+    prompt does not fit the policy's: one PromptError naming the row."""
+    from icr_data.chat import render_prompt
+    from icr_data.prompts import PromptError
+
+    limit = recipe.sampling.max_model_len
+    checks = [
+        ("instruction", gen_tok, limit or models.context_length(resolved["generator"]),
+         "sampling.max_model_len" if limit else f"the generator's config ({recipe.models.generator})"),
+        ("scoring_prompt", pair_tok, models.context_length(resolved["policy"]),
+         f"the policy's config ({recipe.models.policy})"),
+    ]  # fmt: skip
+    for column, tok, ctx, source in checks:
+        if ctx is None:
+            continue
+        texts = list(dict.fromkeys(prompts[column]))
+        # A token of the instruction covers at least one of its bytes: only texts whose bytes
+        # plus the template's own tokens (and a margin) reach the context need counting.
+        frame = len(tok(render_prompt(tok, "x"), add_special_tokens=False)["input_ids"]) + 16
+        long = [t for t in texts if len(t.encode()) + frame >= ctx]
+        if not long:
+            continue
+        rendered = [render_prompt(tok, t) for t in long]
+        sizes = dict(zip(long, map(len, tok(rendered, add_special_tokens=False)["input_ids"])))
+        for pid, lang, text in zip(prompts["prompt_id"], prompts["lang"], prompts[column]):
+            if sizes.get(text, 0) >= ctx:
+                what = "instruction" if column == "instruction" else "scoring prompt (x)"
+                raise PromptError(
+                    f"{recipe.prompts.source}: prompt_id {pid} ({lang}): the {what} is "
+                    f"{sizes[text]} tokens with the chat template, but the context is {ctx} "
+                    f"tokens ({source}), leaving no room for a response; shorten or drop the row"
+                )
 
 
 def training_reference(recipe: Recipe, resolved: dict[str, str], ids: dict) -> dict:
@@ -123,14 +167,18 @@ def make_plan(recipe: Recipe) -> Plan:
         role: models.resolve(getattr(recipe.models, role), role)
         for role in ("generator", "policy", "reference")
     }
+    for role, path in resolved.items():
+        models.check_reachable(getattr(recipe.models, role), path, f"models.{role}")
     ids = {
         role: models.identity(getattr(recipe.models, role), path) for role, path in resolved.items()
     }
     ids["training_reference"] = training_reference(recipe, resolved, ids)
-    tokenizer = _check_models(recipe, resolved)
+    gen_tok, tokenizer = _check_models(recipe, resolved)
     skipped: dict[str, int] = {}
     prompts = load_prompts(recipe.prompts, recipe.scoring, skipped)
-    langs = [lang for lang in recipe.prompts.languages if lang in set(prompts["lang"])]
+    _check_context(recipe, resolved, prompts, gen_tok, tokenizer)
+    present = set(prompts["lang"])
+    langs = [lang for lang in recipe.prompts.languages if lang in present]
     shards = plan_shards(prompts["prompt_id"], recipe.shard_prompts)
     shard_of = {pid: s.index for s in shards for pid in s.prompt_ids}
     rows_of: dict[int, list[int]] = {s.index: [] for s in shards}
@@ -138,11 +186,12 @@ def make_plan(recipe: Recipe) -> Plan:
         rows_of[shard_of[pid]].append(i)
     work = WorkDir(Path(recipe.store) / recipe.dataset / ".work")
     plan = Plan(recipe, resolved, ids, prompts, langs, shards, rows_of, work, skipped, tokenizer)
+    plan.missing_langs = [lang for lang in recipe.prompts.languages if lang not in present]
 
     plan.generate = GenerateStage(model=resolved["generator"], model_key=model_key(ids["generator"]),
                                   sampling=recipe.sampling, chat_template=recipe.models.chat_template,
                                   model_id=ids["generator"])  # fmt: skip
-    device = models.pick_device(recipe.scoring.device)
+    device = models.pick_device(recipe.scoring.device, "scoring.device")
     passes = logprob_stages(resolved["policy"], resolved["reference"], ids, recipe.scoring,
                             recipe.models.chat_template, device)  # fmt: skip
     plan.logp = {stage.role: stage for stage in passes}
@@ -240,8 +289,36 @@ def assemble(plan: Plan, executor=None) -> tuple[Dataset, dict]:
     return concatenate_datasets(parts).select_columns(CANDIDATE_COLUMNS), report
 
 
+def identical_version(dataset_dir: Path, tables: dict[str, Dataset], manifest: dict) -> str | None:
+    """The latest version of the dataset if its pairs and candidates hold the same rows as
+    `tables` and its recipe (but for `store`) and models are this manifest's; else None."""
+    import pyarrow as pa
+
+    found = store.versions(dataset_dir)
+    if not found:
+        return None
+    latest = dataset_dir / found[-1]
+
+    def how(m: dict) -> tuple:
+        return ({k: v for k, v in (m.get("recipe") or {}).items() if k != "store"},
+                m.get("models"))  # fmt: skip
+
+    try:
+        if how(store.read_manifest(latest)) != how(manifest):
+            return None
+        for config, ds in tables.items():
+            if not store.read_table(latest, config).data.table.equals(ds.data.table):
+                return None
+    except (OSError, ValueError, pa.ArrowException, store.StoreError):
+        return None  # an unreadable latest version is not "the same"
+    return found[-1]
+
+
 def merge(plan: Plan, version: str | None = None, timings: dict | None = None,
-          executor=None) -> tuple[Path, dict]:  # fmt: skip
+          executor=None, if_changed: bool = False) -> tuple[Path, dict, str | None]:  # fmt: skip
+    """Pair the finished shards and write the version; the third value names the latest earlier
+    version whose content is identical (then, with `if_changed`, nothing is written and the
+    path and manifest are that version's)."""
     from icr_data.pairs import make_pairs
 
     recipe = plan.recipe
@@ -254,10 +331,15 @@ def merge(plan: Plan, version: str | None = None, timings: dict | None = None,
     counts, margins = margin_summary(pairs, candidates, plan.prompts, plan.langs)
     manifest = make_manifest(recipe, plan.ids, stats, counts, margins, timings,
                              skipped_english=plan.skipped_english)  # fmt: skip
-    with writing(Path(recipe.store) / recipe.dataset):
-        path = store.write_version(recipe.store, recipe.dataset, {"pairs": pairs, "candidates": candidates},
-                                   manifest, render_card, name=version)  # fmt: skip
-    return path, manifest
+    dataset_dir = Path(recipe.store) / recipe.dataset
+    tables = {"pairs": pairs, "candidates": candidates}
+    same = identical_version(dataset_dir, tables, manifest)
+    if same and if_changed:
+        return dataset_dir / same, store.read_manifest(dataset_dir / same), same
+    with writing(dataset_dir):
+        path = store.write_version(recipe.store, recipe.dataset, tables, manifest, render_card,
+                                   name=version)  # fmt: skip
+    return path, manifest, same
 
 
 def make_executor(kind: str, work, console: Console, progress, address: str | None, ray_cfg):
@@ -288,9 +370,11 @@ def build(
     stages: tuple[str, ...] = ("generate", "score", "merge"),
     executor: str = "local",
     address: str | None = None,
+    if_changed: bool = False,
 ) -> Result:
     """Prepare the recipe's models, then run `stages` (for shards I mod N with `part=(I, N)`)
-    through the executor named by `executor` (local, or ray at `address`)."""
+    through the executor named by `executor` (local, or ray at `address`). A merge whose content
+    equals the latest version's says so; with `if_changed` it writes nothing."""
     if executor not in ("local", "ray"):
         raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")
     console = console or stderr_console()
@@ -304,9 +388,18 @@ def build(
     log_to(plan.work.root / "logs" / "third_party.log")  # engine logs, off the terminal
     _check_writable(dataset_dir)
     console.print(
-        f"[bold]{recipe.dataset}[/]: {len(plan.prompts)} prompts in {', '.join(plan.langs)}, "
-        f"{len(plan.shards)} shard(s); {recipe.sampling.n} samples each with {recipe.sampling.backend}"
+        f"[bold]{recipe.dataset}[/]: {len(plan.prompts)} prompt rows "
+        f"({len(set(plan.prompts['prompt_id']))} prompt_ids) in "
+        f"{', '.join(plan.langs)}, {len(plan.shards)} shard(s); {recipe.sampling.n} samples each "
+        f"with {recipe.sampling.backend}"
     )
+    for lang in plan.missing_langs:
+        console.print(f"[yellow]warning:[/] no prompts in language '{lang}' in "
+                      f"{recipe.prompts.source}: it is in prompts.languages but gets no pairs "
+                      "in this version", highlight=False, soft_wrap=True)  # fmt: skip
+    if not Path(recipe.store).is_absolute():
+        console.print(f"store '{recipe.store}' is relative to the working directory: "
+                      f"{dataset_dir.resolve()}", highlight=False, soft_wrap=True)  # fmt: skip
     report: dict[str, dict] = {}
     timings: dict = {}
     with progress_bar(console) as progress:
@@ -322,5 +415,11 @@ def build(
         timings["scoring_throughput"] = {r: report[r].get("stats") for r in ROLES if r in report}
         if "merge" not in stages:
             return Result(None, None, report)
-        path, manifest = merge(plan, version, timings, LocalExecutor(plan.work, console, progress))
-    return Result(path, manifest, report)
+        path, manifest, same = merge(plan, version, timings,
+                                     LocalExecutor(plan.work, console, progress), if_changed)  # fmt: skip
+    if same:
+        done = ("nothing written (--if-changed)" if if_changed else
+                f"wrote {path.name} anyway (--if-changed skips an unchanged version)")  # fmt: skip
+        console.print(f"[yellow]unchanged:[/] the pairs, candidates and recipe are identical to "
+                      f"{same}; {done}", highlight=False, soft_wrap=True)  # fmt: skip
+    return Result(path, manifest, report, same, written=not (same and if_changed))

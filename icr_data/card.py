@@ -75,8 +75,25 @@ def environment():
     return env
 
 
+def prompt_rows(manifest: dict) -> str:
+    """The card's prompt count, labelled: rows are (prompt_id, language), not prompts, e.g.
+    '25 prompt rows (5 prompts x 5 languages)' or '9 prompt rows (en 5, de 4)'."""
+    per_lang = {lang: c["prompts"] for lang, c in manifest["counts"].items()}
+    total = manifest["totals"]["prompts"]
+    sizes = set(per_lang.values())
+    if len(sizes) == 1:
+        n = len(per_lang)
+        detail = f"{sizes.pop()} prompts x {n} language{'s' if n != 1 else ''}"
+    else:
+        detail = "one per prompt_id and language: " + ", ".join(
+            f"{k} {v}" for k, v in per_lang.items()
+        )
+    return f"{total} prompt rows ({detail})"
+
+
 def render_card(manifest: dict) -> str:
     env = environment()
+    env.filters["prompt_rows"] = prompt_rows
     env.filters["fmt"] = lambda v: "-" if v is None else f"{v:.3f}"
     env.filters["reasons"] = lambda d: ", ".join(f"{k} {v}" for k, v in d.items()) or "-"
     header = yaml.safe_dump(card_header(manifest), sort_keys=False, allow_unicode=True)

@@ -135,6 +135,23 @@ def _report_version(path: Path, manifest: dict) -> None:
     print(path)
 
 
+IfChangedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--if-changed",
+        help="Write no new version when the pairs, candidates and recipe equal the latest "
+        "version's; print that version's path instead.",
+    ),
+]
+
+
+def _report_result(result) -> None:
+    if result.written:
+        _report_version(result.path, result.manifest)
+    else:  # --if-changed and nothing changed: build already said so
+        print(result.path)
+
+
 @app.command()
 def build(
     recipe: RecipeArg,
@@ -143,13 +160,15 @@ def build(
     set_: SetOpt = None,
     executor: ExecutorOpt = "local",
     address: AddressOpt = None,
+    if_changed: IfChangedOpt = False,
 ) -> None:
     """Run every stage of RECIPE (prompts, vLLM generation, dual-logit scoring, pairing) and
     write a new immutable dataset version with its card. Prints the version's path.
 
     Work is saved shard by shard: after a crash, the same command skips finished shards."""
-    result = _run(recipe, store, set_, version=version, executor=executor, address=address)
-    _report_version(result.path, result.manifest)
+    result = _run(recipe, store, set_, version=version, executor=executor, address=address,
+                  if_changed=if_changed)  # fmt: skip
+    _report_result(result)
 
 
 @app.command()
@@ -263,11 +282,12 @@ def pair(
 
 @app.command()
 def merge(
-    recipe: RecipeArg, store: StoreOpt = None, version: VersionOpt = None, set_: SetOpt = None
-) -> None:
+    recipe: RecipeArg, store: StoreOpt = None, version: VersionOpt = None, set_: SetOpt = None,
+    if_changed: IfChangedOpt = False,
+) -> None:  # fmt: skip
     """Pair the finished shards of RECIPE and write a new version (after generate/score --shard)."""
-    result = _run(recipe, store, set_, version=version, stages=("merge",))
-    _report_version(result.path, result.manifest)
+    result = _run(recipe, store, set_, version=version, stages=("merge",), if_changed=if_changed)
+    _report_result(result)
 
 
 @app.command()

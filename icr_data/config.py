@@ -7,13 +7,15 @@ A recipe is one YAML file whose top-level keys are the fields of `Recipe` below,
     models: {generator: ..., policy: ..., reference: ...}
 
 Load one with `load_recipe(path, overrides=["sampling.n=8"])`. Relative paths in `prompts.source`
-and `models.*` are resolved against the recipe's folder when they exist there.
+and `models.*` are resolved against the recipe's folder when they exist there; a relative `store`
+is relative to the working directory.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -95,6 +97,7 @@ class ScoringConfig:
 
 
 DEFAULT_FILTERS = list(pairing_rules.FILTERS)
+DEVICE_RE = re.compile(r"^(auto|cpu|mps|(cuda|xpu)(:\d+)?)$")
 
 
 @dataclass
@@ -175,6 +178,8 @@ class Recipe:
     dataset: str = ""
     """Dataset name: versions go to <store>/<dataset>/v<N>."""
     store: str = "icr_store"
+    """Folder of the versions. A relative path is relative to the working directory (as --store
+    is), not to the recipe's folder; build says where it resolved."""
     shard_prompts: int = 64
     """prompt_ids per shard: the unit of resumable work and of --shard I/N."""
     description: str = ""
@@ -250,6 +255,8 @@ def apply_override(data: dict, override: str, where: str = "--set") -> None:
     """Apply one `dotted.key=value` override (value parsed as YAML) to a raw recipe mapping."""
     if "=" not in override:
         raise RecipeError(f"{where}: '{override}' is not KEY=VALUE (e.g. sampling.n=8)")
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where}: '{override}': the recipe is not a mapping of keys")
     key, raw = override.split("=", 1)
     value = yaml.safe_load(raw) if raw != "" else ""
     node = data
@@ -272,10 +279,22 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"recipe not found: {path}")
+    raw = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise RecipeError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); "
+                          "save the recipe as UTF-8") from None  # fmt: skip
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise RecipeError(f"{path}: not valid YAML: {e}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of keys (dataset:, prompts:, models:, "
+                          f"...), this file holds a {type(data).__name__}")  # fmt: skip
     for o in overrides:
         apply_override(data, o)
     recipe = from_dict(Recipe, data, where=str(path))
@@ -348,7 +367,14 @@ def validate(recipe: Recipe, where: str = "recipe") -> None:
             language_name(lang)
         except KeyError as e:
             raise RecipeError(f"{where}: 'prompts.languages': {e.args[0]}") from None
+    if recipe.prompts.limit is not None and recipe.prompts.limit < 1:
+        raise RecipeError(f"{where}: 'prompts.limit' must be >= 1 (or null for all), "
+                          f"got {recipe.prompts.limit}")  # fmt: skip
     s = recipe.sampling
+    if s.chunk_prompts < 1:
+        raise RecipeError(f"{where}: 'sampling.chunk_prompts' must be >= 1, got {s.chunk_prompts}")
+    if s.max_model_len is not None and s.max_model_len < 1:
+        raise RecipeError(f"{where}: 'sampling.max_model_len' must be >= 1, got {s.max_model_len}")
     if s.n < 1:
         raise RecipeError(f"{where}: 'sampling.n' must be >= 1, got {s.n}")
     if s.max_tokens < 1:
@@ -370,6 +396,12 @@ def validate(recipe: Recipe, where: str = "recipe") -> None:
         raise RecipeError(
             f"{where}: 'scoring.token_budget' and 'scoring.max_batch_size' must be >= 1"
         )
+    if not recipe.scoring.beta > 0:  # also refuses NaN
+        raise RecipeError(f"{where}: 'scoring.beta' must be > 0 (reward = beta * log-ratio), "
+                          f"got {recipe.scoring.beta}")  # fmt: skip
+    if not DEVICE_RE.match(recipe.scoring.device):
+        raise RecipeError(f"{where}: 'scoring.device' must be auto, cpu, cuda, cuda:N, mps, xpu "
+                          f"or xpu:N, got {recipe.scoring.device!r}")  # fmt: skip
     if recipe.round.index < 1:
         raise RecipeError(f"{where}: 'round.index' must be >= 1, got {recipe.round.index}")
     p = recipe.pairing

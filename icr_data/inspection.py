@@ -13,6 +13,7 @@ not called `inspect`, which would shadow the standard library's.)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ from icr_data import store
 from icr_data.shards import digest
 
 SORT_KEYS = ("margin", "length_diff", "chosen_reward", "rejected_reward")
+MIN_STAT_PAIRS = 3
+"""Fewer pairs than this in a language: no correlation or p10/p90 is reported (shown as -)."""
 COUNT_FIELDS = ("prompts", "candidates", "pairs")
 MODEL_FIELDS = ("name", "sha256", "revision")
 _ABSENT = "(absent)"  # a recipe key one version has and the other does not
@@ -84,10 +87,38 @@ def language_stats(df: pl.DataFrame, off_target: dict | None = None) -> pl.DataF
             len_margin_corr=pl.corr(pl.col("chosen_len") - pl.col("rejected_len"), m),
         )
         .with_columns(pl.col("len_margin_corr").fill_nan(None))  # constant input: undefined
+        .with_columns(  # too few pairs to mean anything: not reported
+            pl.when(pl.col("pairs") >= MIN_STAT_PAIRS).then(pl.col(c)).otherwise(None).alias(c)
+            for c in ("len_margin_corr", "margin_p10", "margin_p90")
+        )
         .collect()
     )
     rates = [(off_target or {}).get(lang) for lang in out["lang"]]
     return out.with_columns(off_target_rate=pl.Series(rates, dtype=pl.Float64))
+
+
+def why_no_pairs(funnel: dict | None) -> str:
+    """Why a language ended with no pairs, in the funnel's words (its drop counts by reason)."""
+    f = funnel or {}
+    if not f.get("prompts") and "prompts_skipped" in f:
+        return "prompts skipped: " + _reasons(f["prompts_skipped"])
+    if not f.get("candidates"):
+        return "no candidates"
+    parts = [f"{label}: {_reasons(f[key])}" for key, label in
+             (("dropped_candidates", "dropped candidates"), ("prompts_without_pair", "prompts without a pair"),
+              ("dropped_pairs", "dropped pairs")) if f.get(key)]  # fmt: skip
+    return "; ".join(parts) or "no reason recorded in the funnel"
+
+
+def _reasons(counts: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items())
+
+
+def zero_pair_languages(manifest: dict) -> dict[str, str]:
+    """{language: why} for each language of the version's counts that has 0 pairs."""
+    funnel = manifest.get("funnel") or {}
+    return {lang: why_no_pairs(funnel.get(lang)) for lang, c in (manifest.get("counts") or {}).items()
+            if not c.get("pairs")}  # fmt: skip
 
 
 def off_target_rates(manifest: dict) -> dict[str, float | None]:
@@ -160,6 +191,8 @@ class InspectReport:
     """margin_histogram over `bins` bins shared by the languages."""
     views: list[tuple[str, pl.DataFrame]]
     """(title, pairs with their texts) for the top and bottom selections asked for."""
+    no_pairs: dict[str, str] = dataclasses.field(default_factory=dict)
+    """{language: why} for languages of the version with 0 pairs (rows of `stats` with 0)."""
 
 
 def inspect_version(
@@ -180,18 +213,34 @@ def inspect_version(
     try:
         lf = scan_pairs(path)
         df = numeric_view(lf, unit, lang)
+        zero = {k: v for k, v in zero_pair_languages(manifest).items() if lang in (None, k)}
         if df.is_empty():
             langs = ", ".join(manifest.get("counts") or {}) or "none"
             where = f" in language {lang!r} (languages: {langs})" if lang else ""
-            raise store.StoreError(f"{name}: no pairs{where}")
-        stats = language_stats(df, off_target_rates(manifest))
+            why = "; ".join(f"{k}: {v}" for k, v in zero.items())
+            raise store.StoreError(f"{name}: no pairs{where}" + (f" ({why})" if why else ""))
+        stats = with_zero_rows(language_stats(df, off_target_rates(manifest)), zero,
+                               list(manifest.get("counts") or {}))  # fmt: skip
         hist = margin_histogram(df, bins)
         picks = [(f"{end} {n} by {sort}", select_pairs(df, n, end == "bottom", sort))
                  for end, n in (("top", top), ("bottom", bottom)) if n]  # fmt: skip
         views = list(zip([t for t, _ in picks], with_texts(lf, *(s for _, s in picks))))
     except (pl.exceptions.PolarsError, OSError) as e:
         raise store.StoreError(f"{path}: cannot read pairs: {_first_line(e)}") from None
-    return InspectReport(name, unit, bins, df, stats, hist, views)
+    return InspectReport(name, unit, bins, df, stats, hist, views, zero)
+
+
+def with_zero_rows(stats: pl.DataFrame, zero: dict[str, str], order: list[str]) -> pl.DataFrame:
+    """`stats` plus a row with 0 pairs (and no statistics) for each language in `zero`, in the
+    manifest's language order."""
+    missing = [lang for lang in zero if lang not in set(stats["lang"])]
+    if not missing:
+        return stats
+    rows = pl.DataFrame({"lang": missing, "pairs": [0] * len(missing)},
+                        schema_overrides={"pairs": stats.schema["pairs"]})  # fmt: skip
+    out = pl.concat([stats, rows], how="diagonal_relaxed")
+    rank = {lang: i for i, lang in enumerate(order)}
+    return out.sort(pl.col("lang").replace_strict(rank, default=len(rank)), maintain_order=True)
 
 
 def recipe_digest(manifest: dict) -> str | None:

@@ -238,12 +238,74 @@ def check_same_tokenizer(a, b, names: tuple[str, str] = ("policy", "reference"))
         raise ModelError(f"{names[0]} and {names[1]} have different chat templates")
 
 
-def pick_device(device: str) -> str:
+def pick_device(device: str, where: str = "device") -> str:
+    """`auto` -> cuda if available, else cpu; anything else must name a device torch knows and
+    this machine has (a ModelError naming `where` otherwise, not torch's traceback later)."""
     import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ModelError(
+            f"{where}: unknown device {device!r} (auto, cpu, cuda, cuda:N, mps)"
+        ) from None
+    if dev.type == "cuda" and (
+        not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()
+    ):
+        raise ModelError(f"{where}: {device!r} asked for, but torch sees "
+                         f"{torch.cuda.device_count()} CUDA device(s) here")  # fmt: skip
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelError(f"{where}: 'mps' asked for, but it is not available here")
     return device
+
+
+def check_reachable(spec: str, resolved: str, key: str) -> None:
+    """A model that is not a local folder is a Hub id: it must be in the local HF cache or the Hub
+    must answer for it, else one ModelError naming the recipe `key` (not transformers' traceback
+    once loading starts). Gated or private repos that exist pass (loading uses the token)."""
+    import os
+
+    if Path(resolved).is_dir():
+        return
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(resolved, "config.json"), str):
+        return
+    unreachable = f"{key}: model {spec} is not a local folder and the Hub cannot be reached"
+    offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    if offline or constants.HF_HUB_OFFLINE:
+        raise ModelError(f"{unreachable} (HF_HUB_OFFLINE is set and it is not in the local "
+                         "Hub cache)")  # fmt: skip
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    try:
+        HfApi().model_info(resolved, timeout=15)
+    except GatedRepoError:
+        return
+    except RepositoryNotFoundError:
+        raise ModelError(f"{key}: model {spec} is neither a local folder nor a model on the Hub "
+                         "(or it is private and no token is set)") from None  # fmt: skip
+    except HfHubHTTPError:  # the Hub answered: let loading say what it says
+        return
+    except Exception as e:  # noqa: BLE001 - connection errors of whichever HTTP client
+        raise ModelError(f"{unreachable} ({type(e).__name__}: {e})") from None
+
+
+def context_length(path: str) -> int | None:
+    """The model's context (positions) from its config, or None if the config names none."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(path)
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    for name in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length",
+                 "max_sequence_length"):  # fmt: skip
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def pick_dtype(dtype: str, device: str):

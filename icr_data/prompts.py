@@ -58,8 +58,13 @@ def read_rows(source: str) -> list[dict]:
             raise PromptError(f"{source}: not a readable Parquet file ({e})") from None
     if path.suffix in (".jsonl", ".json"):
         rows = []
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
+        with open(path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+                except UnicodeDecodeError as e:
+                    raise PromptError(f"{source}:{n}: not UTF-8 text (byte 0x{raw[e.start]:02x} "
+                                      f"at column {e.start + 1}); save the file as UTF-8") from None  # fmt: skip
                 if not line.strip():
                     continue
                 try:
@@ -84,6 +89,9 @@ def check_rows(rows: list[dict], source: str) -> None:
         pid, lang, text = row["prompt_id"], row["lang"], row["instruction"]
         if not isinstance(pid, str) or not pid:
             raise PromptError(f"{source}: row {n}: prompt_id must be a non-empty string")
+        if not isinstance(lang, str):
+            raise PromptError(f"{source}: row {n} (prompt_id {pid}): lang must be one ISO 639-1 "
+                              f"code as a string, got {lang!r}")  # fmt: skip
         try:
             language_name(lang)
         except KeyError as e:

@@ -31,6 +31,10 @@ BLOCKS = " ▁▂▃▄▅▆▇█"
 
 
 def summary_table(manifest: dict) -> Table:
+    """Per language: counts, margins and the funnel; a caption warns of languages with 0 pairs
+    (and why) and of languages asked for that had no prompts."""
+    from icr_data.inspection import zero_pair_languages
+
     table = Table(title=f"{manifest['dataset']} {manifest['version']}")
     cols = ("lang", "prompts", "candidates", "kept", "pairs", "off-target", "margin mean",
             "margin median", "alpha", "dropped")  # fmt: skip
@@ -51,6 +55,16 @@ def summary_table(manifest: dict) -> Table:
                       str(c["pairs"]), "-" if off is None else f"{off:.0%}", fmt(q["mean"]),
                       fmt(q["median"]), fmt(alpha),
                       ", ".join(f"{k} {v}" for k, v in reasons.items()) or "-")  # fmt: skip
+    warnings = [
+        f"{lang} has 0 pairs ({why})" for lang, why in zero_pair_languages(manifest).items()
+    ]
+    asked = ((manifest.get("recipe") or {}).get("prompts") or {}).get("languages") or []
+    absent = [lang for lang in asked if lang not in manifest["counts"]]
+    if absent:
+        warnings.append(f"no prompts in {', '.join(absent)} (asked for in prompts.languages)")
+    if warnings:
+        table.caption = "warning: " + "; ".join(warnings)
+        table.caption_style = "yellow"
     return table
 
 
@@ -104,17 +118,28 @@ def _f(v, spec: str = ".3f") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def stats_table(stats: pl.DataFrame, title: str, unit: str) -> Table:
+def stats_table(stats: pl.DataFrame, title: str, unit: str,
+                notes: dict[str, str] | None = None) -> Table:  # fmt: skip
+    """The inspect statistics; `notes` ({language: why}) adds a column, e.g. why 0 pairs."""
+    from icr_data.inspection import MIN_STAT_PAIRS
+
     table = Table(title=title)
     cols = ("lang", "pairs", "margin p10", "p50", "p90", "mean", f"chosen len ({unit})",
             f"rejected len ({unit})", "len-margin corr", "off-target")  # fmt: skip
     for col in cols:
         table.add_column(col, justify="left" if col == "lang" else "right")
+    if notes:
+        table.add_column("why no pairs", overflow="fold")
+    few = False
     for r in stats.iter_rows(named=True):
+        few |= 0 < r["pairs"] < MIN_STAT_PAIRS
         table.add_row(r["lang"], str(r["pairs"]), _f(r["margin_p10"]), _f(r["margin_p50"]),
                       _f(r["margin_p90"]), _f(r["margin_mean"]), _f(r["chosen_len"], ".1f"),
                       _f(r["rejected_len"], ".1f"), _f(r["len_margin_corr"], "+.3f"),
-                      _f(r["off_target_rate"], ".1%"))  # fmt: skip
+                      _f(r["off_target_rate"], ".1%"),
+                      *([notes.get(r["lang"], "")] if notes else []))  # fmt: skip
+    if few:
+        table.caption = f"-: not reported on fewer than {MIN_STAT_PAIRS} pairs"
     return table
 
 
@@ -205,7 +230,9 @@ def inspect_report(report: InspectReport, max_chars: int = 400) -> list[Table | 
     """What `icr-data inspect` prints, in order: the statistics table, the histogram lines and
     one side-by-side table per selection of pairs."""
     out: list[Table | str] = [
-        stats_table(report.stats, f"{report.name}: {report.df.height} pairs", report.unit),
+        stats_table(
+            report.stats, f"{report.name}: {report.df.height} pairs", report.unit, report.no_pairs
+        ),
         f"margin histogram, {report.bins} bins over a range shared by the languages:",
         *histogram_lines(report.hist),
     ]

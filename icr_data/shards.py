@@ -69,13 +69,46 @@ class WorkDir:
         return base.with_suffix(".parquet"), base.with_suffix(".done")
 
     def done(self, stage: str, key: str) -> bool:
+        """Whether the piece is finished: its marker exists and its Parquet file is whole (its
+        footer reads). A file damaged after its marker (truncated, overwritten) is removed with
+        a warning, so the piece counts as not done and is computed again."""
         data, marker = self._paths(stage, key)
-        return marker.is_file() and data.is_file()
+        if not marker.is_file():
+            return False
+        problem = self.verify(data)
+        if problem is None:
+            return True
+        _warn(f"work file {data} is damaged ({problem}); it is removed and computed again")
+        marker.unlink(missing_ok=True)
+        data.unlink(missing_ok=True)
+        return False
 
-    def load(self, stage: str, key: str) -> Dataset:
+    @staticmethod
+    def verify(data: Path) -> str | None:
+        """None if `data` is a readable Parquet file (footer and schema), else what is wrong."""
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        return Dataset(pq.read_table(self._paths(stage, key)[0]))
+        if not data.is_file():
+            return "missing"
+        try:
+            pq.read_metadata(data)  # the footer: a truncated file has lost it
+        except (OSError, pa.ArrowException) as e:
+            return (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return None
+
+    def load(self, stage: str, key: str) -> Dataset:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from icr_data.store import StoreError
+
+        data = self._paths(stage, key)[0]
+        try:
+            return Dataset(pq.read_table(data))
+        except (OSError, pa.ArrowException) as e:
+            raise StoreError(f"work file {data} cannot be read ({e}); delete it and its .done "
+                             "marker, then run again") from None  # fmt: skip
 
     def save(self, stage: str, key: str, ds: Dataset, made_of: dict) -> None:
         """The output, then its marker, each written atomically: a marker only ever follows a
@@ -87,3 +120,9 @@ class WorkDir:
         data, marker = self._paths(stage, key)
         atomic_write(data, lambda tmp: pq.write_table(ds.data.table, tmp))
         atomic_write_text(marker, json.dumps(made_of, indent=1, default=str))
+
+
+def _warn(message: str) -> None:
+    from icr_data.console import stderr_console
+
+    stderr_console().print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)

@@ -13,7 +13,7 @@ from icr_data import build as build_mod
 from icr_data import store
 from icr_data.build import build
 from icr_data.chat import TemplateError
-from icr_data.config import PromptsConfig, ScoringConfig, load_recipe
+from icr_data.config import PromptsConfig, RecipeError, ScoringConfig, load_recipe
 from icr_data.languages import DIRECTIVE, LANGUAGES
 from icr_data.models import ModelError
 from icr_data.prompts import PromptError, load_prompts
@@ -210,3 +210,172 @@ def test_cli_bad_shard_spec(tmp_path):
     r = subprocess.run([sys.executable, "-m", "icr_data.cli", "generate", str(DEMO), "--shard", "3/2",
                         "--store", str(tmp_path)], capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 2 and "--shard 3/2: need 0 <= I < N" in r.stderr
+
+
+# --- recipe values and files that used to pass or raise a traceback -------------------------
+
+BASE = """
+dataset: t
+prompts: {source: p.jsonl, languages: [en, es]}
+models: {generator: g, policy: p, reference: r}
+"""
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [("scoring.beta=0", "'scoring.beta' must be > 0"),
+     ("scoring.beta=-0.5", "'scoring.beta' must be > 0"),
+     ("scoring.beta=.nan", "'scoring.beta' must be > 0"),
+     ("prompts.limit=-1", "'prompts.limit' must be >= 1"),
+     ("sampling.chunk_prompts=0", "'sampling.chunk_prompts' must be >= 1"),
+     ("sampling.max_model_len=0", "'sampling.max_model_len' must be >= 1"),
+     ("scoring.device=tpu9", "'scoring.device' must be auto, cpu, cuda")],
+)  # fmt: skip
+def test_recipe_values_refused_by_name(tmp_path, override, message):
+    (tmp_path / "r.yaml").write_text(BASE)
+    with pytest.raises(RecipeError, match=f"r.yaml: {message}"):
+        load_recipe(tmp_path / "r.yaml", [override])
+
+
+def test_unknown_or_absent_device_is_one_error():
+    from icr_data.models import pick_device
+
+    with pytest.raises(ModelError, match="scoring.device: unknown device 'tpu9'"):
+        pick_device("tpu9", "scoring.device")
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelError, match="device: 'cuda:0' asked for, but torch sees 0"):
+            pick_device("cuda:0")
+
+
+def test_recipe_not_utf8_names_file_and_line(tmp_path):
+    (tmp_path / "r.yaml").write_bytes((BASE + "description: café\n").encode("latin-1"))
+    with pytest.raises(RecipeError, match=r"r.yaml:5: not UTF-8 text \(byte 0xe9\)"):
+        load_recipe(tmp_path / "r.yaml")
+
+
+@pytest.mark.parametrize("text, kind", [("- a\n- b\n", "list"), ("just text\n", "str")])
+def test_recipe_top_level_not_a_mapping(tmp_path, text, kind):
+    (tmp_path / "r.yaml").write_text(text)
+    for overrides in ([], ["sampling.n=2"]):
+        with pytest.raises(RecipeError, match=f"r.yaml: a recipe is a mapping .* holds a {kind}"):
+            load_recipe(tmp_path / "r.yaml", overrides)
+
+
+def test_prompts_not_utf8_names_file_and_line(tmp_path):
+    src = tmp_path / "p.jsonl"
+    src.write_bytes(b'{"prompt_id": "a", "lang": "en", "instruction": "ok"}\n'
+                    b'{"prompt_id": "b", "lang": "en", "instruction": "caf\xe9"}\n')  # fmt: skip
+    with pytest.raises(PromptError, match=r"p.jsonl:2: not UTF-8 text \(byte 0xe9 at column 53\)"):
+        load_prompts(PromptsConfig(source=str(src), languages=["en"]), ScoringConfig())
+    src.write_bytes(b"\xef\xbb\xbf" + b'{"prompt_id": "a", "lang": "en", "instruction": "ok"}\n')
+    assert len(load_prompts(PromptsConfig(source=str(src), languages=["en"]), ScoringConfig())) == 1
+
+
+def test_lang_as_a_list_names_the_row(tmp_path):
+    src = tmp_path / "p.jsonl"
+    rows = [{"prompt_id": "a", "lang": "en", "instruction": "hi"},
+            {"prompt_id": "a", "lang": ["de"], "instruction": "hallo"}]  # fmt: skip
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(PromptError, match=r"p.jsonl: row 2 \(prompt_id a\): lang must be one "):
+        load_prompts(PromptsConfig(source=str(src), languages=["en", "de"]), ScoringConfig())
+
+
+# --- refused before any engine starts ---------------------------------------------------------
+
+
+def test_hub_id_without_network_names_the_key(tmp_path, tiny_pair, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match="models.generator: model nobody/nothing is not a local "
+                       "folder and the Hub cannot be reached"):  # fmt: skip
+        build(recipe(tmp_path, tiny_pair, **{"models.generator": "nobody/nothing"}))
+    assert not (tmp_path / "store").exists()
+
+
+def test_instruction_longer_than_the_context_names_the_row(tmp_path, tiny_pair, monkeypatch):
+    import icr_data.generate as generate
+
+    def no_engine(*a, **k):
+        raise AssertionError("an engine was started")
+
+    monkeypatch.setattr(generate, "open_backend", no_engine)
+    src = tmp_path / "p.jsonl"
+    rows = [{"prompt_id": "short", "lang": "en", "instruction": "Say hi."},
+            {"prompt_id": "long", "lang": "en", "instruction": "word " * 300}]  # fmt: skip
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = {"prompts.source": src, "prompts.languages": "[en]"}
+    with pytest.raises(PromptError, match=r"p.jsonl: prompt_id long \(en\): the instruction is "
+                       r"\d+ tokens .* the context is 64 tokens \(sampling.max_model_len\)"):  # fmt: skip
+        build(recipe(tmp_path, tiny_pair, **base, **{"sampling.max_model_len": 64}))
+    assert nothing_written(tmp_path)
+    # without max_model_len: the generator's config (the tiny models have 4096 positions)
+    rows[1]["instruction"] = "word " * 5000
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(PromptError, match=r"prompt_id long \(en\): .* the context is 4096 tokens "
+                       r"\(the generator's config"):  # fmt: skip
+        build(recipe(tmp_path, tiny_pair, **base))
+    assert nothing_written(tmp_path)
+
+
+def test_truncated_shard_is_recomputed_with_a_warning(tmp_path, tiny_pair, capsys):
+    r = recipe(tmp_path, tiny_pair, shard_prompts=1)
+    first = build(r)
+    work = tmp_path / "store" / "demo-tiny" / ".work" / "generate"
+    victim = sorted(work.glob("*.parquet"))[0]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])  # after its marker
+    capsys.readouterr()
+    again = build(r)
+    err = capsys.readouterr().err
+    assert f"work file {victim}" in err.replace("\n", "") and "computed again" in err
+    assert again.report["generate"] == {"done": 1, "skipped": 1}
+    assert store.read_table(again.path, "candidates").to_list() == (
+        store.read_table(first.path, "candidates").to_list()
+    )
+
+
+def test_languages_without_prompts_are_warned_and_store_is_cwd_relative(
+    tmp_path, tiny_pair, capsys, monkeypatch
+):
+    from rich.console import Console
+
+    from icr_data.reports import summary_table
+
+    src = tmp_path / "p.jsonl"
+    rows = [{"prompt_id": f"p{i}", "lang": "en", "instruction": f"Say {i}."} for i in range(2)]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    result = build(recipe(tmp_path, tiny_pair, **{"prompts.source": src, "store": "rel",
+                                                  "prompts.languages": "[en, de, fr]"}))  # fmt: skip
+    err = capsys.readouterr().err
+    for lang in ("de", "fr"):
+        assert f"warning: no prompts in language '{lang}'" in err
+    assert result.path.resolve() == (tmp_path / "rel" / "demo-tiny" / "v1").resolve()
+    assert "store 'rel' is relative to the working directory" in err
+    out = Console(record=True, width=300)
+    out.print(summary_table(result.manifest))
+    assert "no prompts in de, fr (asked for in prompts.languages)" in out.export_text()
+
+
+def test_stdout_carries_only_the_version_path(tmp_path, tiny_pair):
+    """`V=$(icr-data build ...)` gets the version's path and nothing else; with --if-changed an
+    identical re-run writes nothing and prints the existing version's path."""
+    import subprocess
+    import sys
+
+    policy, reference = tiny_pair
+    sets = [f"store={tmp_path / 'store'}", f"models.generator={policy}", f"models.policy={policy}",
+            f"models.reference={reference}", "sampling.backend=transformers", "sampling.n=2",
+            "sampling.max_tokens=6", "prompts.limit=2", "prompts.languages=[en, de]"]  # fmt: skip
+    cmd = [sys.executable, "-m", "icr_data.cli", "build", str(DEMO)]
+    cmd += [a for s in sets for a in ("--set", s)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    v1 = tmp_path / "store" / "demo-tiny" / "v1"
+    assert r.stdout.splitlines() == [str(v1)]
+    r = subprocess.run([*cmd, "--if-changed"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [str(v1)]
+    assert "identical to v1; nothing written (--if-changed)" in r.stderr.replace("\n", " ")
+    assert store.versions(v1.parent) == ["v1"]

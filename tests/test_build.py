@@ -171,3 +171,21 @@ def test_vllm_samples_do_not_depend_on_batch_order(tiny_pair):
         assert len({t for t, _ in first[keys[0]]}) > 1  # n samples differ from each other
     finally:
         backend.close()
+
+
+def test_identical_rerun_is_said_and_if_changed_skips_it(tmp_path, tiny_pair, capsys):
+    recipe = small_recipe(tmp_path, tiny_pair, **{"prompts.limit": 2, "sampling.n": 2})
+    first = build(recipe)
+    assert first.identical_to is None and first.written
+    capsys.readouterr()
+    again = build(recipe)
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert again.identical_to == "v1" and again.written and again.path.name == "v2"
+    assert "unchanged: the pairs, candidates and recipe are identical to v1; wrote v2 anyway" in err
+    skipped = build(recipe, if_changed=True)
+    assert skipped.identical_to == "v2" and not skipped.written
+    assert skipped.path == again.path and skipped.manifest["version"] == "v2"
+    assert store.versions(again.path.parent) == ["v1", "v2"]
+    changed = build(small_recipe(tmp_path, tiny_pair, **{"prompts.limit": 2, "sampling.n": 2,
+                                                         "scoring.beta": 2.0}), if_changed=True)  # fmt: skip
+    assert changed.identical_to is None and changed.written and changed.path.name == "v3"

@@ -235,3 +235,62 @@ def test_cli_inspect_versions_and_diff(tmp_path, capsys):
     assert code == 0 and "pairing.rule" in out and "max_min" in out and "max_random" in out
     code, _, err = run_cli(capsys, "versions", "--store", str(tmp_path / "empty"))
     assert code == 2 and "no dataset versions" in err
+
+
+def write_with_empty_language(tmp_path):
+    """A version where ru ended with 0 pairs: its 6 candidates were all dropped as off-target."""
+    pairs = Dataset.from_list(pair_rows({"de": DE, "fr": FR}), features=PAIR_FEATURES)
+    langs = ["de", "fr", "ru"]
+    cands = Dataset.from_dict({"prompt_id": [r["prompt_id"] for r in pairs for _ in (0, 1)] + ["r"] * 6,
+                               "lang": [r["lang"] for r in pairs for _ in (0, 1)] + ["ru"] * 6})  # fmt: skip
+    prompts = Dataset.from_dict({"lang": list(pairs["lang"]) + ["ru"] * 3})
+    counts, qs = margin_summary(pairs, cands, prompts, langs)
+    funnel = {lang: empty_funnel() for lang in langs}
+    funnel["ru"].update(prompts=3, candidates=6, dropped_candidates={"off_target": 6},
+                        prompts_without_pair={"fewer_than_two_kept": 3})  # fmt: skip
+    recipe = Recipe(dataset="t", license="apache-2.0")
+    recipe.prompts.source = "p.jsonl"
+    recipe.prompts.languages = langs
+    ids = {r: {"name": r} for r in ("generator", "policy", "reference")}
+    manifest = make_manifest(recipe, ids, PairStats(funnel=funnel), counts, qs, {})
+    return store.write_version(tmp_path, "t", {"pairs": pairs, "candidates": cands}, manifest,
+                               render_card)  # fmt: skip
+
+
+def test_language_with_zero_pairs_is_shown_with_its_reason(tmp_path):
+    v = write_with_empty_language(tmp_path)
+    why = "dropped candidates: off_target 6; prompts without a pair: fewer_than_two_kept 3"
+    out = Console(record=True, width=300)
+    out.print(reports.summary_table(store.read_manifest(v)))
+    assert f"warning: ru has 0 pairs ({why})" in out.export_text()
+    report = ins.inspect_version(v)
+    assert report.stats["lang"].to_list() == ["de", "fr", "ru"]
+    ru = report.stats.row(2, named=True)
+    assert ru["pairs"] == 0 and ru["margin_mean"] is None and report.no_pairs == {"ru": why}
+    out = Console(record=True, width=300)
+    for part in reports.inspect_report(report):
+        out.print(part)
+    text = out.export_text()
+    assert "why no pairs" in text and why in text
+    with pytest.raises(store.StoreError, match=f"no pairs in language 'ru' .*\\(ru: {why}\\)"):
+        ins.inspect_version(v, lang="ru")
+
+
+def test_no_statistics_on_fewer_than_three_pairs(tmp_path):
+    v = write(tmp_path, {"de": DE, "fr": FR[:2]})
+    report = ins.inspect_version(v)
+    fr = report.stats.row(1, named=True)
+    assert fr["pairs"] == 2 and fr["len_margin_corr"] is None
+    assert fr["margin_p10"] is None and fr["margin_p90"] is None
+    assert report.stats.row(0, named=True)["len_margin_corr"] is not None  # de: 11 pairs
+    out = Console(record=True, width=300)
+    out.print(reports.inspect_report(report)[0])
+    text = out.export_text()
+    assert "-1.000" not in text and "not reported on fewer than 3 pairs" in text
+
+
+def test_card_labels_prompt_rows(tmp_path):
+    card = (write(tmp_path) / "README.md").read_text()
+    assert "for 15 prompt rows (one per prompt_id and language: de 11, fr 4)" in card
+    v = write(tmp_path, {"de": DE[:4], "fr": FR})
+    assert "for 8 prompt rows (4 prompts x 2 languages)" in (v / "README.md").read_text()

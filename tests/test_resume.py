@@ -118,6 +118,6 @@ def test_tensor_parallel_engines_key_their_own_samples(tmp_path, tiny_pair):
 def test_merge_alone_after_a_build_reuses_everything(tmp_path, tiny_pair):
     r = recipe(tmp_path, tiny_pair)
     v1 = build(r).path
-    v2, _ = merge(make_plan(r))
-    assert v2.name == "v2"
+    v2, _, same = merge(make_plan(r))
+    assert v2.name == "v2" and same == "v1"  # written, and said to be identical to v1
     same_content(v1, v2)
