@@ -172,7 +172,8 @@ def write_child(
         }
     manifest = make_manifest(recipe, model_ids, stats, counts, margins, timings,
                              parent=f"{parent_manifest['dataset']}/{parent_manifest['version']}",
-                             rounds=rounds or None)  # fmt: skip
+                             rounds=rounds or None,
+                             recipe_dir=store.local_info(version_dir).get("recipe_dir"))  # fmt: skip
     manifest["derived"] = derived
     dataset_dir = version_dir.parent
     path = store.write_version(dataset_dir.parent, dataset_dir.name, {"pairs": pairs, "candidates": candidates},

@@ -18,9 +18,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-import os
 import platform
-import re
 from pathlib import Path
 
 import polars as pl
@@ -31,37 +29,7 @@ from icr_data.config import Recipe
 from icr_data.languages import DIRECTIVE
 from icr_data.pairs import PairStats, empty_funnel
 from icr_data.stages import SCORING_CONVENTION
-
-# An absolute path, whole or after a scheme such as `train:`: /..., ~/..., C:\... or C:/..., \\host.
-_ABSOLUTE = re.compile(
-    r"^(?P<prefix>[a-z][a-z0-9_+-]+:)?(?P<path>/|~[/\\\\]|[A-Za-z]:[/\\\\]|\\\\)"
-)
-
-
-def portable_path(value: str, recipe_dir: str | Path | None = None) -> str:
-    """`value` without this machine's folders: an absolute path (or `train:` + one) becomes its
-    path relative to `recipe_dir` if it lies inside it, else its last component; anything else
-    (a relative path, a Hub id, `builtin:NAME`, text) is returned as it is."""
-    m = _ABSOLUTE.match(value) if isinstance(value, str) and "\n" not in value else None
-    if m is None or (m["prefix"] and value[len(m["prefix"]) :].startswith("//")):  # a URL
-        return value
-    prefix, path = m["prefix"] or "", value[len(m["prefix"] or "") :]
-    if recipe_dir is not None and path.startswith("/"):
-        base = Path(recipe_dir).resolve()
-        p = Path(os.path.normpath(path))
-        if base in p.parents:
-            return prefix + p.relative_to(base).as_posix()
-    parts = [part for part in re.split(r"[/\\\\]+", path) if part]
-    return prefix + (parts[-1] if parts else "(root)")
-
-
-def portable(obj, recipe_dir: str | Path | None = None):
-    """`obj` (a manifest, or any part of one) with every string passed through portable_path."""
-    if isinstance(obj, dict):
-        return {k: portable(v, recipe_dir) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [portable(v, recipe_dir) for v in obj]
-    return portable_path(obj, recipe_dir) if isinstance(obj, str) else obj
+from icr_data.store import portable, portable_path
 
 
 def content_sha256(path: str | Path) -> str | None:
@@ -162,14 +130,16 @@ def make_manifest(
     rides along under store.LOCAL_KEY, which store.write_version moves to the hidden local file."""
     from icr_data.store import LOCAL_KEY
 
-    local = {"recipe": recipe.to_dict()}
+    if recipe_dir is None:  # set by whoever loaded the recipe from its file, where known
+        recipe_dir = getattr(recipe, "recipe_dir", None)
+    local = {"recipe": recipe.to_dict(), "recipe_dir": str(recipe_dir) if recipe_dir else None}
     manifest = portable(
         _manifest(recipe, model_ids, stats, counts, margins, timings, parent, skipped_english,
                   rounds),
         recipe_dir,
     )  # fmt: skip
     manifest["sources"] = sources(recipe, recipe_dir)
-    if manifest["recipe"] != local["recipe"]:
+    if manifest["recipe"] != local["recipe"] or recipe_dir:
         manifest[LOCAL_KEY] = local
     return manifest
 

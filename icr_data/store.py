@@ -47,6 +47,38 @@ class StoreError(IcrError):
     """A store operation that would lose or overwrite data."""
 
 
+# An absolute path, whole or after a scheme such as `train:`: /..., ~/..., C:\... or C:/..., \\host.
+_ABSOLUTE = re.compile(
+    r"^(?P<prefix>[a-z][a-z0-9_+-]+:)?(?P<path>/|~[/\\\\]|[A-Za-z]:[/\\\\]|\\\\)"
+)
+
+
+def portable_path(value: str, recipe_dir: str | Path | None = None) -> str:
+    """`value` without this machine's folders: an absolute path (or `train:` + one) becomes its
+    path relative to `recipe_dir` if it lies inside it, else its last component; anything else
+    (a relative path, a Hub id, `builtin:NAME`, text) is returned as it is."""
+    m = _ABSOLUTE.match(value) if isinstance(value, str) and "\n" not in value else None
+    if m is None or (m["prefix"] and value[len(m["prefix"]) :].startswith("//")):  # a URL
+        return value
+    prefix, path = m["prefix"] or "", value[len(m["prefix"] or "") :]
+    if recipe_dir is not None and path.startswith("/"):
+        base = Path(recipe_dir).resolve()
+        p = Path(os.path.normpath(path))
+        if base in p.parents:
+            return prefix + p.relative_to(base).as_posix()
+    parts = [part for part in re.split(r"[/\\\\]+", path) if part]
+    return prefix + (parts[-1] if parts else "(root)")
+
+
+def portable(obj, recipe_dir: str | Path | None = None):
+    """`obj` (a manifest, or any part of one) with every string passed through portable_path."""
+    if isinstance(obj, dict):
+        return {k: portable(v, recipe_dir) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [portable(v, recipe_dir) for v in obj]
+    return portable_path(obj, recipe_dir) if isinstance(obj, str) else obj
+
+
 def check_version_name(name: str, option: str = "--version") -> str:
     """`name` if it is a version name v<N>, else a StoreError naming the option."""
     if not isinstance(name, str) or not VERSION_RE.match(name):
@@ -160,6 +192,11 @@ def write_version(
         check_version_name(name)
     dataset_dir = inside(Path(store) / dataset, store, "dataset folder")
     local = manifest.pop(LOCAL_KEY, None)
+    # Whatever wrote the manifest (a build, a rescore, translate), no absolute path of this
+    # machine goes into manifest.json or the card; make_manifest already made its paths relative.
+    clean = portable(manifest)
+    manifest.clear()
+    manifest.update(clean)
     try:
         dataset_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -235,15 +272,21 @@ def read_manifest(version_dir: str | Path) -> dict:
     return json.loads((Path(version_dir) / "manifest.json").read_text(encoding="utf-8"))
 
 
+def local_info(version_dir: str | Path) -> dict:
+    """LOCAL_FILE of a version ({"recipe": as loaded, "recipe_dir": its folder}), or {}."""
+    try:
+        local = json.loads((Path(version_dir) / LOCAL_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return local if isinstance(local, dict) else {}
+
+
 def local_recipe(version_dir: str | Path, manifest: dict | None = None) -> dict:
     """The recipe a version was built from as this machine knows it (LOCAL_FILE: its absolute
     paths), else the manifest's portable one (paths relative to the recipe's folder, or names)."""
-    try:
-        local = json.loads((Path(version_dir) / LOCAL_FILE).read_text(encoding="utf-8"))
-        if isinstance(local.get("recipe"), dict):
-            return local["recipe"]
-    except (OSError, ValueError, AttributeError):
-        pass
+    recipe = local_info(version_dir).get("recipe")
+    if isinstance(recipe, dict):
+        return recipe
     return (manifest if manifest is not None else read_manifest(version_dir))["recipe"]
 
 

@@ -86,6 +86,7 @@ def test_manifest_and_card_hold_no_local_path(project, tmp_path, with_recipe_dir
     # this machine's recipe stays beside it, hidden and never published
     assert store.local_recipe(v1) == recipe.to_dict()
     assert store.local_recipe(v1)["prompts"]["source"] == str(recipes / "data" / "prompts.jsonl")
+    assert store.local_info(v1)["recipe_dir"] == (str(recipes) if with_recipe_dir else None)
     plan = publish.plan_publish(v1, "me/icr")
     assert store.LOCAL_FILE not in [op.path_in_repo for op in plan.adds]
 
@@ -98,15 +99,32 @@ def test_a_version_without_local_file_falls_back_to_the_portable_recipe(tmp_path
 
 
 def write_with(tmp_path, **edit) -> Path:
-    """A version whose manifest (and so card) was edited after make_manifest: an old manifest."""
+    """A version whose manifest.json and card were edited after writing: as a version written
+    before manifests became portable, or edited by hand."""
     tabs, manifest = tables()
+    v = store.write_version(tmp_path / "store", "t", tabs, manifest, render_card)
+    manifest = store.read_manifest(v)
     for dotted, value in edit.items():
         node = manifest
         *path, last = dotted.split("__")
         for k in path:
             node = node[k]
         node[last] = value
-    return store.write_version(tmp_path / "store", "t", tabs, manifest, render_card)
+    (v / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    (v / "README.md").write_text(render_card(manifest))
+    return v
+
+
+def test_any_writer_s_manifest_is_made_portable(tmp_path):
+    """A manifest not made by make_manifest (translate's, say) loses its absolute paths too."""
+    tabs, manifest = tables()
+    manifest["model"] = {"name": str(tmp_path / "models" / "mt"), "sha256": "ab" * 32}
+    manifest["recipe"]["models"]["chat_template"] = str(tmp_path / "t.jinja")
+    v = store.write_version(tmp_path / "store", "t", tabs, manifest, render_card)
+    m = store.read_manifest(v)
+    assert m["model"]["name"] == "mt" and m["recipe"]["models"]["chat_template"] == "t.jinja"
+    assert str(tmp_path) not in (v / "manifest.json").read_text() + (v / "README.md").read_text()
+    assert manifest["model"]["name"] == "mt"  # the caller's dict says what was written
 
 
 @pytest.mark.parametrize(
@@ -187,3 +205,17 @@ def test_published_card_names_the_repo_cites_the_paper_and_states_limitations(tm
         DatasetCard.load(out / "README.md").data.configs
         == DatasetCard.load(v1 / "README.md").data.configs
     )
+
+
+def test_a_child_version_keeps_paths_relative_to_the_parents_recipe(project, tmp_path):
+    from icr_data.derive import repair
+
+    recipes, _ = project
+    tabs, manifest, recipe = local_manifest(project, recipes)
+    v1 = store.write_version(tmp_path / "store", "t", tabs, manifest, render_card)
+    v2, m2 = repair(v1, {"rule": "max_random"})
+    assert m2["recipe"]["prompts"]["source"] == "data/prompts.jsonl"
+    assert m2["sources"]["prompts"]["path"] == "data/prompts.jsonl"
+    assert store.local_info(v2) == store.local_info(v1) | {"recipe": store.local_recipe(v2)}
+    assert store.local_recipe(v2)["pairing"]["rule"] == "max_random"
+    assert str(tmp_path) not in (v2 / "manifest.json").read_text()
