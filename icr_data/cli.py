@@ -166,6 +166,10 @@ def build(
     write a new immutable dataset version with its card. Prints the version's path.
 
     Work is saved shard by shard: after a crash, the same command skips finished shards."""
+    if version is not None:  # before any work: v<N> only, never a path
+        from icr_data.store import check_version_name
+
+        check_version_name(version)
     result = _run(recipe, store, set_, version=version, executor=executor, address=address,
                   if_changed=if_changed)  # fmt: skip
     _report_result(result)
@@ -487,9 +491,8 @@ def inspect_version(
     if bins < 1 or (top or 0) < 0 or (bottom or 0) < 0:
         _fail("--bins must be >= 1 and --top/--bottom >= 0")
     path = st.resolve_version(version, store)
-    if plot is not None and st.within(plot, path):
-        _fail(f"--plot {plot} is inside the version {path}; versions are immutable "
-              "(and publish uploads the whole folder): write the PNG elsewhere")  # fmt: skip
+    if plot is not None:  # any version folder, not only this one: all are immutable
+        st.refuse_inside_version(plot, "--plot", "the PNG ")
     report = ins.inspect_version(path, lang, length_unit, sort, top, bottom, bins)
     if plot is not None:
         try:
@@ -564,6 +567,14 @@ def publish(
     store: Annotated[
         str, typer.Option(help="Store folder; a VERSION like dataset/vN is looked up inside it.")
     ] = "icr_store",
+    allow_local_paths: Annotated[
+        bool,
+        typer.Option(
+            "--allow-local-paths",
+            help="Upload the card and manifest even if they hold strings that look like absolute "
+            "local paths (home folders, /tmp, drive letters); refused by default.",
+        ),
+    ] = False,
 ) -> None:
     """Publish a version to the Hugging Face Hub as one commit on main, tagged with the version
     name, so load_dataset(REPO, "pairs", revision="v1") loads it. Files of an earlier version
@@ -572,7 +583,9 @@ def publish(
     from icr_data.publish import dry_run as write_dry_run
     from icr_data.publish import execute, plan_publish
 
-    plan = plan_publish(version, repo, private=private, store=store)
+    plan = plan_publish(
+        version, repo, private=private, store=store, allow_local_paths=allow_local_paths
+    )
     if dry_run is not None:
         out = write_dry_run(plan, dry_run)
         size = sum(op.size or 0 for op in plan.adds)
