@@ -396,18 +396,23 @@ def validate(recipe: Recipe, where: str = "recipe") -> None:
         raise RecipeError(
             f"{where}: 'scoring.token_budget' and 'scoring.max_batch_size' must be >= 1"
         )
-    if not recipe.scoring.beta > 0:  # also refuses NaN
-        raise RecipeError(f"{where}: 'scoring.beta' must be > 0 (reward = beta * log-ratio), "
-                          f"got {recipe.scoring.beta}")  # fmt: skip
-    if not DEVICE_RE.match(recipe.scoring.device):
-        raise RecipeError(f"{where}: 'scoring.device' must be auto, cpu, cuda, cuda:N, mps, xpu "
-                          f"or xpu:N, got {recipe.scoring.device!r}")  # fmt: skip
+    validate_scoring(recipe.scoring, where)
     if recipe.round.index < 1:
         raise RecipeError(f"{where}: 'round.index' must be >= 1, got {recipe.round.index}")
     p = recipe.pairing
     if p.alpha_step <= 0 or p.alpha_max < 0:
         raise RecipeError(f"{where}: 'pairing.alpha_step' must be > 0 and alpha_max >= 0")
     validate_pairing(p, where)
+
+
+def validate_scoring(s: ScoringConfig, where: str = "scoring") -> None:
+    """Scoring values that make no reward (beta <= 0) or name no device (rescore uses it too)."""
+    if not s.beta > 0:  # also refuses NaN
+        raise RecipeError(f"{where}: 'scoring.beta' must be > 0 (reward = beta * log-ratio), "
+                          f"got {s.beta}")  # fmt: skip
+    if not DEVICE_RE.match(s.device):
+        raise RecipeError(f"{where}: 'scoring.device' must be auto, cpu, cuda, cuda:N, mps, xpu "
+                          f"or xpu:N, got {s.device!r}")  # fmt: skip
 
 
 def validate_pairing(p: PairingConfig, where: str = "pairing") -> None:
