@@ -379,3 +379,53 @@ def test_stdout_carries_only_the_version_path(tmp_path, tiny_pair):
     assert r.stdout.splitlines() == [str(v1)]
     assert "identical to v1; nothing written (--if-changed)" in r.stderr.replace("\n", " ")
     assert store.versions(v1.parent) == ["v1"]
+
+
+def test_hub_id_unreachable_or_unknown_without_offline_flag(monkeypatch):
+    """Without HF_HUB_OFFLINE: a connection error and an unknown repo are each one line."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    from icr_data.models import check_reachable
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+    def no_network(self, repo_id, **k):
+        raise OSError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(HfApi, "model_info", no_network)
+    with pytest.raises(ModelError, match="models.policy: model nobody/nothing is not a local folder "
+                       "and the Hub cannot be reached \\(OSError: .*not known\\)"):  # fmt: skip
+        check_reachable("nobody/nothing", "nobody/nothing", "models.policy")
+
+    class Gone(RepositoryNotFoundError):
+        def __init__(self):  # the Hub's 404, without an HTTP response to build it from
+            Exception.__init__(self, "404 Repository Not Found")
+
+    def unknown(self, repo_id, **k):
+        raise Gone()
+
+    monkeypatch.setattr(HfApi, "model_info", unknown)
+    with pytest.raises(ModelError, match="models.policy: model nobody/nothing is neither a local "
+                       "folder nor a model on the Hub"):  # fmt: skip
+        check_reachable("nobody/nothing", "nobody/nothing", "models.policy")
+
+
+def test_workdir_verifies_what_it_reuses(tmp_path, capsys):
+    from datasets import Dataset
+
+    from icr_data.shards import WorkDir
+
+    work = WorkDir(tmp_path / ".work")
+    work.save("generate", "k", Dataset.from_dict({"x": list(range(100))}), {"what": "test"})
+    assert work.done("generate", "k") and work.load("generate", "k")["x"][-1] == 99
+    data = tmp_path / ".work" / "generate" / "k.parquet"
+    whole = data.read_bytes()
+    data.write_bytes(whole[:-8])  # the footer's tail is gone
+    with pytest.raises(store.StoreError, match=r"work file .*k.parquet cannot be read"):
+        work.load("generate", "k")
+    capsys.readouterr()
+    assert not work.done("generate", "k")  # damaged: removed, to be computed again
+    assert "is damaged" in capsys.readouterr().err
+    assert not data.exists() and not data.with_suffix(".done").exists()
