@@ -96,8 +96,9 @@ def check_dataset_name(name: str, option: str = "dataset") -> str:
 
 
 def inside(path: str | Path, folder: str | Path, what: str) -> Path:
-    """`path`, after checking it lies strictly inside `folder` (links and `..` resolved)."""
-    p, f = Path(path).resolve(), Path(folder).resolve()
+    """`path`, after checking it lies strictly inside `folder`, by its name (`..` and absolute
+    parts resolved, links not: a dataset folder the user linked to a bigger disk stays usable)."""
+    p, f = Path(os.path.abspath(path)), Path(os.path.abspath(folder))
     if f not in p.parents:
         raise StoreError(f"{what} {path} would be written outside {folder}; refused")
     return Path(path)

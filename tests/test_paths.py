@@ -194,3 +194,12 @@ def test_dry_run_into_another_version_is_refused(tmp_path):
     with pytest.raises(publish.PublishError, match="--dry-run folder .* is inside the version"):
         publish.dry_run(publish.plan_publish(v1, "me/icr"), v2 / "data" / "dry")
     assert digest(v2) == before and not (v2 / "data" / "dry").exists()
+
+
+def test_a_dataset_folder_linked_elsewhere_still_takes_versions(tmp_path):
+    """The name checks are by name: a link the user made (a bigger disk) is theirs to make."""
+    (tmp_path / "big" / "t").mkdir(parents=True)
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "t").symlink_to(tmp_path / "big" / "t")
+    v1 = write(tmp_path / "store")
+    assert (tmp_path / "big" / "t" / "v1" / "manifest.json").is_file() and v1.name == "v1"
