@@ -12,11 +12,17 @@ from huggingface_hub import DatasetCard
 from synthetic import tables
 
 from icr_data import publish, store
-from icr_data.card import LOAD_PLACEHOLDER, render_card
+from icr_data.card import render_card
 from icr_data.cli import main
 from icr_data.config import Recipe
-from icr_data.manifest import make_manifest, margin_summary, portable_path
+from icr_data.manifest import make_manifest, margin_summary
 from icr_data.pairs import PairingConfig, make_pairs
+
+LOAD_PLACEHOLDER = "<this folder or Hub repo>"  # the local card's load snippet (card.py)
+
+
+def portable_path(*args):
+    return store.portable_path(*args)
 
 
 def run_cli(args: list[str]) -> int:
