@@ -2,6 +2,9 @@
 its settings and how it is read. No icr_data module it imports imports models or train, so
 models.py can read a config to name the model it trains (models.trained_path) without importing
 the training code; train.py re-exports these names.
+
+The top-level keys are the recipe's own (they map onto TRL's DPOConfig in train.dpo_args); any
+other TRL / transformers training argument passes through, under its own name, in `trainer:`.
 """
 
 from __future__ import annotations
@@ -60,9 +63,10 @@ class TrainConfig:
     max_steps: int | None = None
     """Stop after this many optimizer steps (overrides epochs)."""
     batch_size: int = 4
-    """Pairs per micro-batch."""
+    """Pairs per micro-batch, per process (TRL's per_device_train_batch_size)."""
     grad_accum: int = 8
-    """Micro-batches per optimizer step: global batch = batch_size x grad_accum (32 by default)."""
+    """Micro-batches per optimizer step: global batch = batch_size x grad_accum x processes (32
+    by default on one process; divide grad_accum by the number of GPUs to keep it)."""
     warmup_ratio: float = 0.1
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -71,11 +75,22 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"
-    """Weights of the trained model and the reference: auto = float32 (on CUDA the forward passes,
-    reference and policy alike, run under bf16 autocast); or float32, bfloat16, float16."""
+    """Weights of the trained model: auto or float32 = float32 weights (on CUDA, bf16 mixed
+    precision: TRL's `bf16`); bfloat16 or float16 = weights in that dtype."""
     log_every: int = 1
+    """Print the step log every this many steps (every step is recorded in training.json)."""
     save_every: int | None = None
-    """Write a checkpoint every this many optimizer steps; None: only the final model."""
+    """Write a checkpoint (output_dir/checkpoint-N, TRL's) every this many optimizer steps;
+    None: only the final model."""
+    ref_logps: Literal["auto", "version", "compute"] = "auto"
+    """Where the reference log-probs come from. auto: from the version's own scores when they are
+    the training reference's under the training prompt (native scoring, the same reference and
+    tokenizer, the end-of-turn token counted), else TRL computes them once before training;
+    version: from the version or refuse with the reason; compute: TRL computes them."""
+    trainer: dict = field(default_factory=dict)
+    """Other TRL DPOConfig / transformers TrainingArguments, under their own names (e.g.
+    gradient_checkpointing, optim, lr_scheduler_type, save_total_limit, report_to, deepspeed,
+    fsdp). A name the recipe sets from a key above is refused with that key's name."""
 
     @property
     def adapter_only(self) -> bool:

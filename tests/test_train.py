@@ -1,4 +1,4 @@
-"""The thin DPO recipe and the exports: TRL trains on an export; our recipe learns the pairs."""
+"""The thin DPO recipe on TRL's DPOTrainer, and the exports TRL trains on."""
 
 import json
 from pathlib import Path
@@ -27,6 +27,7 @@ def _config(tmp_path, source, model, **kw) -> Path:
            "finetune": "full", "learning_rate": 1e-3, "batch_size": 4, "grad_accum": 1,
            "warmup_ratio": 0.0, "max_steps": 12, "beta": 0.1, **kw}  # fmt: skip
     path = tmp_path / "dpo.yaml"
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg))
     return path
 
@@ -71,11 +72,13 @@ def test_lora_writes_adapter_and_merged_model(version, tiny_pair, tmp_path):
 
     policy, _ = tiny_pair
     cfg = load_train_config(_config(tmp_path, version, policy, finetune="lora", max_steps=2,
-                                    save_every=1, lora={"r": 4, "alpha": 8}))  # fmt: skip
-    train(cfg)
+                                    save_every=1, lora={"r": 4, "alpha": 8},
+                                    trainer={"lr_scheduler_type": "constant"}))  # fmt: skip
+    log = train(cfg)["log"]
+    assert [r["lr"] for r in log] == [1e-3, 1e-3]  # trainer: passes TRL's own arguments through
     out = Path(cfg.output_dir)
     assert (out / "adapter" / "adapter_config.json").is_file()
-    assert (out / "checkpoint-1" / "adapter" / "adapter_config.json").is_file()
+    assert (out / "checkpoint-1" / "adapter_config.json").is_file()  # TRL's checkpoint: the adapter
     merged = AutoModelForCausalLM.from_pretrained(out)  # a plain model: no peft needed to load
     base = AutoModelForCausalLM.from_pretrained(policy)
     changed = [n for n, p in merged.named_parameters() if not p.equal(base.get_parameter(n))]
@@ -85,17 +88,18 @@ def test_lora_writes_adapter_and_merged_model(version, tiny_pair, tmp_path):
 
 
 def test_gradient_accumulation_matches_one_big_batch(version, tiny_pair, tmp_path):
-    # 2 micro-batches of 2 pairs take the same first 4 pairs as one batch of 4, and the loss is a
-    # mean over equal-sized micro-batches: the two runs make the same update
+    # 2 micro-batches of 2 pairs take the same first 4 pairs as one batch of 4, and the DPO loss
+    # is a mean over equal-sized micro-batches: the two runs make the same update. (TRL's NLL
+    # term is a mean over each micro-batch's chosen tokens, so with it the two differ slightly.)
     policy, _ = tiny_pair
     logs = []
     for name, (bs, accum) in {"big": (4, 1), "accum": (2, 2)}.items():
         (tmp_path / name).mkdir()
         cfg = load_train_config(_config(tmp_path / name, version, policy, batch_size=bs,
-                                        grad_accum=accum, max_steps=2, nll_weight=0.1))  # fmt: skip
+                                        grad_accum=accum, max_steps=2))  # fmt: skip
         logs.append(train(cfg)["log"])
     big, accum = logs
-    for key in ("loss", "dpo_loss", "nll", "rewards/chosen", "rewards/rejected"):
+    for key in ("loss", "dpo_loss", "rewards/chosen", "rewards/rejected"):
         # step 1: policy == reference, equal up to float32 noise from other padding
         assert accum[0][key] == pytest.approx(big[0][key], rel=1e-6, abs=1e-6), key
         assert accum[1][key] == pytest.approx(big[1][key], rel=1e-3, abs=1e-5), key
@@ -135,6 +139,232 @@ def test_bad_training_inputs_name_the_problem(version, tiny_pair, tmp_path):
         load_train_config(_config(tmp_path, version, policy, learning_rte=1.0))
 
 
+def _edited_copy(version, dest, edit):
+    """A copy of `version` whose pairs tables went through `edit` (a pyarrow Table -> Table), or
+    without pairs at all when `edit` is None."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    shutil.copytree(version, dest)
+    for f in (dest / "data" / "pairs").glob("*.parquet"):
+        if edit is None:
+            f.unlink()
+        else:
+            pq.write_table(edit(pq.read_table(f)), f)
+    return dest
+
+
+def test_bad_versions_and_trainer_keys_are_named_before_any_model_loads(
+    version, tiny_pair, tmp_path, monkeypatch
+):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from transformers import PreTrainedModel
+
+    def no_model(*a, **k):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(no_model))
+    policy, _ = tiny_pair
+    cases = {
+        "none": (None, r"the version has no 'pairs' table"),
+        "empty": (lambda t: t.slice(0, 0), r"the version has no pairs"),
+        "other_tokenizer": (
+            lambda t: t.set_column(t.schema.get_field_index("chosen_tokens"), "chosen_tokens",
+                                   pc.add(t["chosen_tokens"], pa.scalar(1, t["chosen_tokens"].type))),
+            rf"model {policy}: its tokenizer differs from the one that scored demo-tiny v1 "
+            r"\(pair 0 chosen: (\d+) response tokens here, (?!\1)\d+ in the version\)",
+        ),
+    }  # fmt: skip
+    for name, (edit, message) in cases.items():
+        copy = _edited_copy(version, tmp_path / name / "v", edit)
+        with pytest.raises(TrainError, match=message):
+            train(load_train_config(_config(tmp_path / name, copy, policy)))
+    refused = {
+        "gradient_checkpointng": r"unknown key 'trainer.gradient_checkpointng': not a TRL "
+        r"DPOConfig argument \(did you mean 'trainer.gradient_checkpointing'\?\)",
+        "learning_rate": r"'trainer.learning_rate' is set by the recipe's 'learning_rate'",
+        "loss_type": r"'trainer.loss_type' is set by the recipe's 'nll_weight'",
+    }
+    for key, message in refused.items():
+        with pytest.raises(TrainError, match=message):
+            train(load_train_config(_config(tmp_path, version, policy, trainer={key: 1})))
+    with pytest.raises(TrainError, match="ref_logps: version refused: the version was scored in "
+                       "cross_lingual mode"):  # fmt: skip
+        train(load_train_config(_config(tmp_path, version, policy, ref_logps="version")))
+
+
+def test_one_step_is_the_hand_computed_dpo_nll_update(version, tiny_pair, tokenizer, tmp_path):
+    """One step of the recipe equals a DPO + NLL step computed here from the formula: the loss
+    from the batch's log-probs (summed over each response; the NLL a mean over the chosen tokens,
+    TRL's `sft` term), its gradient clipped, then an SGD step (`trainer: {optim: sgd}`: an update
+    linear in the gradient compares to rounding; Adam's first step is sign-like). At step 0 the
+    model is its own reference: rewards are zero and the DPO term is log 2."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM
+
+    from icr_data.chat import ChatEncoder
+
+    policy, _ = tiny_pair
+    beta, w, lr = 0.1, 0.5, 0.1
+    cfg = load_train_config(_config(tmp_path, version, policy, max_steps=1, nll_weight=w,
+                                    learning_rate=lr, data={"source": str(version), "limit": 4},
+                                    trainer={"optim": "sgd"}))  # fmt: skip
+    rows, _ = load_pairs(cfg.data)
+    enc = ChatEncoder(tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32).eval()
+
+    def token_logps(m) -> list:  # per response: log p of each of its tokens
+        out = []
+        for r in rows:
+            for side in ("chosen", "rejected"):
+                e = enc.encode(r["instruction"], r[side])
+                ids = torch.tensor([e.prompt_ids + e.response_ids])
+                logp = m(ids).logits[0, :-1].log_softmax(-1).gather(1, ids[0, 1:, None])[:, 0]
+                out.append(logp[len(e.prompt_ids) - 1 :])
+        return out
+
+    with torch.no_grad():
+        ref = torch.stack([x.sum() for x in token_logps(model)])
+    per_token = token_logps(model)
+    pol = torch.stack([x.sum() for x in per_token])
+    margin = (pol[0::2] - ref[0::2]) - (pol[1::2] - ref[1::2])
+    dpo = -F.logsigmoid(beta * margin).mean()
+    nll = -torch.cat(per_token[0::2]).mean()
+    loss = dpo + w * nll
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+    torch.optim.SGD(model.parameters(), lr=lr).step()
+
+    record = train(cfg)
+    first = record["log"][0]
+    assert first["loss"] == pytest.approx(loss.item(), abs=1e-5)
+    assert first["dpo_loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert first["nll"] == pytest.approx(nll.item(), abs=1e-5)
+    assert first["rewards/chosen"] == pytest.approx(0.0, abs=1e-6) and first["accuracy"] == 0.0
+    trained = AutoModelForCausalLM.from_pretrained(cfg.output_dir, dtype=torch.float32)
+    start = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            before = start.get_parameter(name)
+            ours, theirs = p - before, trained.get_parameter(name) - before
+            assert torch.allclose(theirs, ours, rtol=1e-3, atol=1e-7), name
+            assert ours.abs().max() > 1e-5, name  # every weight moved
+
+
+@pytest.fixture(scope="module")
+def native(version, tiny_pair):
+    """The version rescored natively with the tiny policy as its scoring reference: its
+    reference log-probs are then the training reference's (the policy's) under the training
+    prompt."""
+    from icr_data.derive import rescore
+
+    policy, reference = tiny_pair
+    ok, _ = rescore(
+        version, policy=str(reference), reference=str(policy), scoring={"mode": "native"}
+    )
+    return ok
+
+
+def test_reference_logps_come_from_the_version_when_they_are_the_references(
+    native, tiny_pair, tmp_path, monkeypatch
+):
+    from trl import DPOTrainer
+
+    policy, reference = tiny_pair
+
+    def no_pass(*a, **k):
+        raise AssertionError("TRL ran a reference pass")
+
+    with monkeypatch.context() as m:
+        m.setattr(DPOTrainer, "compute_ref_log_probs", no_pass)
+        record = train(load_train_config(_config(tmp_path / "v", native, policy, max_steps=1,
+                                                  ref_logps="version")))  # fmt: skip
+    assert record["reference_logps"] == {"source": "version", "reason": None}
+    first = record["log"][0]  # step 0: the model is the reference, scored by the scorer
+    assert first["loss"] == pytest.approx(0.693147, abs=1e-5)  # log 2
+    assert first["rewards/chosen"] == pytest.approx(0.0, abs=1e-5) and first["accuracy"] == 0.0
+    assert first["rewards/rejected"] == pytest.approx(0.0, abs=1e-5)
+    # the same version, another training reference: TRL computes them (with that reference
+    # model) and the record says why
+    other = train(load_train_config(_config(tmp_path / "o", native, policy, max_steps=1,
+                                            reference=str(reference))))  # fmt: skip
+    assert other["reference_logps"]["source"] == "trl"
+    assert "is not the training reference" in other["reference_logps"]["reason"]
+    assert other["reference"]["name"] == str(reference) and other["log"][0]["margins"] != 0.0
+    with pytest.raises(
+        TrainError, match="ref_logps: version refused: .*not the training reference"
+    ):
+        train(load_train_config(_config(tmp_path / "x", native, reference, ref_logps="version")))
+
+
+def test_a_full_disk_loses_only_the_checkpoint_being_written(
+    version, tiny_pair, tmp_path, monkeypatch
+):
+    import errno
+
+    from transformers import Trainer
+
+    real = Trainer._save_optimizer_and_scheduler
+
+    def full_at_step_two(self, output_dir):
+        if self.state.global_step == 2:  # the adapter is written, the optimizer state is not
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, output_dir)
+
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", full_at_step_two)
+    cfg = load_train_config(_config(tmp_path, version, tiny_pair[0], finetune="lora", max_steps=3,
+                                    save_every=1, lora={"r": 4, "alpha": 8}))  # fmt: skip
+    record = train(cfg)
+    out = Path(cfg.output_dir)
+    assert (out / "checkpoint-1" / "trainer_state.json").is_file()
+    assert (out / "checkpoint-3" / "trainer_state.json").is_file()
+    assert not (out / "checkpoint-2").exists()
+    assert record["checkpoints_lost"] == [
+        {"step": 2, "error": "[Errno 28] No space left on device"}
+    ]
+    assert record["steps"] == 3 and (out / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_two_processes_train_as_one_with_the_same_global_batch(version, tiny_pair, tmp_path):
+    """accelerate launch with the shipped DDP config, 2 processes on CPU (gloo), 2 pairs each:
+    the same losses as one process with 4 pairs per step, to rounding."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    policy, _ = tiny_pair
+    data = {"source": str(version), "limit": 4}
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    one = train(load_train_config(_config(tmp_path / "one", version, policy, max_steps=2,
+                                          batch_size=4, data=data)))  # fmt: skip
+    two_cfg = _config(tmp_path / "two", version, policy, max_steps=2, batch_size=2, data=data)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+         str(ROOT / "recipes/accelerate/multi_gpu_ddp.yaml"), "--num_processes", "2",
+         "--mixed_precision", "no", "--main_process_port", str(port),
+         str(ROOT / "recipes/dpo.py"), str(two_cfg)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "out" / "training.json").read_text())
+    assert two["processes"] == 2 and two["global_batch"] == one["global_batch"] == 4
+    for a, b in zip(one["log"], two["log"], strict=True):
+        for key in ("loss", "rewards/chosen", "rewards/rejected", "accuracy"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), (a["step"], key)
+    assert two["log"][1]["loss"] < two["log"][0]["loss"]
+
+
 def _trl_trainer(model_dir, tokenizer, ds, out, precompute: bool, cls=None):
     from transformers import AutoModelForCausalLM
     from trl import DPOConfig, DPOTrainer
@@ -162,7 +392,7 @@ def test_trl_trains_on_exported_version(version, tiny_pair, tokenizer, tmp_path)
     assert loss == pytest.approx(0.693147, abs=1e-4)  # model == reference at step 1: log 2
 
 
-def test_ref_logps_export_is_what_trl_computes(version, tiny_pair, tokenizer, tmp_path):
+def test_ref_logps_export_is_what_trl_computes(version, native, tiny_pair, tokenizer, tmp_path):
     """Scored natively with the training reference, the exported reference log-probs equal TRL's
     own precomputation, and a trainer that reads them starts at zero reward (model == reference)."""
     pytest.importorskip("trl")
@@ -175,14 +405,11 @@ def test_ref_logps_export_is_what_trl_computes(version, tiny_pair, tokenizer, tm
     policy, reference = tiny_pair
     with pytest.raises(ExportError, match="scored in cross_lingual mode"):
         export(version, "trl", tmp_path / "x", ref_logps=True)
-    native, _ = rescore(version, scoring={"mode": "native"})
+    other, _ = rescore(version, scoring={"mode": "native"})
     with pytest.raises(ExportError, match="scoring reference .* is not the training reference"):
-        export(native, "trl", tmp_path / "x", ref_logps=True)
-    # the generator (tiny policy) is the training reference; make it the scoring reference too
-    ok, _ = rescore(
-        version, policy=str(reference), reference=str(policy), scoring={"mode": "native"}
-    )
-    (path,) = export(ok, "trl", tmp_path / "ref", ref_logps=True)
+        export(other, "trl", tmp_path / "x", ref_logps=True)
+    # the generator (tiny policy) is the training reference; `native` makes it the scoring one
+    (path,) = export(native, "trl", tmp_path / "ref", ref_logps=True)
     ds = load_dataset("parquet", data_files=str(path), split="train")
     own = _trl_trainer(policy, tokenizer, ds.remove_columns(["ref_chosen_logps", "ref_rejected_logps"]),
                        tmp_path / "own", precompute=True)  # fmt: skip
@@ -241,7 +468,8 @@ def test_round_two_generates_with_round_one_model(version, tiny_pair, tmp_path):
                  "sampling.n=2", "sampling.max_tokens=8", "prompts.limit=2", "prompts.languages=[en, es]"]  # fmt: skip
     recipe = load_recipe(ROOT / "recipes/demo_tiny.yaml", overrides)
     assert recipe.models.generator == str(Path(cfg.output_dir).resolve())
-    manifest = build(recipe).manifest
+    result = build(recipe)
+    manifest = result.manifest
     one, two = manifest["rounds"]
     trained = record["output_model"]["sha256"]
     assert one["round"] == 1 and one["trained"]["output_model"]["sha256"] == trained
@@ -251,6 +479,12 @@ def test_round_two_generates_with_round_one_model(version, tiny_pair, tmp_path):
     assert two["training_reference"]["sha256"] == trained
     assert two["reward"]["reference"] == manifest["models"]["reference"]
     assert manifest["training"]["reference"]["sha256"] == trained
+    # round 2 trains from round 1's model on round 2's pairs; its record carries both rounds
+    (tmp_path / "r2").mkdir()
+    second = train(load_train_config(_config(tmp_path / "r2", result.path, cfg.output_dir,
+                                              max_steps=1)))  # fmt: skip
+    assert second["start_model"]["sha256"] == trained and second["round"] == 2
+    assert second["reference"]["sha256"] == trained and len(second["rounds"]) == 2
 
 
 def test_previous_without_a_record_is_refused(tmp_path):
@@ -269,6 +503,12 @@ def test_shipped_training_configs_and_round_recipes_load():
     for name in ("dpo_paper_round1.yaml", "dpo_paper_round2.yaml"):
         cfg = load_train_config(ROOT / "recipes" / name)
         assert cfg.beta == 0.1 and cfg.batch_size * cfg.grad_accum == 32 and cfg.nll_weight == 1.0
+    for name in ("single_gpu", "multi_gpu_ddp", "deepspeed_zero3", "fsdp"):
+        acc = yaml.safe_load((ROOT / "recipes/accelerate" / f"{name}.yaml").read_text())
+        assert (
+            acc["distributed_type"] in ("NO", "MULTI_GPU", "DEEPSPEED", "FSDP")
+            and not acc["use_cpu"]
+        )
     r1 = load_recipe(ROOT / "recipes/paper_round1.yaml")
     assert r1.round.index == 1 and r1.sampling.n == 10 and r1.sampling.max_tokens == 2400
     with pytest.raises(
