@@ -254,7 +254,7 @@ def version_files(path):
 def test_fixed_translations_make_a_version_a_recipe_reads(tmp_path, monkeypatch):
     seen = []
 
-    def engine(model_path, requests, cfg, advance=None):
+    def engine(model_path, requests, cfg, executor=None, model_id=None):
         seen.extend(requests)
         return [(FIXED[(r["prompt_id"], r["lang"])], "stop") for r in requests]
 
@@ -351,9 +351,16 @@ def test_tiny_model_through_transformers(tmp_path):
     src = write_jsonl(tmp_path / "en.jsonl", SOURCES[:3])
     cfg = TranslateConfig(source=src, languages=["es", "ru"], model="builtin:tiny-policy",
                           out=str(tmp_path / "store"), backend="transformers", max_tokens=6)  # fmt: skip
-    totals = []
-    path, m = tr.translate(cfg, on_total=totals.append)
-    assert totals == [6] and m["decoding"]["temperature"] == 0.0
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(console=Console(file=io.StringIO())) as progress:
+        path, m = tr.translate(cfg, progress=progress)
+        (task,) = progress.tasks
+    assert (task.description, task.total, task.completed) == ("translate", 6, 6)
+    assert m["decoding"]["temperature"] == 0.0
     check_noise_version(path, m, 3, ["es", "ru"])
     assert m["counts"]["es"]["reasons"].get("truncated") == 3  # 6 noise tokens never end a turn
 
