@@ -17,7 +17,7 @@ from pathlib import Path
 from datasets import Dataset
 
 from icr_data import models, store
-from icr_data.config import Recipe, from_dict
+from icr_data.config import Recipe, RecipeError, from_dict, validate_scoring
 from icr_data.errors import IcrError
 from icr_data.languages import scoring_prompt
 
@@ -81,6 +81,10 @@ def rescore(
         recipe.models.reference = reference
     if scoring:
         recipe.scoring = dataclasses.replace(recipe.scoring, **scoring)
+        try:
+            validate_scoring(recipe.scoring, "icr-data score")
+        except RecipeError as e:
+            raise DeriveError(str(e)) from None
     if name is not None and (version_dir.parent / name).exists():
         raise store.StoreError(f"version {name} already exists at {version_dir.parent / name}; "
                                "versions are immutable")  # fmt: skip

@@ -120,7 +120,8 @@ def choose_alpha(groups: list[tuple[np.ndarray, np.ndarray]], alphas: np.ndarray
 
 
 def _corr(x: list[float], y: list[float]) -> float | None:
-    if len(x) < 2 or np.std(x) == 0 or np.std(y) == 0:
+    """Pearson's r, or None on fewer than 3 points (two points always give +-1)."""
+    if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
         return None
     return float(np.corrcoef(x, y)[0, 1])
 

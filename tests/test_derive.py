@@ -181,3 +181,9 @@ def test_versions_record_no_local_path_and_still_rescore(v1, tmp_path):
     assert store.read_table(v2, "candidates")["reward"] == pytest.approx(
         [0.5 * x for x in store.read_table(v1, "candidates")["reward"]], abs=1e-9
     )
+
+
+def test_rescore_refuses_a_beta_that_makes_no_reward(v1):
+    with pytest.raises(DeriveError, match="'scoring.beta' must be > 0"):
+        rescore(v1, scoring={"beta": 0.0})
+    assert not (v1.parent / "v9").exists()

@@ -358,3 +358,10 @@ def test_paper_exact_refuses_settings_the_research_code_does_not_have(tmp_path):
         load_recipe(paper, ["pairing.filters=[tie]"])
     with pytest.raises(RecipeError, match="needs 'pairing.length_unit: chars'"):
         load_recipe(paper, ["pairing.length_unit=tokens"])
+
+
+def test_no_correlation_on_two_pairs():
+    from icr_data.pairs import _corr
+
+    assert _corr([1.0, 2.0], [3.0, 5.0]) is None
+    assert _corr([1.0, 2.0, 3.0], [3.0, 5.0, 7.0]) == pytest.approx(1.0)
