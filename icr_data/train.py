@@ -263,6 +263,7 @@ def dpo_args(cfg: TrainConfig):
         use_cpu=device == "cpu", model_init_kwargs={"dtype": dtype},
         bf16=cuda and dtype in (torch.float32, torch.bfloat16), fp16=False,
         report_to="none", disable_tqdm=True, log_level="warning", dataloader_pin_memory=cuda,
+        gradient_checkpointing=cuda,  # TRL's default on a GPU; on a CPU it only costs time
     )  # fmt: skip
     if "warmup_ratio" in known:  # transformers 4
         args["warmup_ratio"] = cfg.warmup_ratio
