@@ -361,10 +361,17 @@ def train(
     from icr_data.train import train as run_train
 
     cfg = load_train_config(config, list(set_ or []))
-    prepare.ensure([s for s in (cfg.model, cfg.reference) if s], err)
+    from accelerate import PartialState  # one process, or one of several under accelerate launch
+
+    state = PartialState()
+    with state.main_process_first():  # the others find what the main process prepared
+        prepare.ensure([s for s in (cfg.model, cfg.reference) if s], err)
     record = run_train(cfg, console=err)
-    err.print(f"[green]wrote[/] {cfg.output_dir} ({record['steps']} steps, {record['seconds']}s)")
-    print(cfg.output_dir)
+    if state.is_main_process:
+        err.print(
+            f"[green]wrote[/] {cfg.output_dir} ({record['steps']} steps, {record['seconds']}s)"
+        )
+        print(cfg.output_dir)
 
 
 @app.command("check-reward")

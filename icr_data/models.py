@@ -123,6 +123,7 @@ def trained_path(config: str | Path) -> Path:
         name: sha256_file(Path(__file__).with_name(name))
         for name in ("train.py", "score.py", "chat.py")
     }
+    code["trl"] = _version("trl")  # the trainer is part of the code that trains
     key = digest({"config": settings, "data": data_key, "code": code,
                   "model": start.get("sha256") or start["name"]})  # fmt: skip
     return builtin_cache() / "trained" / f"{Path(config).stem}-{key[:16]}"
@@ -327,3 +328,12 @@ def load_causal_lm(path: str, device: str, dtype):
     quiet_transformers()
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     return model.to(device).eval()
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:  # recorded as absent: a key made without it differs
+        return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 from pathlib import Path
 
 import pytest
@@ -137,6 +138,7 @@ def _old_trained_path(config: Path) -> Path:
         name: sha256_file(Path(icr_data.train.__file__).with_name(name))
         for name in ("train.py", "score.py", "chat.py")
     }
+    code["trl"] = importlib.metadata.version("trl")  # the trainer's version is part of the key
     key = digest({"config": settings, "data": data_key, "code": code,
                   "model": start.get("sha256") or start["name"]})  # fmt: skip
     return builtin_cache() / "trained" / f"{Path(config).stem}-{key[:16]}"
