@@ -211,6 +211,7 @@ def score(
         bool | None, typer.Option(help="Version mode: count the end-of-turn token.")
     ] = None,
     version: VersionOpt = None,
+    if_changed: IfChangedOpt = False,
     executor: ExecutorOpt = "local",
     address: AddressOpt = None,
 ) -> None:
@@ -232,7 +233,7 @@ def score(
             if v is not None
         }
         path, manifest = rescore(source, policy, reference, scoring, name=version, console=err,
-                                 executor=executor, address=address)  # fmt: skip
+                                 executor=executor, address=address, if_changed=if_changed)  # fmt: skip
         _report_version(path, manifest)
         return
     if policy or reference or mode or beta is not None or count_eot is not None:
@@ -266,6 +267,7 @@ def pair(
     ] = None,
     length_unit: Annotated[str | None, typer.Option(help="chars or tokens.")] = None,
     version: VersionOpt = None,
+    if_changed: IfChangedOpt = False,
 ) -> None:
     """Pair an existing version again (new strategy or filters) into a new version; candidates,
     their responses and scores are reused, nothing is regenerated or rescored."""
@@ -280,7 +282,7 @@ def pair(
     settings = {key: v for key, v in settings.items() if v is not None}
     if filters is not None:
         settings["filters"] = [f.strip() for f in filters.split(",") if f.strip()]
-    path, manifest = repair(version_dir, settings, name=version)
+    path, manifest = repair(version_dir, settings, name=version, if_changed=if_changed, console=err)
     _report_version(path, manifest)
 
 

@@ -58,6 +58,7 @@ def rescore(
     console=None,
     executor: str = "local",
     address: str | None = None,
+    if_changed: bool = False,
 ) -> tuple[Path, dict]:
     """Score the parent's candidates under a (new) reward pair; write and return a new version.
 
@@ -127,13 +128,15 @@ def rescore(
     timings = {"score_s": round(time.perf_counter() - t0, 2),
                "scoring_throughput": {r: reports[r].get("stats") for r in reports}}  # fmt: skip
     path, manifest = write_child(version_dir, parent_manifest, recipe, scored, ids, timings,
-                                 {"operation": "rescore", "reused": ["candidates (responses)"]}, name)  # fmt: skip
+                                 {"operation": "rescore", "reused": ["candidates (responses)"]}, name,
+                                 if_changed, console)  # fmt: skip
     return path, manifest
 
 
 def repair(
-    version: str | Path, pairing: dict | None = None, name: str | None = None
-) -> tuple[Path, dict]:
+    version: str | Path, pairing: dict | None = None, name: str | None = None,
+    if_changed: bool = False, console=None,
+) -> tuple[Path, dict]:  # fmt: skip
     """Pair the parent's scored candidates again under new pairing settings (nothing regenerated
     or rescored); write and return a new version."""
     from icr_data.config import RecipeError, validate_pairing
@@ -150,14 +153,18 @@ def repair(
         raise DeriveError(str(e)) from None
     candidates = store.read_table(version_dir, "candidates")
     return write_child(version_dir, parent_manifest, recipe, candidates, parent_manifest["models"], {},
-                       {"operation": "pair", "reused": ["candidates (responses and scores)"]}, name)  # fmt: skip
+                       {"operation": "pair", "reused": ["candidates (responses and scores)"]}, name,
+                       if_changed, console)  # fmt: skip
 
 
 def write_child(
     version_dir: Path, parent_manifest: dict, recipe: Recipe, candidates: Dataset, model_ids: dict,
-    timings: dict, derived: dict, name: str | None,
+    timings: dict, derived: dict, name: str | None, if_changed: bool = False, console=None,
 ) -> tuple[Path, dict]:  # fmt: skip
-    """Pair `candidates` under `recipe` and write them as a new version whose parent is the given one."""
+    """Pair `candidates` under `recipe` and write them as a new version whose parent is the given
+    one. When the latest version already holds this content, say so; with `if_changed`, write
+    nothing and return that version."""
+    from icr_data.build import identical_version
     from icr_data.card import render_card
     from icr_data.manifest import make_manifest, margin_summary
     from icr_data.pairs import make_pairs
@@ -180,6 +187,21 @@ def write_child(
                              recipe_dir=store.local_info(version_dir).get("recipe_dir"))  # fmt: skip
     manifest["derived"] = derived
     dataset_dir = version_dir.parent
-    path = store.write_version(dataset_dir.parent, dataset_dir.name, {"pairs": pairs, "candidates": candidates},
-                               manifest, render_card, name=name)  # fmt: skip
+    tables = {"pairs": pairs, "candidates": candidates}
+    same = identical_version(dataset_dir, tables, manifest)
+    if same:
+        from icr_data.console import stderr_console
+
+        skip = (
+            "nothing written"
+            if if_changed
+            else "a new version is written anyway (--if-changed skips it)"
+        )
+        (console or stderr_console()).print(
+            f"{dataset_dir.name}/{same} already holds this content: {skip}"
+        )
+        if if_changed:
+            return dataset_dir / same, store.read_manifest(dataset_dir / same)
+    path = store.write_version(dataset_dir.parent, dataset_dir.name, tables, manifest, render_card,
+                               name=name)  # fmt: skip
     return path, manifest

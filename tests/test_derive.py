@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from icr_data import store
-from icr_data.derive import DeriveError, rescore
+from icr_data.derive import DeriveError, repair, rescore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -188,3 +188,13 @@ def test_rescore_refuses_a_beta_that_makes_no_reward(v1):
     with pytest.raises(DeriveError, match="'scoring.beta' must be > 0"):
         rescore(v1, scoring={"beta": 0.0})
     assert store.versions(v1.parent) == before  # nothing written
+
+
+def test_pairing_again_the_same_way_is_said_and_if_changed_writes_nothing(v1, capsys):
+    first, _ = repair(v1, {"rule": "top_bottom", "k": 2})
+    r = subprocess.run([sys.executable, "-m", "icr_data.cli", "pair", str(v1), "--strategy",
+                        "top_bottom", "--k", "2", "--if-changed"], capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"{first.name} already holds this content: nothing written" in r.stderr
+    assert Path(r.stdout.strip().splitlines()[-1]) == first
+    assert store.versions(v1.parent)[-1] == first.name
