@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
 from pathlib import Path
 
 LOG_FILE_ENV = "ICR_DATA_LOG_FILE"
@@ -86,3 +86,16 @@ def engine_output_to_file():
             for fd, copy in saved.items():
                 os.dup2(copy, fd)
                 os.close(copy)
+
+
+@contextmanager
+def third_party_stderr():
+    """Python-level writes to stderr (a library's own tqdm bar) go to the log file meanwhile;
+    with -v they stay on the terminal."""
+    if verbose():
+        yield
+        return
+    path = log_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as log, redirect_stderr(log):
+        yield

@@ -50,13 +50,17 @@ def smollm2_path(console=None) -> Path:
 
     from icr_data.console import stderr_console
     from icr_data.hf import quiet_transformers
+    from icr_data.logs import third_party_stderr
 
     src = gguf_dir()
     console = console or stderr_console()
     console.print(f"[bold]setting up[/] {NAME} from its GGUF file once (cached in {out})")
     quiet_transformers()
-    tok = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_NAME)
-    quantized = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_NAME, dtype=torch.float32)
+    with third_party_stderr():  # transformers' GGUF reader draws its own tqdm bars
+        tok = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_NAME)
+        quantized = AutoModelForCausalLM.from_pretrained(
+            src, gguf_file=GGUF_NAME, dtype=torch.float32
+        )
     config = quantized.config
     # the weights are plain now; vLLM would refuse a config that still says "gguf"
     if hasattr(config, "quantization_config"):

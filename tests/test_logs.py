@@ -62,3 +62,15 @@ def test_verbose_leaves_the_terminal_alone(tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("VLLM_LOGGING_STREAM", "ext://sys.stdout")  # vLLM's own default
     assert logs.quiet_vllm() is None
     assert os.environ["VLLM_LOGGING_STREAM"] == "ext://sys.stderr"  # never stdout
+
+
+def test_a_librarys_own_bar_goes_to_the_log_file(tmp_path, monkeypatch, capsys):
+    from tqdm.auto import tqdm
+
+    monkeypatch.delenv(logs.VERBOSE_ENV, raising=False)
+    monkeypatch.setenv(logs.LOG_FILE_ENV, str(tmp_path / "third_party.log"))
+    with logs.third_party_stderr():
+        for _ in tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."):
+            pass
+    assert "Converting" not in capsys.readouterr().err
+    assert "Converting and de-quantizing" in (tmp_path / "third_party.log").read_text()
