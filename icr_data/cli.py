@@ -500,6 +500,15 @@ def inspect_version(
     if bins < 1 or (top or 0) < 0 or (bottom or 0) < 0:
         _fail("--bins must be >= 1 and --top/--bottom >= 0")
     path = st.resolve_version(version, store)
+    if st.read_manifest(path).get("kind") == "eval":  # an eval record: its tables and rows
+        from icr_data.reports import eval_rows_table, eval_tables
+
+        manifest, rows = st.read_manifest(path), st.read_table(path, "rows").to_list()
+        out = _stdout()
+        for table in eval_tables(manifest):
+            out.print(table)
+        out.print(eval_rows_table(rows, lang, 3 if top is None else top, max_chars))
+        return
     if plot is not None:  # any version folder, not only this one: all are immutable
         st.refuse_inside_version(plot, "--plot", "the PNG ")
     report = ins.inspect_version(path, lang, length_unit, sort, top, bottom, bins)

@@ -117,6 +117,14 @@ def _judge_paths(spec: str, base: Path) -> str:
     return f"{kind}:" + ",".join(_model_path(m, base) for m in rest.split(",")) if rest else spec
 
 
+def judge_label(spec: str) -> str:
+    """A judge as the record names it: its models without this machine's folders."""
+    from icr_data.store import portable_path
+
+    kind, models = parse_judge(spec)
+    return f"{kind}:" + ",".join(portable_path(m) for m in models)
+
+
 def parse_judge(spec: str) -> tuple[str, list[str]]:
     """'implicit:P,R' -> ('implicit', [P, R]); unknown kinds and wrong arity are refused."""
     kind, sep, rest = spec.partition(":")
@@ -378,7 +386,7 @@ def evaluate(
         kind, _ = parse_judge(spec)
         verdicts = _judge(cfg, ex, spec, rows, cand, base, console, progress)
         for i, (r, v) in enumerate(zip(rows, verdicts)):
-            out_rows.append({"judge": spec, "kind": kind, "prompt_id": r["prompt_id"], "lang": r["lang"],
+            out_rows.append({"judge": judge_label(spec), "kind": kind, "prompt_id": r["prompt_id"], "lang": r["lang"],
                              "instruction": r["instruction"], "candidate": cand[i], "baseline": base[i],
                              **v, "candidate_chars": len(cand[i]), "baseline_chars": len(base[i]),
                              "candidate_lid": lid["candidate"][i], "baseline_lid": lid["baseline"][i],
@@ -388,7 +396,7 @@ def evaluate(
         "kind": "eval", "dataset": cfg.name, "version": None,
         "created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
         "code_version": f"icr-data {icr_data.__version__}",
-        "models": {**ids, "judges": {j: [models.identity(m, models.resolve(m, "judge"))
+        "models": {**ids, "judges": {judge_label(j): [models.identity(m, models.resolve(m, "judge"))
                                          for m in parse_judge(j)[1]] for j in cfg.judges}},
         "lineage": lineage(record),
         "sampling": {k: getattr(cfg.sampling, k) for k in ("backend", "temperature", "top_p", "max_tokens", "seed")},

@@ -273,3 +273,21 @@ def evals_table(rows: list[dict]) -> Table:
                  if x in r["languages"] else "-" for x in langs]  # fmt: skip
         table.add_row(r["record"], r["data"], r["candidate"], r["judge"], *cells)
     return table
+
+
+def eval_rows_table(rows: list[dict], lang: str | None, per_judge: int, max_chars: int) -> Table:
+    """inspect on an eval record: the first rows of each judge (optionally one language), the
+    two answers side by side with the verdicts."""
+    table = Table(title="eval rows (verdict_ab: candidate shown first; verdict_ba: second)")
+    for col in ("judge", "lang", "prompt", "candidate", "baseline", "verdicts", "win"):
+        table.add_column(col, overflow="fold")
+    shown: dict[str, int] = {}
+    for r in rows:
+        if (lang and r["lang"] != lang) or shown.get(r["judge"], 0) >= per_judge:
+            continue
+        shown[r["judge"]] = shown.get(r["judge"], 0) + 1
+        verdicts = " / ".join(str(v) for v in (r["verdict_ab"], r["verdict_ba"]) if v is not None)
+        table.add_row(r["judge"], r["lang"], _clip(r["instruction"], max_chars),
+                      _clip(r["candidate"], max_chars), _clip(r["baseline"], max_chars),
+                      verdicts or "unparseable", _f(r["win"], ".1f"))  # fmt: skip
+    return table

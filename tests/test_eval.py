@@ -142,14 +142,15 @@ def test_eval_end_to_end_on_tiny_models_resumes_and_records(tmp_path, tiny_pair)
     cfg = load_eval(recipe)
     path, m = evaluate(cfg)
     rows = store.read_table(path, "rows").to_list()
-    assert len(rows) == 2 * 4 and {r["judge"] for r in rows} == set(judges)
+    labels = ["implicit:tiny-policy,tiny-reference", "reward:rm"]  # no folders of this machine
+    assert len(rows) == 2 * 4 and {r["judge"] for r in rows} == set(labels)
     for r in rows:
         assert r["win"] == {"candidate": 1.0, "baseline": 0.0, "tie": 0.5}[r["verdict_ab"]]
         assert (r["candidate_reward"] > r["baseline_reward"]) == (r["verdict_ab"] == "candidate")
         assert r["candidate_chars"] == len(r["candidate"])
     implicit = [r for r in rows if r["kind"] == "implicit"]
     assert all(r["baseline_reward"] != 0 for r in implicit)  # the pair really differs
-    de = m["results"][judges[0]]["de"]
+    de = m["results"][labels[0]]["de"]
     assert (
         de["prompts"] == 2
         and de["win_rate"] == sum(r["win"] for r in implicit if r["lang"] == "de") / 2
@@ -167,6 +168,18 @@ def test_eval_end_to_end_on_tiny_models_resumes_and_records(tmp_path, tiny_pair)
     assert "answers (candidate): 1 shard(s) finished earlier, skipped" in buf.getvalue()
     assert "answers (baseline): 1 shard(s) finished earlier, skipped" in buf.getvalue()
     assert store.read_table(again, "rows")["candidate"] == [r["candidate"] for r in rows]
+
+    import subprocess
+    import sys
+
+    cli = [sys.executable, "-m", "icr_data.cli"]
+    shown = subprocess.run([*cli, "inspect", str(path)], capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "eval rows" in shown.stdout and "judged by reward:rm" in shown.stdout
+    dry = subprocess.run([*cli, "publish", str(path), "--repo", "me/ev", "--dry-run",
+                          str(tmp_path / "dry")], capture_output=True, text=True)  # fmt: skip
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    assert any(p.name.endswith(".parquet") for p in (tmp_path / "dry").rglob("*"))
 
     with pytest.raises(EvalError, match="not a sequence classifier"):
         evaluate(load_eval(recipe, [f"judges=[reward:{policy}]"]))
