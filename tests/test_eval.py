@@ -200,3 +200,32 @@ def test_training_prompts_come_from_the_version_or_file_the_candidate_trained_on
                                  "chosen": "a", "rejected": "b"}) + "\n")  # fmt: skip
     assert training_prompts(EvalConfig(), {"data": {"source": str(pairs)}}) == {"hello world"}
     assert training_prompts(EvalConfig(), None) == set()
+
+
+def test_a_record_of_a_trained_candidate_names_its_version_and_flags_its_prompts(
+    build_tiny, tiny_pair, tmp_path
+):
+    import yaml
+
+    from icr_data.evaluation import evaluate
+
+    policy, reference = (str(p) for p in tiny_pair)
+    version = build_tiny(tmp_path / "store", "sampling.max_tokens=8", "prompts.limit=2",
+                         "prompts.languages=[en, de]")  # fmt: skip
+    config = {"data": {"source": str(version)}, "model": reference, "finetune": "full",
+              "learning_rate": 1e-4, "max_steps": 1, "batch_size": 2, "grad_accum": 1,
+              "warmup_ratio": 0.0, "output_dir": str(tmp_path / "unused")}  # fmt: skip
+    (tmp_path / "dpo.yaml").write_text(yaml.safe_dump(config))
+    held_out = _prompts_file(tmp_path / "held_out.jsonl")
+    seen = store.read_table(version, "candidates").select([0]).to_list()[0]
+    with open(held_out, "a") as f:  # one training prompt, re-cased and re-punctuated
+        f.write(json.dumps({"prompt_id": "seen", "lang": seen["lang"],
+                            "instruction": seen["instruction"].upper() + "!!"}) + "\n")  # fmt: skip
+    recipe = _recipe(tmp_path, candidate=f"train:{tmp_path / 'dpo.yaml'}", baseline=reference,
+                     judges=[f"implicit:{policy},{reference}"],
+                     prompts={"source": str(held_out), "languages": ["en", "de"]})  # fmt: skip
+    path, m = evaluate(load_eval(recipe))
+    assert (m["lineage"]["dataset"], m["lineage"]["version"]) == ("demo-tiny", "v1")
+    assert m["decontamination"]["flagged"] == 1 and m["totals"]["prompts"] == 4
+    assert "seen" not in store.read_table(path, "rows")["prompt_id"]
+    assert "`demo-tiny/v1`" in (path / "README.md").read_text()
