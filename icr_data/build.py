@@ -327,6 +327,7 @@ def merge(plan: Plan, version: str | None = None, timings: dict | None = None,
     candidates, lid = assemble(plan, executor)
     if lid["done"]:
         timings["langid_s"] = round(time.perf_counter() - t0, 2)
+        timings["langid"] = lid.get("stats")  # texts, seconds, texts_per_s
     pairs, stats = make_pairs(candidates, recipe.pairing)
     counts, margins = margin_summary(pairs, candidates, plan.prompts, plan.langs)
     manifest = make_manifest(recipe, plan.ids, stats, counts, margins, timings,

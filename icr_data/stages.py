@@ -310,16 +310,32 @@ class LangIdStage(Stage):
     def made_of(self, shard: Shard) -> dict:
         return {"shard": shard.index, "languages": list(self.languages)}
 
+    _stats: dict | None = field(default=None, repr=False, compare=False)
+
     def run(self, rows: Dataset, advance: Advance | None = None) -> Dataset:
+        import time
+
         from datasets import Dataset
 
         from icr_data.langid import identify, judged
 
+        t0 = time.perf_counter()
         langs, scores = identify(rows["response"], self.languages)
         langs = judged(langs, rows["lang"], self.languages)
+        self._stats = {"texts": len(rows), "seconds": time.perf_counter() - t0}
         if advance:
             advance(len(rows))
         return Dataset.from_dict({"lid_lang": langs, "lid_score": scores})
+
+    def stats(self) -> dict | None:
+        return self._stats
+
+    @staticmethod
+    def summarize(per_shard: list[dict]) -> dict | None:
+        texts = sum(s["texts"] for s in per_shard)
+        seconds = sum(s["seconds"] for s in per_shard)
+        return {"texts": texts, "seconds": round(seconds, 3),
+                "texts_per_s": round(texts / seconds, 1) if seconds else None}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------ pairs

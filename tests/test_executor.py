@@ -97,3 +97,14 @@ def test_in_memory_runs_leave_nothing_behind(tmp_path, monkeypatch):
     assert outs[0]["words"] == [2, 1, 3, 0] and report["done"] == 1
     assert list(tmp_path.iterdir()) == []
     assert not MemoryWork().done("words", "k")
+
+
+def test_language_id_reports_its_rate():
+    from icr_data.stages import LangIdStage
+
+    rows = Dataset.from_list([{"lang": "de", "response": "Das ist ein ganz normaler Satz."},
+                              {"lang": "de", "response": "This one is written in English."},
+                              {"lang": "en", "response": ""}])  # fmt: skip
+    outs, report = run_once(LangIdStage(languages=("en", "de")), [Shard(0, rows)])
+    assert outs[0]["lid_lang"] == ["de", "en", None]
+    assert report["stats"]["texts"] == 3 and report["stats"]["texts_per_s"] > 0
