@@ -124,8 +124,13 @@ def test_demo_through_vllm_cli(tmp_path):
     r = cli("build", str(DEMO), "--store", str(tmp_path), "--set", "sampling.n=2",
             "--set", "sampling.max_tokens=16", env=env)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
-    v1 = Path(r.stdout.strip().splitlines()[-1])
+    v1 = Path(r.stdout.strip())  # stdout is the version path alone: vLLM logs elsewhere
     assert v1 == tmp_path / "demo-tiny" / "v1"
+    # a newcomer sees our progress and messages: the engine's notices are in the run's log file
+    for noise in ("Triton", "NUMA", "LD_PRELOAD", "Loading safetensors", "force killing"):
+        assert noise not in r.stderr, noise
+    log = (tmp_path / "demo-tiny" / ".work" / "logs" / "third_party.log").read_text()
+    assert "vllm" in log
     m = store.read_manifest(v1)
     assert m["totals"] == {"prompts": 50, "candidates": 100, "pairs": m["totals"]["pairs"]}
     assert m["totals"]["pairs"] >= 40  # random tiny models rarely repeat a 16-token sample
