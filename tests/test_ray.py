@@ -145,10 +145,11 @@ def test_vllm_engine_in_a_ray_actor_samples_what_the_local_engine_samples(
     assert os.getpid() not in {
         int(w.rsplit(":", 1)[1]) for w in remote.report["generate"]["workers"]
     }
-    a, b = (
-        digest(tmp_path / "a" / "demo-tiny" / ".work"),
-        digest(tmp_path / "b" / "demo-tiny" / ".work"),
-    )
+    a, b = (  # the work, not the engines' log files beside it
+        {k: v for k, v in digest(tmp_path / x / "demo-tiny" / ".work").items()
+         if not k.startswith("logs/")}
+        for x in ("a", "b")
+    )  # fmt: skip
     assert len(a) == 4 and a == b
 
 
