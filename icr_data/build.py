@@ -33,7 +33,14 @@ from icr_data.manifest import make_manifest, margin_summary
 from icr_data.prompts import load_prompts
 from icr_data.score import with_rewards
 from icr_data.shards import Shard, WorkDir, mine, plan_shards
-from icr_data.stages import GenerateStage, LangIdStage, LogprobStage, logprob_stages, model_key
+from icr_data.stages import (
+    GenerateStage,
+    LangIdStage,
+    LogprobStage,
+    RewardStage,
+    logprob_stages,
+    model_key,
+)
 from icr_data.stages import Shard as StageShard
 
 CANDIDATE_COLUMNS = [
@@ -64,9 +71,12 @@ class Plan:
     generate: GenerateStage | None = None
     logp: dict[str, LogprobStage] = field(default_factory=dict)
     langid: LangIdStage | None = None
+    judge: RewardStage | None = None
+    """scoring.judge: the explicit reward model's stage (None without one)."""
     gen_keys: dict[int, str] = field(default_factory=dict)
     logp_keys: dict[str, dict[int, str]] = field(default_factory=dict)
     lid_keys: dict[int, str] = field(default_factory=dict)
+    judge_keys: dict[int, str] = field(default_factory=dict)
     missing_langs: list[str] = field(default_factory=list)
     """Languages of prompts.languages without a single prompt row (warned about, not built)."""
 
@@ -158,6 +168,8 @@ def training_reference(recipe: Recipe, resolved: dict[str, str], ids: dict) -> d
 def model_specs(recipe: Recipe) -> list[str]:
     """Every model string the recipe names (what `prepare` readies before a build)."""
     specs = [recipe.models.generator, recipe.models.policy, recipe.models.reference]
+    if recipe.scoring.judge:
+        specs.append(recipe.scoring.judge.removeprefix("reward:"))
     return specs + ([recipe.training.reference] if recipe.training.reference else [])
 
 
@@ -173,6 +185,13 @@ def make_plan(recipe: Recipe) -> Plan:
         role: models.identity(getattr(recipe.models, role), path) for role, path in resolved.items()
     }
     ids["training_reference"] = training_reference(recipe, resolved, ids)
+    if recipe.scoring.judge:  # an explicit reward model, checked before any work
+        spec = recipe.scoring.judge.removeprefix("reward:")
+        resolved["judge"] = models.resolve(spec, "scoring.judge")
+        models.check_sequence_classifier(
+            resolved["judge"], f"scoring.judge: {recipe.scoring.judge}"
+        )
+        ids["judge"] = models.identity(spec, resolved["judge"])
     gen_tok, tokenizer = _check_models(recipe, resolved)
     skipped: dict[str, int] = {}
     prompts = load_prompts(recipe.prompts, recipe.scoring, skipped)
@@ -196,6 +215,9 @@ def make_plan(recipe: Recipe) -> Plan:
                             recipe.models.chat_template, device)  # fmt: skip
     plan.logp = {stage.role: stage for stage in passes}
     plan.langid = LangIdStage(languages=tuple(langs))
+    if "judge" in resolved:
+        plan.judge = RewardStage(model=resolved["judge"], model_key=model_key(ids["judge"]),
+                                 chat_template=recipe.models.chat_template, device=device)  # fmt: skip
     plan.logp_keys = {role: {} for role in ROLES}
     for shard in shards:
         gen_key = plan.generate.key(plan.stage_shard(shard))
@@ -205,6 +227,8 @@ def make_plan(recipe: Recipe) -> Plan:
                 plan.stage_shard(shard, gen_key)
             )
         plan.lid_keys[shard.index] = plan.langid.key(plan.stage_shard(shard, gen_key))
+        if plan.judge is not None:
+            plan.judge_keys[shard.index] = plan.judge.key(plan.stage_shard(shard, gen_key))
     return plan
 
 
@@ -255,6 +279,9 @@ def run_score(plan: Plan, part, executor) -> dict[str, dict]:
     for role in ROLES:
         todo = sample_tasks(plan, plan.logp[role], plan.logp_keys[role], shards)
         reports[role] = executor.run(plan.logp[role], todo, f"score ({role})")
+    if plan.judge is not None:  # the second opinion: one more model over the same samples
+        todo = sample_tasks(plan, plan.judge, plan.judge_keys, shards)
+        reports["judge"] = executor.run(plan.judge, todo, "score (judge)")
     return reports
 
 
@@ -267,6 +294,8 @@ def assemble(plan: Plan, executor=None) -> tuple[Dataset, dict]:
             missing.append(f"{s.index} (generate)")
         missing += [f"{s.index} (logp/{r})" for r in ROLES
                     if not plan.work.done("logp", plan.logp_keys[r][s.index])]  # fmt: skip
+        if plan.judge is not None and not plan.work.done("reward", plan.judge_keys[s.index]):
+            missing.append(f"{s.index} (judge)")
     if missing:
         raise MissingWork(
             f"unfinished shard(s): {', '.join(missing)}; run `icr-data generate` and `icr-data score` for them (or `icr-data build`)"
@@ -283,10 +312,14 @@ def assemble(plan: Plan, executor=None) -> tuple[Dataset, dict]:
         scored = with_rewards(
             gen, lp["response_tokens"], lp["logp"], lr["logp"], plan.recipe.scoring.beta
         )
-        parts.append(
-            scored.add_column("lid_lang", lid["lid_lang"]).add_column("lid_score", lid["lid_score"])
-        )
-    return concatenate_datasets(parts).select_columns(CANDIDATE_COLUMNS), report
+        scored = scored.add_column("lid_lang", lid["lid_lang"])
+        scored = scored.add_column("lid_score", lid["lid_score"])
+        if plan.judge is not None:
+            judged = plan.work.load("reward", plan.judge_keys[s.index])["reward"]
+            scored = scored.add_column("judge_reward", judged)
+        parts.append(scored)
+    columns = CANDIDATE_COLUMNS + (["judge_reward"] if plan.judge is not None else [])
+    return concatenate_datasets(parts).select_columns(columns), report
 
 
 def identical_version(dataset_dir: Path, tables: dict[str, Dataset], manifest: dict) -> str | None:

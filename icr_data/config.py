@@ -94,6 +94,10 @@ class ScoringConfig:
     """auto: cuda if available, else cpu."""
     dtype: str = "auto"
     """auto: bfloat16 weights on CUDA, float32 on CPU. Sums are always accumulated in float32."""
+    judge: str | None = None
+    """reward:MODEL: an explicit reward model (a sequence classifier) also scores every candidate
+    under its own instruction (candidates gain `judge_reward`); the pair filter judge_disagrees
+    drops pairs whose order it contradicts, and the card reports its agreement per language."""
 
 
 DEFAULT_FILTERS = list(pairing_rules.FILTERS)
@@ -314,6 +318,8 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         recipe.training.reference = previous_model(recipe.round, f"{path}: 'training.reference'")
     elif recipe.training.reference:
         recipe.training.reference = resolve_relative(recipe.training.reference, base)
+    if recipe.scoring.judge and recipe.scoring.judge.startswith("reward:"):
+        recipe.scoring.judge = "reward:" + resolve_relative(recipe.scoring.judge[7:], base)
     validate(recipe, str(path))
     return recipe
 
@@ -413,6 +419,9 @@ def validate_scoring(s: ScoringConfig, where: str = "scoring") -> None:
     if not DEVICE_RE.match(s.device):
         raise RecipeError(f"{where}: 'scoring.device' must be auto, cpu, cuda, cuda:N, mps, xpu "
                           f"or xpu:N, got {s.device!r}")  # fmt: skip
+    if s.judge is not None and (not s.judge.startswith("reward:") or not s.judge[7:]):
+        raise RecipeError(f"{where}: 'scoring.judge' must be reward:MODEL (an explicit reward "
+                          f"model), got {s.judge!r}")  # fmt: skip
 
 
 def validate_pairing(p: PairingConfig, where: str = "pairing") -> None:

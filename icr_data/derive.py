@@ -124,7 +124,8 @@ def rescore(
                            [Shard(0, scored)])  # fmt: skip
         scored = scored.add_column("lid_lang", outs[0]["lid_lang"])
         scored = scored.add_column("lid_score", outs[0]["lid_score"])
-    scored = scored.select_columns(CANDIDATE_COLUMNS)
+    extra = ["judge_reward"] if "judge_reward" in scored.column_names else []  # kept as it was
+    scored = scored.select_columns(CANDIDATE_COLUMNS + extra)
     timings = {"score_s": round(time.perf_counter() - t0, 2),
                "scoring_throughput": {r: reports[r].get("stats") for r in reports}}  # fmt: skip
     path, manifest = write_child(version_dir, parent_manifest, recipe, scored, ids, timings,

@@ -416,12 +416,12 @@ def evaluate(
 
 
 def check_reward_model(spec: str, path: str) -> None:
-    from transformers import AutoConfig
+    from icr_data.models import ModelError, check_sequence_classifier
 
-    arch = (AutoConfig.from_pretrained(path).architectures or [""])[0]
-    if not arch.endswith("ForSequenceClassification"):
-        raise EvalError(f"judges: reward:{spec} is a {arch or 'model of unknown kind'}, not a "
-                        "sequence classifier (a reward model scores with one logit)")  # fmt: skip
+    try:
+        check_sequence_classifier(path, f"judges: reward:{spec}")
+    except ModelError as e:
+        raise EvalError(str(e)) from None
 
 
 def render_eval_card(manifest: dict) -> str:

@@ -172,6 +172,7 @@ def _manifest(
         },
         "scoring": {
             "mode": recipe.scoring.mode,
+            "judge": recipe.scoring.judge,
             "beta": recipe.scoring.beta,
             "count_eot": recipe.scoring.count_eot,
             "directive": DIRECTIVE,
@@ -191,6 +192,7 @@ def _manifest(
                 "step": recipe.pairing.alpha_step,
             },
             "alphas": stats.alphas,
+            "judge_agreement": stats.judge_agreement,
             "mean_length_diff": stats.mean_length_diff,
             "length_margin_corr": stats.length_margin_corr,
             "settings": dataclasses.asdict(recipe.pairing),

@@ -337,3 +337,14 @@ def _version(package: str) -> str | None:
         return version(package)
     except PackageNotFoundError:  # recorded as absent: a key made without it differs
         return None
+
+
+def check_sequence_classifier(path: str, where: str) -> None:
+    """Refuse, from its config alone, a model that is not a sequence classifier (an explicit
+    reward model scores with one logit)."""
+    from transformers import AutoConfig
+
+    arch = (AutoConfig.from_pretrained(path).architectures or [""])[0]
+    if not arch.endswith("ForSequenceClassification"):
+        raise ModelError(f"{where} is a {arch or 'model of unknown kind'}, not a sequence "
+                         "classifier (a reward model scores with one logit)")  # fmt: skip

@@ -77,7 +77,7 @@ RULES: dict[str, Rule] = {
 
 CANDIDATE_FILTERS = ("truncated", "empty", "duplicate", "repetition", "off_target")
 """Checked on each candidate before pairing, in this order (pairs.candidate_drop)."""
-PAIR_FILTERS = ("chosen_eq_rejected", "tie")
+PAIR_FILTERS = ("chosen_eq_rejected", "tie", "judge_disagrees")
 """Checked on each selected pair (pairs.make_pairs)."""
 FILTERS = CANDIDATE_FILTERS + PAIR_FILTERS
 """Every name pairing.filters / --filters accepts; all of them are on by default."""

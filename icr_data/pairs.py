@@ -65,6 +65,9 @@ class PairStats:
     """Per language: correlation of length difference and margin, before (alpha 0, max/min) and
     after (the final pairs)."""
     funnel: dict[str, dict] = field(default_factory=dict)
+    judge_agreement: dict[str, dict] = field(default_factory=dict)
+    """Per language, with scoring.judge: of the selected pairs both models rank, how many the
+    explicit reward model orders as the implicit reward does."""
 
 
 def normalise(text: str) -> str:
@@ -124,6 +127,12 @@ def _corr(x: list[float], y: list[float]) -> float | None:
     if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
         return None
     return float(np.corrcoef(x, y)[0, 1])
+
+
+def _judge_prefers_rejected(chosen: dict, rejected: dict) -> bool:
+    """The explicit reward model (scoring.judge) ranks the pair the other way round."""
+    a, b = chosen.get("judge_reward"), rejected.get("judge_reward")
+    return a is not None and b is not None and a < b
 
 
 def _rng(cfg: PairingConfig, lang: str, prompt_id: str) -> random.Random:
@@ -188,6 +197,7 @@ def make_pairs(candidates: Dataset, cfg: PairingConfig) -> tuple[Dataset, PairSt
         before = [(length[reward.argmax()] - length[reward.argmin()], reward.max() - reward.min())
                   for reward, length in groups]  # fmt: skip
         lang_pairs = []
+        judged = agreed = 0
         for rows, (reward, length) in zip(prompts, groups):
             adjusted = reward - alpha * length
             chosen = rule.select(adjusted, reward, cfg, _rng(cfg, lang, rows[0]["prompt_id"]))
@@ -198,6 +208,13 @@ def make_pairs(candidates: Dataset, cfg: PairingConfig) -> tuple[Dataset, PairSt
                 margin = c["reward"] - r["reward"]
                 reason = None
                 separated = i != j and (not rule.ranked or adjusted[i] > adjusted[j])
+                if (
+                    separated
+                    and c.get("judge_reward") is not None
+                    and r.get("judge_reward") is not None
+                ):
+                    judged += 1
+                    agreed += not _judge_prefers_rejected(c, r)
                 if not separated and not cfg.paper_exact:  # the research code keeps them all
                     reason = "no_separation"
                 elif "chosen_eq_rejected" in cfg.filters and normalise(c["response"]) == normalise(
@@ -206,6 +223,8 @@ def make_pairs(candidates: Dataset, cfg: PairingConfig) -> tuple[Dataset, PairSt
                     reason = "chosen_eq_rejected"
                 elif "tie" in cfg.filters and abs(margin) < cfg.tie_epsilon:
                     reason = "tie"
+                elif "judge_disagrees" in cfg.filters and _judge_prefers_rejected(c, r):
+                    reason = "judge_disagrees"
                 elif cfg.min_margin is not None and margin < cfg.min_margin:
                     reason = "below_min_margin"
                 if reason:
@@ -218,6 +237,9 @@ def make_pairs(candidates: Dataset, cfg: PairingConfig) -> tuple[Dataset, PairSt
             if low:
                 _count(funnel["dropped_pairs"], "below_margin_quantile", len(low))
             lang_pairs = [p for p in lang_pairs if p[2] >= cut]
+        if judged:
+            stats.judge_agreement[lang] = {"pairs": judged, "agree": agreed,
+                                           "rate": agreed / judged}  # fmt: skip
         stats.length_margin_corr[lang] = {
             "before": _corr([b[0] for b in before], [b[1] for b in before]),
             "after": _corr([p[3] for p in lang_pairs], [p[2] for p in lang_pairs]),

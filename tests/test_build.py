@@ -194,3 +194,44 @@ def test_identical_rerun_is_said_and_if_changed_skips_it(tmp_path, tiny_pair, ca
     changed = build(small_recipe(tmp_path, tiny_pair, **{"prompts.limit": 2, "sampling.n": 2,
                                                          "scoring.beta": 2.0}), if_changed=True)  # fmt: skip
     assert changed.identical_to is None and changed.written and changed.path.name == "v3"
+
+
+def test_an_explicit_reward_model_gives_a_second_opinion(build_tiny, tiny_pair, tmp_path):
+    """scoring.judge: every candidate gains judge_reward from the sequence classifier, and the
+    judge_disagrees drops are exactly the selected pairs it ranks the other way round."""
+    import torch
+    from transformers import AutoTokenizer, LlamaForSequenceClassification
+
+    from icr_data.config import PairingConfig
+    from icr_data.executor import run_once
+    from icr_data.pairs import make_pairs
+    from icr_data.stages import RewardStage, Shard
+
+    reference = str(tiny_pair[1])
+    rm = tmp_path / "rm"
+    net = LlamaForSequenceClassification.from_pretrained(reference, num_labels=1)
+    torch.manual_seed(0)
+    net.score.weight.data.normal_(0, 1.0)  # a score head that really ranks
+    net.config.pad_token_id = 0
+    net.save_pretrained(rm)
+    AutoTokenizer.from_pretrained(reference).save_pretrained(rm)
+    v = build_tiny(tmp_path / "store", "sampling.max_tokens=8", "prompts.limit=4",
+                   "prompts.languages=[en, de]", f"scoring.judge=reward:{rm}",
+                   "pairing.filters=[empty, duplicate, chosen_eq_rejected, tie, judge_disagrees]")  # fmt: skip
+    cands = store.read_table(v, "candidates")
+    again, _ = run_once(RewardStage(model=str(rm)), [Shard(0, cands)])
+    assert cands["judge_reward"] == pytest.approx(again[0]["reward"], abs=1e-5)
+    m = store.read_manifest(v)
+    without = PairingConfig(**{**m["pairing"]["settings"],
+                               "filters": [f for f in m["pairing"]["settings"]["filters"] if f != "judge_disagrees"]})  # fmt: skip
+    everything, _ = make_pairs(cands, without)
+    by = {(c["prompt_id"], c["lang"], c["sample_idx"]): c["judge_reward"] for c in cands}
+    reversed_ = sum(by[(p["prompt_id"], p["lang"], p["chosen_sample_idx"])]
+                    < by[(p["prompt_id"], p["lang"], p["rejected_sample_idx"])] for p in everything)  # fmt: skip
+    dropped = sum(f["dropped_pairs"].get("judge_disagrees", 0) for f in m["funnel"].values())
+    assert dropped == reversed_ > 0 and m["totals"]["pairs"] == len(everything) - reversed_
+    assert m["scoring"]["judge"].startswith("reward:") and set(m["pairing"]["judge_agreement"]) <= {
+        "en",
+        "de",
+    }
+    assert "A second opinion" in (v / "README.md").read_text()

@@ -366,3 +366,25 @@ def test_no_correlation_on_two_pairs():
 
     assert _corr([1.0, 2.0], [3.0, 5.0]) is None
     assert _corr([1.0, 2.0, 3.0], [3.0, 5.0, 7.0]) == pytest.approx(1.0)
+
+
+def test_judge_disagrees_drops_exactly_the_pairs_the_explicit_reward_reverses():
+    table = (rows("de", "a", [1.0, 0.0, 0.5], [5, 5, 5]) + rows("de", "b", [1.0, 0.0], [5, 5])
+             + rows("de", "c", [0.2, 0.9], [5, 5]) + rows("fr", "d", [0.3, 0.1], [5, 5]))  # fmt: skip
+    planted = {("a", 0): 2.0, ("a", 1): 1.0, ("a", 2): 9.0,  # agrees: 2.0 > 1.0
+               ("b", 0): -1.0, ("b", 1): 3.0,               # reverses the implicit order
+               ("c", 0): 0.0, ("c", 1): 0.0,                # a tie is no contradiction
+               ("d", 0): 5.0, ("d", 1): 6.0}  # reverses  # fmt: skip
+    for r in table:
+        r["judge_reward"] = planted[(r["prompt_id"], r["sample_idx"])]
+    pairs, stats = run(table, length_control=False)
+    assert idx(pairs) == [("a", 0, 1), ("c", 1, 0)]
+    assert stats.funnel["de"]["dropped_pairs"] == {"judge_disagrees": 1}
+    assert stats.funnel["fr"]["dropped_pairs"] == {"judge_disagrees": 1}
+    assert stats.judge_agreement == {"de": {"pairs": 3, "agree": 2, "rate": 2 / 3},
+                                     "fr": {"pairs": 1, "agree": 0, "rate": 0.0}}  # fmt: skip
+    kept, _ = run(table, length_control=False, filters=["tie"])  # without the filter: all four
+    assert len(kept) == 4
+    plain, plain_stats = run([{k: v for k, v in r.items() if k != "judge_reward"} for r in table],
+                             length_control=False)  # fmt: skip
+    assert len(plain) == 4 and plain_stats.judge_agreement == {}  # no judge: a no-op
