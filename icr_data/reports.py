@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.table import Table
+from rich.text import Text
 
 if TYPE_CHECKING:
     import polars as pl
@@ -245,9 +246,10 @@ def eval_tables(manifest: dict) -> list[Table]:
     """eval: per judge, the candidate's results per language."""
     out = []
     for judge, langs in manifest["results"].items():
-        table = Table(title=f"{manifest['dataset']} {manifest['version']}: "
-                      f"{manifest['models']['candidate']['name']} vs "
-                      f"{manifest['models']['baseline']['name']}, judged by {judge}")  # fmt: skip
+        # a Text title: model strings such as "implicit:train:x" are not markup or emoji codes
+        table = Table(title=Text(f"{manifest['dataset']} {manifest['version']}: "
+                                 f"{manifest['models']['candidate']['name']} vs "
+                                 f"{manifest['models']['baseline']['name']}, judged by {judge}"))  # fmt: skip
         cols = ("lang", "prompts", "WR", "SE", "LC", "ties", "unparseable", "cand. in lang",
                 "base. in lang", "cand. chars", "base. chars", "consistency")  # fmt: skip
         for col in cols:
@@ -271,7 +273,9 @@ def evals_table(rows: list[dict]) -> Table:
     for r in rows:
         cells = [f"{_f(r['languages'][x][0], '.2f')} / {_f(r['languages'][x][1], '.2f')}"
                  if x in r["languages"] else "-" for x in langs]  # fmt: skip
-        table.add_row(r["record"], r["data"], r["candidate"], r["judge"], *cells)
+        table.add_row(
+            Text(r["record"]), Text(r["data"]), Text(r["candidate"]), Text(r["judge"]), *cells
+        )
     return table
 
 
@@ -287,7 +291,7 @@ def eval_rows_table(rows: list[dict], lang: str | None, per_judge: int, max_char
             continue
         shown[r["judge"]] = shown.get(r["judge"], 0) + 1
         verdicts = " / ".join(str(v) for v in (r["verdict_ab"], r["verdict_ba"]) if v is not None)
-        table.add_row(r["judge"], r["lang"], _clip(r["instruction"], max_chars),
+        table.add_row(*(Text(x) for x in (r["judge"], r["lang"], _clip(r["instruction"], max_chars),
                       _clip(r["candidate"], max_chars), _clip(r["baseline"], max_chars),
-                      verdicts or "unparseable", _f(r["win"], ".1f"))  # fmt: skip
+                      verdicts or "unparseable", _f(r["win"], ".1f"))))  # fmt: skip
     return table
