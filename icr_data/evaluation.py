@@ -63,6 +63,9 @@ class EvalConfig:
     candidate: str = ""
     """The model under test: any model string (folder, builtin:, train:CONFIG, Hub id)."""
     baseline: str = ""
+    previous: str | None = None
+    """A training record (training.json, or its folder): `candidate` or `baseline` set to
+    `previous` means the model it trained, as `round.previous` does in a build recipe."""
     judges: list[str] = field(default_factory=list)
     """llm:MODEL, reward:MODEL or implicit:POLICY,REFERENCE (one or more)."""
     judge_template: str | None = None
@@ -100,7 +103,18 @@ def load_eval(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         cfg.prompts.training_version = resolve_relative(cfg.prompts.training_version, base)
     if cfg.judge_template:
         cfg.judge_template = resolve_relative(cfg.judge_template, base)
-    cfg.candidate, cfg.baseline = (_model_path(s, base) for s in (cfg.candidate, cfg.baseline))
+    if cfg.previous:
+        cfg.previous = resolve_relative(cfg.previous, base)
+    for key in ("candidate", "baseline"):
+        spec = getattr(cfg, key)
+        if spec == "previous":
+            from icr_data.config import RecipeError, RoundConfig, previous_model
+
+            try:
+                spec = previous_model(RoundConfig(previous=cfg.previous), f"{path}: '{key}'")
+            except RecipeError as e:
+                raise EvalError(str(e).replace("'round.previous'", "'previous'")) from None
+        setattr(cfg, key, _model_path(spec, base))
     cfg.judges = [_judge_paths(j, base) for j in cfg.judges]
     check(cfg, str(path))
     return cfg

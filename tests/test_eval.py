@@ -229,3 +229,13 @@ def test_a_record_of_a_trained_candidate_names_its_version_and_flags_its_prompts
     assert m["decontamination"]["flagged"] == 1 and m["totals"]["prompts"] == 4
     assert "seen" not in store.read_table(path, "rows")["prompt_id"]
     assert "`demo-tiny/v1`" in (path / "README.md").read_text()
+
+
+def test_previous_names_the_model_a_training_record_trained(tmp_path):
+    run = tmp_path / "runs" / "round1"
+    run.mkdir(parents=True)
+    (run / "training.json").write_text(json.dumps({"output": {"model": "."}}))
+    cfg = load_eval(_recipe(tmp_path, candidate="previous", previous="runs/round1"))
+    assert cfg.candidate == str(run.resolve())
+    with pytest.raises(EvalError, match="'previous' names no training record"):
+        load_eval(_recipe(tmp_path, candidate="previous"))
