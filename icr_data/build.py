@@ -37,6 +37,7 @@ from icr_data.stages import (
     GenerateStage,
     LangIdStage,
     LogprobStage,
+    PairStage,
     RewardStage,
     logprob_stages,
     model_key,
@@ -220,15 +221,15 @@ def make_plan(recipe: Recipe) -> Plan:
                                  chat_template=recipe.models.chat_template, device=device)  # fmt: skip
     plan.logp_keys = {role: {} for role in ROLES}
     for shard in shards:
-        gen_key = plan.generate.key(plan.stage_shard(shard))
+        prompt_rows = plan.stage_shard(shard)  # one selection per shard for every key
+        gen_key = plan.generate.key(prompt_rows)
         plan.gen_keys[shard.index] = gen_key
+        samples = StageShard(shard.index, prompt_rows.rows, gen_key)  # the samples of those rows
         for role in ROLES:
-            plan.logp_keys[role][shard.index] = plan.logp[role].key(
-                plan.stage_shard(shard, gen_key)
-            )
-        plan.lid_keys[shard.index] = plan.langid.key(plan.stage_shard(shard, gen_key))
+            plan.logp_keys[role][shard.index] = plan.logp[role].key(samples)
+        plan.lid_keys[shard.index] = plan.langid.key(samples)
         if plan.judge is not None:
-            plan.judge_keys[shard.index] = plan.judge.key(plan.stage_shard(shard, gen_key))
+            plan.judge_keys[shard.index] = plan.judge.key(samples)
     return plan
 
 
@@ -352,8 +353,6 @@ def merge(plan: Plan, version: str | None = None, timings: dict | None = None,
     """Pair the finished shards and write the version; the third value names the latest earlier
     version whose content is identical (then, with `if_changed`, nothing is written and the
     path and manifest are that version's)."""
-    from icr_data.pairs import make_pairs
-
     recipe = plan.recipe
     timings = dict(timings or {})
     t0 = time.perf_counter()
@@ -361,18 +360,33 @@ def merge(plan: Plan, version: str | None = None, timings: dict | None = None,
     if lid["done"]:
         timings["langid_s"] = round(time.perf_counter() - t0, 2)
         timings["langid"] = lid.get("stats")  # texts, seconds, texts_per_s
-    pairs, stats = make_pairs(candidates, recipe.pairing)
-    counts, margins = margin_summary(pairs, candidates, plan.prompts, plan.langs)
-    manifest = make_manifest(recipe, plan.ids, stats, counts, margins, timings,
+
+    def manifest_for(pairs: Dataset, stats) -> dict:
+        counts, margins = margin_summary(pairs, candidates, plan.prompts, plan.langs)
+        return make_manifest(recipe, plan.ids, stats, counts, margins, timings,
                              skipped_english=plan.skipped_english)  # fmt: skip
+
     dataset_dir = Path(recipe.store) / recipe.dataset
+    with writing(dataset_dir):
+        return write_paired(dataset_dir, candidates, recipe.pairing, manifest_for, version,
+                            if_changed)  # fmt: skip
+
+
+def write_paired(dataset_dir: Path, candidates: Dataset, pairing, manifest_for, name: str | None,
+                 if_changed: bool) -> tuple[Path, dict, str | None]:  # fmt: skip
+    """Pair `candidates` (PairStage) and write both as a new version of `dataset_dir`, with the
+    manifest `manifest_for(pairs, pair_stats)` gives: (path, manifest, the latest earlier version
+    holding the same content or None). With `if_changed` and such a version, nothing is written
+    and the path and manifest are that version's. build.merge and derive's new versions share it."""
+    stage = PairStage(pairing=pairing)
+    pairs = stage.run(candidates)
+    manifest = manifest_for(pairs, stage.pair_stats)
     tables = {"pairs": pairs, "candidates": candidates}
     same = identical_version(dataset_dir, tables, manifest)
     if same and if_changed:
         return dataset_dir / same, store.read_manifest(dataset_dir / same), same
-    with writing(dataset_dir):
-        path = store.write_version(recipe.store, recipe.dataset, tables, manifest, render_card,
-                                   name=version)  # fmt: skip
+    path = store.write_version(dataset_dir.parent, dataset_dir.name, tables, manifest, render_card,
+                               name=name)  # fmt: skip
     return path, manifest, same
 
 

@@ -69,7 +69,7 @@ def rescore(
     from icr_data.console import progress_bar, stderr_console
     from icr_data.score import with_rewards
     from icr_data.shards import WorkDir
-    from icr_data.stages import candidate_shards, dual_logit, logprob_stages
+    from icr_data.stages import dual_logit, logprob_stages
 
     console = console or stderr_console()
     if name is not None:
@@ -107,12 +107,11 @@ def rescore(
     ids.update({r: models.identity(spec, resolved[r]) for r, spec in specs.items()})
     passes = logprob_stages(resolved["policy"], resolved["reference"], ids, recipe.scoring,
                             recipe.models.chat_template, models.pick_device(recipe.scoring.device))  # fmt: skip
-    shards, positions = candidate_shards(candidates, recipe.shard_prompts)
     t0 = time.perf_counter()
     with progress_bar(console) as progress:
         ex = make_executor(executor, WorkDir(version_dir.parent / ".work"), console, progress,
                            address, recipe.ray)  # fmt: skip
-        logps, tokens, reports = dual_logit(ex, passes, shards, positions)
+        logps, tokens, reports = dual_logit(ex, passes, candidates, recipe.shard_prompts)
     scored = with_rewards(
         candidates, tokens, logps["policy"], logps["reference"], recipe.scoring.beta
     )
@@ -165,31 +164,32 @@ def write_child(
     """Pair `candidates` under `recipe` and write them as a new version whose parent is the given
     one. When the latest version already holds this content, say so; with `if_changed`, write
     nothing and return that version."""
-    from icr_data.build import identical_version
-    from icr_data.card import render_card
+    from icr_data.build import write_paired
     from icr_data.manifest import make_manifest, margin_summary
-    from icr_data.pairs import make_pairs
 
-    pairs, stats = make_pairs(candidates, recipe.pairing)
     counts = parent_manifest["counts"]
     prompts = Dataset.from_dict(
         {"lang": [lang for lang, c in counts.items() for _ in range(c["prompts"])]}
     )
-    counts, margins = margin_summary(pairs, candidates, prompts, list(counts))
     rounds = [dict(r) for r in parent_manifest.get("rounds") or []]
     if rounds:  # same round; a rescore changes its reward pair
         rounds[-1]["reward"] = {
             "policy": model_ids.get("policy"),
             "reference": model_ids.get("reference"),
         }
-    manifest = make_manifest(recipe, model_ids, stats, counts, margins, timings,
-                             parent=f"{parent_manifest['dataset']}/{parent_manifest['version']}",
-                             rounds=rounds or None,
-                             recipe_dir=store.local_info(version_dir).get("recipe_dir"))  # fmt: skip
-    manifest["derived"] = derived
+
+    def manifest_for(pairs: Dataset, stats) -> dict:
+        new_counts, margins = margin_summary(pairs, candidates, prompts, list(counts))
+        manifest = make_manifest(recipe, model_ids, stats, new_counts, margins, timings,
+                                 parent=f"{parent_manifest['dataset']}/{parent_manifest['version']}",
+                                 rounds=rounds or None,
+                                 recipe_dir=store.local_info(version_dir).get("recipe_dir"))  # fmt: skip
+        manifest["derived"] = derived
+        return manifest
+
     dataset_dir = version_dir.parent
-    tables = {"pairs": pairs, "candidates": candidates}
-    same = identical_version(dataset_dir, tables, manifest)
+    path, manifest, same = write_paired(dataset_dir, candidates, recipe.pairing, manifest_for,
+                                        name, if_changed)  # fmt: skip
     if same:
         from icr_data.console import stderr_console
 
@@ -201,8 +201,4 @@ def write_child(
         (console or stderr_console()).print(
             f"{dataset_dir.name}/{same} already holds this content: {skip}"
         )
-        if if_changed:
-            return dataset_dir / same, store.read_manifest(dataset_dir / same)
-    path = store.write_version(dataset_dir.parent, dataset_dir.name, tables, manifest, render_card,
-                               name=name)  # fmt: skip
     return path, manifest

@@ -229,25 +229,21 @@ def training_prompts(cfg: EvalConfig, record: dict | None) -> set[str]:
     return {normalise(t) for t in texts}
 
 
-def _answers(cfg, executor, model: str, model_id: dict, rows: list[dict], label: str) -> list[str]:
+def _answers(cfg, executor, model: str, model_id: dict, rows: list[dict], label: str,
+             sampling: SamplingConfig | None = None) -> list[str]:  # fmt: skip
+    """One answer per row from the generation stage (`sampling`, default the recipe's)."""
     from datasets import Dataset
 
-    from icr_data.executor import tasks
-    from icr_data.stages import GenerateStage, candidate_shards, model_key
+    from icr_data.stages import GenerateStage, model_key, run_in_order
 
-    stage = GenerateStage(model=model, model_key=model_key(model_id), sampling=cfg.sampling,
-                          chat_template=cfg.chat_template, model_id=model_id)  # fmt: skip
+    stage = GenerateStage(model=model, model_key=model_key(model_id),
+                          sampling=sampling or cfg.sampling, chat_template=cfg.chat_template,
+                          model_id=model_id)  # fmt: skip
     data = Dataset.from_list(
         [{k: r[k] for k in ("prompt_id", "lang", "instruction")} for r in rows]
     )
-    shards, positions = candidate_shards(data, cfg.shard_prompts)
-    todo = tasks(stage, shards)
-    executor.run(stage, todo, label)
-    out = [""] * len(rows)
-    for task, pos in zip(todo, positions):
-        for i, text in zip(pos, executor.load(stage, task)["response"]):
-            out[i] = text
-    return out
+    out, _ = run_in_order(executor, stage, data, cfg.shard_prompts, label)
+    return list(out["response"])
 
 
 def render_judge(template: str, instruction: str, a: str, b: str) -> str:
@@ -275,11 +271,29 @@ def default_template() -> Path:
     return template_dir() / "judge_pairwise.txt"
 
 
-def _judge(cfg, executor, spec, rows, cand, base, console, progress) -> list[dict]:
-    from icr_data import models
+@dataclass
+class Judge:
+    """A judge of the recipe, resolved once: its models' paths and identities."""
 
-    kind, names = parse_judge(spec)
-    paths = [models.resolve(m, "judge") for m in names]
+    spec: str
+    kind: str
+    names: list[str]
+    paths: list[str]
+    ids: list[dict]
+
+    @classmethod
+    def resolve(cls, spec: str) -> Judge:
+        from icr_data import models
+
+        kind, names = parse_judge(spec)
+        paths = [models.resolve(m, "judge") for m in names]
+        if kind == "reward":
+            check_reward_model(names[0], paths[0])
+        return cls(spec, kind, names, paths, [models.identity(n, p) for n, p in zip(names, paths)])
+
+
+def _judge(cfg, executor, judge: Judge, rows, cand, base, console, progress) -> list[dict]:
+    kind, spec, paths = judge.kind, judge.spec, judge.paths
     if kind == "llm":
         template = judge_template(cfg)
         requests = []
@@ -291,8 +305,7 @@ def _judge(cfg, executor, spec, rows, cand, base, console, progress) -> list[dic
                                    max_tokens=cfg.judge_max_tokens, seed=cfg.sampling.seed,
                                    dtype=cfg.sampling.dtype, max_model_len=cfg.sampling.max_model_len,
                                    gpu_memory_utilization=cfg.sampling.gpu_memory_utilization)  # fmt: skip
-        raw = _answers(_with_sampling(cfg, judge_cfg), executor, paths[0],
-                       models.identity(names[0], paths[0]), requests, f"judge {spec}")  # fmt: skip
+        raw = _answers(cfg, executor, paths[0], judge.ids[0], requests, f"judge {spec}", judge_cfg)
         out = []
         for i in range(len(rows)):
             ab, ba = raw[2 * i], raw[2 * i + 1]
@@ -302,7 +315,7 @@ def _judge(cfg, executor, spec, rows, cand, base, console, progress) -> list[dic
                         "judge_output_ba": ba, "win": win, "consistent": consistent,
                         "candidate_reward": None, "baseline_reward": None})  # fmt: skip
         return out
-    rewards = _rewards(cfg, kind, names, paths, rows, cand + base, console, progress)
+    rewards = _rewards(cfg, judge, rows, cand + base, console, progress)
     out = []
     for i in range(len(rows)):
         rc, rb = rewards[i], rewards[len(rows) + i]
@@ -313,18 +326,13 @@ def _judge(cfg, executor, spec, rows, cand, base, console, progress) -> list[dic
     return out
 
 
-def _with_sampling(cfg: EvalConfig, sampling: SamplingConfig) -> EvalConfig:
-    import dataclasses
-
-    return dataclasses.replace(cfg, sampling=sampling)
-
-
-def _rewards(cfg, kind, names, paths, rows, answers, console, progress) -> list[float]:
+def _rewards(cfg, judge: Judge, rows, answers, console, progress) -> list[float]:
     """One reward per (row, answer) for answers = candidate's then baseline's (native prompt)."""
     from datasets import Dataset
 
-    from icr_data import models
+    from icr_data.stages import model_key
 
+    paths = judge.paths
     both = rows + rows
     data = Dataset.from_list([
         {"prompt_id": r["prompt_id"], "lang": r["lang"], "instruction": r["instruction"],
@@ -332,20 +340,18 @@ def _rewards(cfg, kind, names, paths, rows, answers, console, progress) -> list[
          "finish_reason": "stop"}
         for i, (r, a) in enumerate(zip(both, answers))
     ])  # fmt: skip
-    if kind == "implicit":
+    if judge.kind == "implicit":
         from icr_data.config import ScoringConfig
         from icr_data.stages import score_candidates
 
-        ids = {
-            role: models.identity(n, p) for role, n, p in zip(("policy", "reference"), names, paths)
-        }
+        ids = dict(zip(("policy", "reference"), judge.ids))
         scored = score_candidates(data, paths[0], paths[1], ScoringConfig(mode="native", beta=cfg.beta),
                                   cfg.chat_template, ids, console, progress)  # fmt: skip
         return scored["reward"]
     from icr_data.executor import run_once
     from icr_data.stages import RewardStage, Shard
 
-    stage = RewardStage(model=paths[0], model_key=models.identity(names[0], paths[0]).get("sha256") or names[0],
+    stage = RewardStage(model=paths[0], model_key=model_key(judge.ids[0]),
                         chat_template=cfg.chat_template)  # fmt: skip
     outs, _ = run_once(stage, [Shard(0, data)], console, progress)
     return outs[0]["reward"]
@@ -370,10 +376,7 @@ def evaluate(
     paths = {k: models.resolve(getattr(cfg, k), k) for k in ("candidate", "baseline")}
     if paths["candidate"] == paths["baseline"]:
         raise EvalError(f"candidate and baseline are the same model ({paths['candidate']})")
-    for j in cfg.judges:
-        kind, names = parse_judge(j)
-        if kind == "reward":
-            check_reward_model(names[0], models.resolve(names[0], "judge"))
+    judges = [Judge.resolve(j) for j in cfg.judges]
     ids = {k: models.identity(getattr(cfg, k), p) for k, p in paths.items()}
     record = training_record(paths["candidate"])
     seen = training_prompts(cfg, record)
@@ -396,11 +399,10 @@ def evaluate(
         found, _ = identify(texts, langs)
         lid[side] = judged(found, [r["lang"] for r in rows], langs)
     out_rows = []
-    for spec in cfg.judges:
-        kind, _ = parse_judge(spec)
-        verdicts = _judge(cfg, ex, spec, rows, cand, base, console, progress)
+    for judge in judges:
+        verdicts = _judge(cfg, ex, judge, rows, cand, base, console, progress)
         for i, (r, v) in enumerate(zip(rows, verdicts)):
-            out_rows.append({"judge": judge_label(spec), "kind": kind, "prompt_id": r["prompt_id"], "lang": r["lang"],
+            out_rows.append({"judge": judge_label(judge.spec), "kind": judge.kind, "prompt_id": r["prompt_id"], "lang": r["lang"],
                              "instruction": r["instruction"], "candidate": cand[i], "baseline": base[i],
                              **v, "candidate_chars": len(cand[i]), "baseline_chars": len(base[i]),
                              "candidate_lid": lid["candidate"][i], "baseline_lid": lid["baseline"][i],
@@ -410,8 +412,7 @@ def evaluate(
         "kind": "eval", "dataset": cfg.name, "version": None,
         "created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
         "code_version": f"icr-data {icr_data.__version__}",
-        "models": {**ids, "judges": {judge_label(j): [models.identity(m, models.resolve(m, "judge"))
-                                         for m in parse_judge(j)[1]] for j in cfg.judges}},
+        "models": {**ids, "judges": {judge_label(j.spec): j.ids for j in judges}},
         "lineage": lineage(record),
         "sampling": {k: getattr(cfg.sampling, k) for k in ("backend", "temperature", "top_p", "max_tokens", "seed")},
         "judge_template": judge_template(cfg) if any(j.startswith("llm:") for j in cfg.judges) else None,

@@ -93,10 +93,6 @@ class LocalExecutor:
             self.console.print(f"{label}: {report['skipped']} shard(s) finished earlier, skipped")
         return left, report
 
-    def missing(self, stage: Stage, todo: list[Task]) -> list[int]:
-        """Indices of the tasks whose output is not saved yet."""
-        return [t.index for t in todo if not self.work.done(stage.name, t.key)]
-
     def load(self, stage: Stage, task: Task) -> Dataset:
         return self.work.load(stage.name, task.key)
 

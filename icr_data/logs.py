@@ -31,11 +31,15 @@ def log_to(path: str | Path) -> Path:
 
 
 def log_file() -> Path:
+    """The log file third-party output goes to now; its folder is created."""
     if os.environ.get(LOG_FILE_ENV):
-        return Path(os.environ[LOG_FILE_ENV])
-    from icr_data.tiny import builtin_cache
+        path = Path(os.environ[LOG_FILE_ENV])
+    else:
+        from icr_data.tiny import builtin_cache
 
-    return builtin_cache() / "logs" / "third_party.log"
+        path = builtin_cache() / "logs" / "third_party.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def quiet_vllm() -> Path | None:
@@ -45,7 +49,6 @@ def quiet_vllm() -> Path | None:
         os.environ["VLLM_LOGGING_STREAM"] = "ext://sys.stderr"
         return None
     path = log_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
     config = {
         "version": 1,
         "disable_existing_loggers": False,
@@ -71,7 +74,6 @@ def engine_output_to_file():
         yield None
         return
     path = log_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
     saved = {fd: os.dup(fd) for fd in (1, 2)}
@@ -96,6 +98,5 @@ def third_party_stderr():
         yield
         return
     path = log_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as log, redirect_stderr(log):
         yield

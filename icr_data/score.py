@@ -223,8 +223,6 @@ class TransformersScorer:
         )
 
     def score(self, rows: Dataset, advance=None) -> tuple[Dataset, dict]:
-        import torch
-
         st = self.stage
         encoded = encode_candidates(rows, self.tok, st.count_eot)
         stats = ScoreStats()
@@ -233,10 +231,8 @@ class TransformersScorer:
             if advance:
                 advance(k, rate=f"{stats.tokens_per_s:,.0f} tok/s")
 
-        on_cuda = st.autocast and st.device.startswith("cuda")
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda):
-            logps = sequence_logps(self.model, encoded, self.pad_id, st.device, st.token_budget,
-                                   st.max_batch_size, advance=step, stats=stats)  # fmt: skip
+        logps = sequence_logps(self.model, encoded, self.pad_id, st.device, st.token_budget,
+                               st.max_batch_size, advance=step, stats=stats)  # fmt: skip
         out = Dataset.from_dict(
             {"logp": logps, "response_tokens": [len(r.response_ids) for r in encoded]}
         )

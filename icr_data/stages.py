@@ -13,13 +13,14 @@ Executors (executor.py: in this process; ray_exec.py: Ray actor pools) know keys
 and resume, and nothing of a stage's insides. The stages here are thin: the work itself lives in
 one place each (generate.py: sampling backends; score.py: log-probs; langid.py; pairs.py).
 
-    GenerateStage   prompts -> samples          (backends: vllm, transformers; generate.BACKENDS)
+    GenerateStage   prompts -> samples          (backends: vllm, transformers; generate.open_backend)
     LogprobStage    candidates -> logp          (backends: transformers; score.SCORERS)
     LangIdStage     candidates -> lid_lang/lid_score
-    PairStage       all candidates -> pairs     (rules: pairs.py's registry)
+    RewardStage     candidates -> reward        (an explicit reward model: a sequence classifier)
+    PairStage       all candidates -> pairs     (rules: pairing_rules.RULES; run on the whole table)
 
-Build, rescore, check-reward, translate and the training reference pass are lists of these stages
-handed to an executor. docs/extending.md shows how to add one.
+Build, rescore, check-reward, translate and evaluation are lists of these stages handed to an
+executor. docs/extending.md shows how to add one.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from datasets import Dataset
 
     from icr_data.config import PairingConfig, SamplingConfig
+    from icr_data.pairs import PairStats
 
 Advance = Callable[..., None]
 """`advance(k, rate="")`: k more input rows are done; `rate` is shown beside the bar."""
@@ -102,22 +104,17 @@ class Stage:
 
     # Resources, read by the Ray executor only.
     def gpus(self) -> float:
-        """GPUs one worker of this stage takes on a cluster with GPUs (0: none)."""
-        return 0
+        """GPUs one worker of this stage takes on a cluster with GPUs: one if it runs on one."""
+        return 1 if self.requires_gpu() else 0
 
     def requires_gpu(self) -> bool:
-        """True when the stage's keys name a GPU device: a cluster without one cannot run it."""
-        return False
+        """True when the stage's `device` (part of its key) is a GPU: a cluster without one cannot
+        run it. Stages without a device run on CPUs."""
+        return str(getattr(self, "device", "cpu")).startswith("cuda")
 
     def for_worker(self, gpus: float) -> Stage:
         """The stage as a worker holding `gpus` GPUs runs it (settings outside the key only)."""
         return self
-
-
-def check_columns(stage: Stage, rows: Dataset, shard: int | str) -> None:
-    missing = [c for c in stage.inputs if c not in rows.column_names]
-    if missing:
-        raise KeyError(f"{stage.name} stage, shard {shard}: input lacks column(s) {missing}")
 
 
 # ------------------------------------------------------------------------------------ generate
@@ -202,8 +199,6 @@ class LogprobStage(Stage):
     token_budget: int | None = None
     max_batch_size: int = 64
     backend: str = "transformers"
-    autocast: bool = False
-    """bf16 autocast on CUDA over float32 weights (the DPO trainer's precision)."""
     model_id: dict = field(default_factory=dict)
     _scorer: object = field(default=None, repr=False, compare=False)
     _stats: dict | None = field(default=None, repr=False, compare=False)
@@ -216,8 +211,6 @@ class LogprobStage(Stage):
                "chat_template": self.chat_template, "convention": SCORING_CONVENTION}  # fmt: skip
         if self.backend != "transformers":
             out["backend"] = self.backend
-        if self.autocast:
-            out["autocast"] = "bf16 on cuda"
         return out
 
     def key(self, shard: Shard) -> str:
@@ -258,12 +251,6 @@ class LogprobStage(Stage):
                 setattr(total, f, getattr(total, f) + s[f])
         return total.as_dict()
 
-    def gpus(self) -> float:
-        return 1 if self.requires_gpu() else 0
-
-    def requires_gpu(self) -> bool:
-        return self.device.startswith("cuda")
-
 
 def logprob_stages(
     policy: str, reference: str, ids: dict, scoring, chat_template: str | None, device: str
@@ -298,6 +285,7 @@ class LangIdStage(Stage):
     outputs: ClassVar[tuple[str, ...]] = ("lid_lang", "lid_score")
 
     languages: tuple[str, ...] = ()
+    _stats: dict | None = field(default=None, repr=False, compare=False)
 
     def identity(self) -> dict:
         from importlib.metadata import version
@@ -309,8 +297,6 @@ class LangIdStage(Stage):
 
     def made_of(self, shard: Shard) -> dict:
         return {"shard": shard.index, "languages": list(self.languages)}
-
-    _stats: dict | None = field(default=None, repr=False, compare=False)
 
     def run(self, rows: Dataset, advance: Advance | None = None) -> Dataset:
         import time
@@ -341,8 +327,10 @@ class LangIdStage(Stage):
 # ------------------------------------------------------------------------------------ pairs
 @dataclass
 class PairStage(Stage):
-    """Preference pairs from every scored candidate (one shard: pairing is per language, and
-    length control chooses alpha over a whole language). Cheap, so not kept as work."""
+    """Preference pairs from every scored candidate. It runs on the whole table, never on shards
+    (length control chooses alpha over a whole language), and is cheap, so it is not kept as
+    work: callers run it directly (build.write_paired). `pair_stats` holds the last run's funnel,
+    alphas and correlations."""
 
     name: ClassVar[str] = "pair"
     inputs: ClassVar[tuple[str, ...]] = ("prompt_id", "lang", "instruction", "sample_idx", "response",
@@ -353,7 +341,7 @@ class PairStage(Stage):
                                           "rejected_sample_idx")  # fmt: skip
 
     pairing: PairingConfig | None = None
-    _stats: dict | None = field(default=None, repr=False, compare=False)
+    pair_stats: PairStats | None = field(default=None, repr=False, compare=False)
 
     def identity(self) -> dict:
         return {"pairing": asdict(self.pairing)}
@@ -361,14 +349,13 @@ class PairStage(Stage):
     def run(self, rows: Dataset, advance: Advance | None = None) -> Dataset:
         from icr_data.pairs import make_pairs
 
-        pairs, stats = make_pairs(rows, self.pairing)
-        self._stats = asdict(stats)
+        pairs, self.pair_stats = make_pairs(rows, self.pairing)
         if advance:
             advance(len(rows))
         return pairs
 
     def stats(self) -> dict | None:
-        return self._stats
+        return None if self.pair_stats is None else asdict(self.pair_stats)
 
     @staticmethod
     def summarize(per_shard: list[dict]) -> dict | None:
@@ -391,26 +378,37 @@ def candidate_shards(
     return [Shard(b.index, candidates.select(p)) for b, p in zip(blocks, positions)], positions
 
 
-def dual_logit(executor, passes: list[LogprobStage], shards: list[Shard],
-               positions: list[list[int]]) -> tuple[dict[str, list[float]], list[int], dict]:  # fmt: skip
-    """Run each log-prob pass over the shards through `executor` (resumable when its work is a
-    WorkDir); per role the log-probs in candidate order, the response token counts, the reports."""
+def run_in_order(executor, stage: Stage, rows: Dataset, shard_prompts: int,
+                 label: str | None = None) -> tuple[Dataset, dict]:  # fmt: skip
+    """Run a row-for-row stage over `rows` cut into shards of `shard_prompts` prompt_ids, through
+    `executor` (resumable when its work is a WorkDir): the output rows in the order of `rows`,
+    and the report."""
+    from datasets import Dataset, concatenate_datasets
+
     from icr_data.executor import tasks
 
-    n = sum(map(len, positions))
+    shards, positions = candidate_shards(rows, shard_prompts)
+    todo = tasks(stage, shards)
+    report = executor.run(stage, todo, label)
+    if not todo:
+        return Dataset.from_dict({c: [] for c in stage.outputs}), report
+    back = [0] * len(rows)  # position of each input row among the concatenated outputs
+    for at, row in enumerate(i for pos in positions for i in pos):
+        back[row] = at
+    return concatenate_datasets([executor.load(stage, t) for t in todo]).select(back), report
+
+
+def dual_logit(executor, passes: list[LogprobStage], candidates: Dataset,
+               shard_prompts: int) -> tuple[dict[str, list[float]], list[int], dict]:  # fmt: skip
+    """Run each log-prob pass over the candidates (see run_in_order); per role the log-probs in
+    candidate order, the response token counts, and the reports."""
     logps: dict[str, list[float]] = {}
-    tokens = [0] * n
     reports: dict[str, dict] = {}
     for stage in passes:
-        todo = tasks(stage, shards)
-        reports[stage.role] = executor.run(stage, todo, f"score ({stage.role})")
-        values = [0.0] * n
-        for task, pos in zip(todo, positions):
-            out = executor.load(stage, task)
-            for i, v, k in zip(pos, out["logp"], out["response_tokens"]):
-                values[i], tokens[i] = v, k
-        logps[stage.role] = values
-    return logps, tokens, reports
+        out, reports[stage.role] = run_in_order(executor, stage, candidates, shard_prompts,
+                                                f"score ({stage.role})")  # fmt: skip
+        logps[stage.role] = list(out["logp"])
+    return logps, list(out["response_tokens"]), reports
 
 
 def score_candidates(candidates: Dataset, policy: str, reference: str, scoring,
@@ -423,13 +421,11 @@ def score_candidates(candidates: Dataset, policy: str, reference: str, scoring,
     from icr_data.models import pick_device
     from icr_data.score import with_rewards
 
-    ids = ids or {"policy": {"name": policy}, "reference": {"name": reference}}
     passes = logprob_stages(
-        policy, reference, ids, scoring, chat_template, pick_device(scoring.device)
+        policy, reference, ids or {}, scoring, chat_template, pick_device(scoring.device)
     )
-    shards, positions = candidate_shards(candidates, shard_prompts)
     ex = LocalExecutor(MemoryWork(), console, progress)
-    logps, tokens, _ = dual_logit(ex, passes, shards, positions)
+    logps, tokens, _ = dual_logit(ex, passes, candidates, shard_prompts)
     return with_rewards(candidates, tokens, logps["policy"], logps["reference"], scoring.beta)
 
 
@@ -484,6 +480,3 @@ class RewardStage(Stage):
 
     def close(self) -> None:
         self._model = self._tok = None
-
-    def requires_gpu(self) -> bool:
-        return self.device.startswith("cuda")

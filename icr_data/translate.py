@@ -257,8 +257,8 @@ def run_engine(
     """(text, finish_reason) per request: greedy, through the build's generation stage, shard by
     shard on `executor` (default: in memory; translate passes one whose work resumes)."""
     from icr_data.config import SamplingConfig
-    from icr_data.executor import LocalExecutor, MemoryWork, tasks
-    from icr_data.stages import GenerateStage, candidate_shards, model_key
+    from icr_data.executor import LocalExecutor, MemoryWork
+    from icr_data.stages import GenerateStage, model_key, run_in_order
 
     scfg = SamplingConfig(backend=cfg.backend, n=1, temperature=0.0, top_p=1.0, seed=cfg.seed,
                           max_tokens=cfg.max_tokens, dtype=cfg.dtype,
@@ -267,15 +267,8 @@ def run_engine(
     stage = GenerateStage(model=model_path, model_key=model_key(model_id), sampling=scfg,
                           chat_template=cfg.chat_template, model_id=model_id)  # fmt: skip
     executor = executor or LocalExecutor(MemoryWork())
-    shards, positions = candidate_shards(Dataset.from_list(requests), SHARD_PROMPTS)
-    todo = tasks(stage, shards)
-    executor.run(stage, todo, "translate")
-    out: list[tuple[str, str]] = [("", "")] * len(requests)
-    for task, pos in zip(todo, positions):
-        done = executor.load(stage, task)
-        for i, text, finish in zip(pos, done["response"], done["finish_reason"]):
-            out[i] = (text, finish)
-    return out
+    out, _ = run_in_order(executor, stage, Dataset.from_list(requests), SHARD_PROMPTS, "translate")
+    return list(zip(out["response"], out["finish_reason"]))
 
 
 def translate(cfg: TranslateConfig, console=None, progress=None) -> tuple[Path, dict]:
