@@ -41,16 +41,21 @@ def load_labelled(path: str | Path, mode: str = "cross_lingual") -> list[dict]:
         if r["chosen"] == r["rejected"]:
             raise PromptError(f"{where}: chosen and rejected are identical")
     if mode == "cross_lingual":
-        english = {r["prompt_id"] for r in rows if r["lang"] == "en"}
-        for n, r in enumerate(rows, 1):
-            if r["prompt_id"] not in english:
-                raise PromptError(
-                    f"{source}: row {n}: prompt_id {r['prompt_id']} ({r['lang']}) has no English "
-                    "row; cross-lingual scoring shows the reward the English instruction"
-                )
+        require_english(rows, source)
     if not rows:
         raise PromptError(f"{source}: no labelled pairs")
     return rows
+
+
+def require_english(rows: list[dict], source: str) -> None:
+    """Cross-lingual scoring shows the English instruction: every prompt needs its English row."""
+    english = {r["prompt_id"] for r in rows if r["lang"] == "en"}
+    for n, r in enumerate(rows, 1):
+        if r["prompt_id"] not in english:
+            raise PromptError(
+                f"{source}: row {n}: prompt_id {r['prompt_id']} ({r['lang']}) has no English "
+                "row; cross-lingual scoring shows the reward the English instruction"
+            )
 
 
 def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -89,15 +94,16 @@ def summarize(rows: list[dict], margins: list[float]) -> dict:
             by_len[name] = {"pairs": b.height,
                             "accuracy": float(b["right"].mean()) if b.height else None}  # fmt: skip
         corr = d.select(pl.corr("len_diff", "margin")).item() if n > 2 else None
+        lo, hi = wilson(k, n)
         out[lang] = {
             "pairs": n,
             "accuracy": k / n,
-            "ci95": list(wilson(k, n)),
+            "ci95": [lo, hi],
             "ties": int(d["tie"].sum()),
             "mean_margin": float(d["margin"].mean()),
             "by_length_difference": by_len,
             "length_margin_corr": None if corr is None or math.isnan(corr) else float(corr),
-            "includes_chance": wilson(k, n)[0] <= 0.5 <= wilson(k, n)[1],
+            "includes_chance": lo <= 0.5 <= hi,
         }
     return out
 
@@ -112,7 +118,7 @@ def kendall_tau(a: list[float], b: list[float]) -> float | None:
     for i in range(n):
         for j in range(i + 1, n):
             x, y = a[i] - a[j], b[i] - b[j]
-            total += (x > 0) - (x < 0) if y > 0 else -((x > 0) - (x < 0)) if y < 0 else 0
+            total += ((x > 0) - (x < 0)) * ((y > 0) - (y < 0))  # sign(x) * sign(y)
     return total / (n * (n - 1) / 2)
 
 
@@ -170,7 +176,7 @@ def check_reward(
 
         other = "native" if scoring.mode == "cross_lingual" else "cross_lingual"
         if other == "cross_lingual":
-            load_labelled(pairs, other)  # every prompt needs its English row
+            require_english(rows, str(pairs))
         prompts = [scoring_prompt(english.get(p, ""), x, lang, other)
                    for p, x, lang in zip(cands["prompt_id"], cands["instruction"], cands["lang"])]  # fmt: skip
         again = score_candidates(cands.remove_columns("scoring_prompt").add_column("scoring_prompt", prompts),
