@@ -46,3 +46,48 @@ def test_add_lid_marks_off_target_rows():
     out = add_lid(ds, ["de", "fr"])
     assert out["lid_lang"] == ["de", "en"]
     assert out["lid_score"][0] == pytest.approx(out["lid_score"][0]) and out["lid_score"][0] > 0.5
+
+
+def test_parallel_batches_equal_one_text_at_a_time(monkeypatch):
+    """The threaded batch path (several chunks) gives the languages and scores that lingua gives
+    one text at a time; scores to 1e-9 (lingua sums in threads, so last bits may differ)."""
+    from lingua import IsoCode639_1, LanguageDetectorBuilder
+
+    from icr_data import langid
+
+    monkeypatch.setattr(langid, "CHUNK", 4)  # 6 chunks
+    texts = [t for ts in SENTENCES.values() for t in ts] + [
+        "", "   ", "12345 67890", "!!! ???",  # empty, blank, nothing to detect
+        "今日はとても良い天気なので、公園を散歩します。",  # a language not in play
+        SENTENCES["en"][0] + " " + SENTENCES["fr"][1],  # mixed
+        "ok",
+    ]  # fmt: skip
+    languages = ["de", "es", "fr", "ru"]
+    codes = [getattr(IsoCode639_1, c.upper()) for c in ["de", "en", "es", "fr", "ru"]]
+    detector = LanguageDetectorBuilder.from_iso_codes_639_1(*codes).build()
+    want_langs, want_scores = [], []
+    for text in texts:
+        ranked = detector.compute_language_confidence_values(text)
+        if not text.strip() or not ranked or ranked[0].value == 0:
+            want_langs.append(None)
+            want_scores.append(0.0)
+        else:
+            want_langs.append(ranked[0].language.iso_code_639_1.name.lower())
+            want_scores.append(ranked[0].value)
+    assert None in want_langs and "ja" not in want_langs
+    for workers in (2, 1):
+        langs, scores = identify(texts, languages, workers=workers)
+        assert langs == want_langs
+        assert scores == pytest.approx(want_scores, abs=1e-9)
+
+
+def test_worker_count_from_the_environment(monkeypatch):
+    from icr_data.langid import WORKERS_ENV, default_workers
+
+    monkeypatch.setenv(WORKERS_ENV, "1")
+    assert default_workers() == 1
+    monkeypatch.delenv(WORKERS_ENV)
+    assert default_workers() >= 1
+    monkeypatch.setenv(WORKERS_ENV, "all")
+    with pytest.raises(ValueError, match=WORKERS_ENV):
+        default_workers()
