@@ -3,6 +3,9 @@ module, so anything may import it."""
 
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
+
 
 def quiet_transformers() -> None:
     """Switch off transformers' own tqdm bars (loading weights, writing shards): our rich
@@ -11,3 +14,25 @@ def quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+
+
+@contextmanager
+def library_bars_off():
+    """Meanwhile, the libraries' own bars are off: transformers', datasets' (map, writing) and any
+    tqdm (TRL's reference pass); our rich progress shows the work. Restored after."""
+    import datasets
+
+    quiet_transformers()
+    saved = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = saved
+        if bars:
+            datasets.enable_progress_bars()

@@ -100,7 +100,7 @@ def trained_path(config: str | Path) -> Path:
     """The cache folder of the model a training config produces (`train:CONFIG`), keyed by content:
     the config's settings, the data file or version manifest, the training code and the starting
     model's identity (so its starting model must be prepared: NotPrepared if not). Pure: hashes
-    files, trains nothing (prepare.py trains; see train.trained_model). The config's own
+    files, trains nothing (prepare.py trains; see prepare.trained_model). The config's own
     output_dir is not used. Raises TrainError for a config that trains no loadable model."""
     from icr_data.shards import digest
     from icr_data.store import sha256_file
@@ -121,7 +121,7 @@ def trained_path(config: str | Path) -> Path:
     # the code that trains is part of the key: a fixed loss or span must not reuse an old model
     code = {
         name: sha256_file(Path(__file__).with_name(name))
-        for name in ("train.py", "score.py", "chat.py")
+        for name in ("train.py", "version_ref.py", "score.py", "chat.py")
     }
     code["trl"] = _version("trl")  # the trainer is part of the code that trains
     key = digest({"config": settings, "data": data_key, "code": code,

@@ -5,7 +5,7 @@ not prepared yet. This module does the making, into the icr_data cache ($ICR_DAT
 default ~/.cache/icr_data):
 - `builtin:tiny-policy` / `builtin:tiny-reference`: build the tiny pair (tiny.py, about a second);
 - `builtin:smollm2-135m-instruct`: convert the GGUF file to a plain model (smollm2.py, ~20 s);
-- `train:CONFIG`: train the config's model (train.trained_model), after preparing the model it
+- `train:CONFIG`: train the config's model (trained_model), after preparing the model it
   starts from and its reference, recursively (a `train:` config may start from another).
 Each step is idempotent and atomic: a killed preparation leaves nothing that counts as prepared,
 and the next run redoes it. Folders and Hub ids need no step.
@@ -19,6 +19,7 @@ and the next run redoes it. Folders and Hub ids need no step.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from collections.abc import Iterable
@@ -81,6 +82,28 @@ def plan(specs: Iterable[str]) -> list[Step]:
     return steps
 
 
+def trained_model(config: str | Path, console: Console | None = None) -> Path:
+    """Train the model a training config produces (recipes name it `train:CONFIG`) into its cache
+    folder, models.trained_path (keyed by content: the config, the data file or version manifest,
+    the starting model, the training code), unless it is there; returns that folder. The config's
+    own output_dir is not used. Its starting model and reference must be prepared already:
+    prepare.run (which calls this) prepares them first. Atomic in effect: training.json, which
+    marks the model as complete, is written last, and what a killed run left is cleared first."""
+    from icr_data.train import train
+    from icr_data.train_config import load_train_config
+
+    cfg = load_train_config(config, need_output=False)
+    out = models.trained_path(config)
+    if models.is_prepared(f"train:{config}", out):
+        return out
+    shutil.rmtree(out, ignore_errors=True)  # what an interrupted run left
+    cfg.output_dir = str(out)
+    console = console or stderr_console()
+    console.print(f"[bold]training[/] {Path(config).name} once (cached in {out})")
+    train(cfg, console)
+    return out
+
+
 def run(
     steps: Iterable[Step], console: Console | None = None, progress: Progress | None = None
 ) -> None:
@@ -99,8 +122,6 @@ def run(
             continue
         t0 = time.perf_counter()
         if step.what == "train":
-            from icr_data.train import trained_model
-
             console.print(f"[bold]prepare[/] {step.spec}: train")
             step.path = trained_model(step.spec.removeprefix("train:"), console)
         elif progress is not None:

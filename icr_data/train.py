@@ -32,12 +32,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from icr_data import models
+from icr_data import models, version_ref
 from icr_data.chat import ChatEncoder
 from icr_data.console import progress_bar, stderr_console
-
-# the config's settings live in train_config.py, so models.py can read a config; re-exported here
-from icr_data.train_config import DataConfig, TrainConfig, TrainError, load_train_config
+from icr_data.hf import library_bars_off
+from icr_data.train_config import DataConfig, TrainConfig, TrainError
 
 TRL_MIN = (1, 16)
 """loss_type as a list with 'sft' and loss_weights, and the reference cache columns, as used here."""
@@ -149,45 +148,20 @@ def encode_pairs(cfg: TrainConfig, rows: list[dict], tok, info: dict):
 # ------------------------------------------------------------------ reference log-probs
 def version_ref_logps(cfg: TrainConfig, info: dict, rows: list[dict], reference: dict):
     """The training reference's log-probs of each row's chosen and rejected response, taken from
-    the version's own scores: ([chosen], [rejected]), or a str saying why they cannot be used.
-    They can when the version was scored with the training prompt (native mode), counting the
-    end-of-turn token, by this training reference (same content hash) under the same template
-    (the checks of `export --ref-logps`, against this config's reference)."""
+    the version's own scores: ([chosen], [rejected]), or a str saying why they cannot be used
+    (version_ref: the checks `export --ref-logps` makes, against this config's reference)."""
     if cfg.ref_logps == "compute":
         return "the config says ref_logps: compute"
     manifest = info.get("_manifest")
     if manifest is None:
         return "the data is not a version folder (no manifest to check its scores against)"
-    scoring = manifest.get("scoring", {})
-    if scoring.get("mode") != "native":
-        return (f"the version was scored in {scoring.get('mode')} mode (x = English instruction + "
-                "directive), but training uses the native instruction")  # fmt: skip
-    if not scoring.get("count_eot", True):
-        return "the version does not count the end-of-turn token, which training trains on"
-    scorer = (manifest.get("models") or {}).get("reference") or {}
-    if not scorer.get("sha256") or scorer.get("sha256") != reference.get("sha256"):
-        return (f"the version's scoring reference ({scorer.get('name')}) is not the training "
-                f"reference ({reference.get('name')})")  # fmt: skip
-    template = ((manifest.get("recipe") or {}).get("models") or {}).get("chat_template")
-    if (template or None) != (cfg.chat_template or None):
-        return "the version was scored with another chat_template setting"
-    if not all("chosen_sample_idx" in r and "prompt_id" in r for r in rows):
+    why = version_ref.refusal(manifest, reference, cfg.chat_template)
+    if why:
+        return why
+    columns = ("prompt_id", "lang", "chosen_sample_idx", "rejected_sample_idx")
+    if not all(c in r for r in rows for c in columns):
         return "the version's pairs do not name their candidates (chosen_sample_idx)"
-    from icr_data import store
-
-    cands = store.read_table(cfg.data.source, "candidates")
-    logp = {
-        (p, lang, i): v
-        for p, lang, i, v in zip(cands["prompt_id"], cands["lang"], cands["sample_idx"], cands["logp_ref"])
-    }  # fmt: skip
-    try:
-        chosen = [logp[(r["prompt_id"], r["lang"], r["chosen_sample_idx"])] for r in rows]
-        rejected = [logp[(r["prompt_id"], r["lang"], r["rejected_sample_idx"])] for r in rows]
-    except KeyError as e:
-        return f"candidate {e.args[0]} of a pair is not among the version's candidates"
-    if any(v is None for v in chosen + rejected):
-        return "some of the version's candidates have no reference log-prob"
-    return chosen, rejected
+    return version_ref.pair_logps(cfg.data.source, {c: [r[c] for r in rows] for c in columns})
 
 
 # ------------------------------------------------------------------------ step statistics
@@ -273,6 +247,25 @@ def dpo_args(cfg: TrainConfig):
         return DPOConfig(**{**args, **cfg.trainer})
     except (ValueError, TypeError) as e:
         raise TrainError(f"trainer: {e}") from None
+
+
+def resume_point(asked, out: Path) -> str | None:
+    """The checkpoint folder `trainer.resume_from_checkpoint` names (true: output_dir's latest
+    checkpoint-N), checked before any model loads; None when not resuming."""
+    if asked in (None, False, ""):
+        return None
+    if asked is True or str(asked).lower() == "true":
+        from transformers.trainer_utils import get_last_checkpoint
+
+        found = get_last_checkpoint(str(out)) if out.is_dir() else None
+        if found is None:
+            raise TrainError(f"trainer.resume_from_checkpoint: output_dir {out} holds no "
+                             "checkpoint-N folder to resume from")  # fmt: skip
+        return found
+    if not (Path(asked) / "trainer_state.json").is_file():
+        raise TrainError(f"trainer.resume_from_checkpoint: {asked} is not a checkpoint folder "
+                         "(no trainer_state.json)")  # fmt: skip
+    return str(asked)
 
 
 def _trainer_class():
@@ -419,32 +412,6 @@ def _save(trainer, tok, dest: Path, cfg: TrainConfig, start: str, main: bool) ->
     trainer.accelerator.wait_for_everyone()
 
 
-class _quiet_bars:
-    """TRL's reference-pass tqdm and datasets' map bars off while training (our progress shows
-    the work); restored after."""
-
-    def __enter__(self):
-        import datasets
-
-        from icr_data.hf import quiet_transformers
-
-        quiet_transformers()
-        self.env = os.environ.get("TQDM_DISABLE")
-        os.environ["TQDM_DISABLE"] = "1"
-        self.bars = datasets.is_progress_bar_enabled()
-        datasets.disable_progress_bars()
-
-    def __exit__(self, *exc):
-        import datasets
-
-        if self.env is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = self.env
-        if self.bars:
-            datasets.enable_progress_bars()
-
-
 def train(cfg: TrainConfig, console: Console | None = None) -> dict:
     """Train; return (and write to output_dir/training.json) the training record. Under
     `accelerate launch` every process calls this; the main one reports and writes."""
@@ -468,6 +435,7 @@ def train(cfg: TrainConfig, console: Console | None = None) -> dict:
         raise TrainError(f"ref_logps: version refused: {from_version}")
     trl_version = _trl_version()
     args = dpo_args(cfg)
+    resume = resume_point(args.resume_from_checkpoint, out)
 
     from transformers import AutoModelForCausalLM
     from transformers.trainer_callback import PrinterCallback
@@ -501,7 +469,10 @@ def train(cfg: TrainConfig, console: Console | None = None) -> dict:
     log: list[dict] = []
     table = Table("step", "loss", "rewards/chosen", "rewards/rejected", "margins", "accuracy", "lr",
                   title="DPO training")  # fmt: skip
-    with _quiet_bars(), progress_bar(console) if main else contextlib.nullcontext() as progress:
+    with (
+        library_bars_off(),
+        progress_bar(console) if main else contextlib.nullcontext() as progress,
+    ):
         trainer = _trainer_class()(model=start, ref_model=ref_model, args=args,
                                    train_dataset=_shared_rows(columns, out, main, args),
                                    processing_class=tok, peft_config=peft_config)  # fmt: skip
@@ -509,7 +480,7 @@ def train(cfg: TrainConfig, console: Console | None = None) -> dict:
         trainer.ref_model = ref_model = None  # its log-probs are precomputed: free it for training
         trainer.remove_callback(PrinterCallback)  # it prints each log dict to stdout
         trainer.add_callback(_reporter(console, progress, cfg, log, table))
-        trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+        trainer.train(resume_from_checkpoint=resume)
     if main:
         console.print(table)
         for lost in trainer.lost_checkpoints:
@@ -542,6 +513,7 @@ def train(cfg: TrainConfig, console: Console | None = None) -> dict:
         "processes": args.world_size,
         "global_batch": cfg.batch_size * cfg.grad_accum * args.world_size,
         "steps": trainer.state.global_step,
+        "resumed_from": Path(resume).name if resume else None,
         "checkpoints_lost": trainer.lost_checkpoints,
         "seconds": round(time.perf_counter() - t0, 2),
         "log": log,
@@ -553,22 +525,3 @@ def train(cfg: TrainConfig, console: Console | None = None) -> dict:
         tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False), encoding="utf-8")
         os.replace(tmp, out / "training.json")
     return record
-
-
-def trained_model(config: str | Path, console: Console | None = None) -> Path:
-    """Train the model a training config produces (recipes name it `train:CONFIG`) into its cache
-    folder, models.trained_path (keyed by content: the config, the data file or version manifest,
-    the starting model, the training code), unless it is there; returns that folder. The config's
-    own output_dir is not used. Its starting model and reference must be prepared already:
-    prepare.run (which calls this) prepares them first. Atomic in effect: training.json, which
-    marks the model as complete, is written last, and what a killed run left is cleared first."""
-    cfg = load_train_config(config, need_output=False)
-    out = models.trained_path(config)
-    if models.is_prepared(f"train:{config}", out):
-        return out
-    shutil.rmtree(out, ignore_errors=True)  # what an interrupted run left
-    cfg.output_dir = str(out)
-    console = console or stderr_console()
-    console.print(f"[bold]training[/] {Path(config).name} once (cached in {out})")
-    train(cfg, console)
-    return out

@@ -119,12 +119,12 @@ def test_plan_puts_what_a_training_starts_from_first(cache, tmp_path):
 
 
 def _old_trained_path(config: Path) -> Path:
-    """The cache folder as train.trained_model computed it before resolving became pure."""
+    """The cache folder as trained_model computed it before resolving became pure."""
     import icr_data.train
     from icr_data.shards import digest
     from icr_data.store import sha256_file
     from icr_data.tiny import builtin_cache
-    from icr_data.train import load_train_config
+    from icr_data.train_config import load_train_config
 
     cfg = load_train_config(config, need_output=False)
     src = Path(cfg.data.source)
@@ -136,7 +136,7 @@ def _old_trained_path(config: Path) -> Path:
     settings["data"].pop("source")
     code = {
         name: sha256_file(Path(icr_data.train.__file__).with_name(name))
-        for name in ("train.py", "score.py", "chat.py")
+        for name in ("train.py", "version_ref.py", "score.py", "chat.py")
     }
     code["trl"] = importlib.metadata.version("trl")  # the trainer's version is part of the key
     key = digest({"config": settings, "data": data_key, "code": code,

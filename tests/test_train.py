@@ -9,7 +9,8 @@ import yaml
 from icr_data import store
 from icr_data.build import build
 from icr_data.config import load_recipe
-from icr_data.train import TrainError, load_pairs, load_train_config, train
+from icr_data.train import TrainError, load_pairs, train
+from icr_data.train_config import load_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -109,7 +110,7 @@ def test_gradient_accumulation_matches_one_big_batch(version, tiny_pair, tmp_pat
 
 def test_lora_without_merge_is_an_adapter_and_no_model(version, tiny_pair, tmp_path):
     from icr_data.config import RecipeError, RoundConfig, previous_model
-    from icr_data.train import trained_model
+    from icr_data.prepare import trained_model
 
     policy, _ = tiny_pair
     path = _config(tmp_path, version, policy, finetune="lora", max_steps=1,
@@ -328,6 +329,48 @@ def test_a_full_disk_loses_only_the_checkpoint_being_written(
         {"step": 2, "error": "[Errno 28] No space left on device"}
     ]
     assert record["steps"] == 3 and (out / "model.safetensors").is_file()
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint_to_the_same_model(
+    version, tiny_pair, tmp_path, monkeypatch
+):
+    """Killed after checkpoint-2, the run resumed with trainer.resume_from_checkpoint: true takes
+    up at step 3 and ends where an unbroken run ends: the same step-3/4 losses and weights."""
+    from safetensors.torch import load_file
+    from transformers import Trainer
+
+    kw = dict(max_steps=4, save_every=2, learning_rate=1e-2)
+    whole = train(load_train_config(_config(tmp_path / "whole", version, tiny_pair[0], **kw)))
+
+    real = Trainer.training_step
+
+    def killed_in_step_three(self, *a, **k):
+        if self.state.global_step == 2:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    resumed_kw = dict(kw, trainer={"resume_from_checkpoint": True})
+    path = _config(tmp_path / "broken", version, tiny_pair[0], **resumed_kw)
+    with pytest.raises(TrainError, match="holds no checkpoint-N folder to resume from"):
+        train(load_train_config(path))  # nothing to resume yet: named before any model loads
+    monkeypatch.setattr(Trainer, "training_step", killed_in_step_three)
+    with pytest.raises(KeyboardInterrupt):
+        out = str(tmp_path / "broken" / "out")
+        train(
+            load_train_config(_config(tmp_path / "x", version, tiny_pair[0], output_dir=out, **kw))
+        )
+    monkeypatch.setattr(Trainer, "training_step", real)
+    out = tmp_path / "broken" / "out"
+    assert (out / "checkpoint-2").is_dir() and not (out / "training.json").exists()
+
+    record = train(load_train_config(path))
+    assert record["resumed_from"] == "checkpoint-2" and record["steps"] == 4
+    assert [r["step"] for r in record["log"]] == [3, 4]
+    for got, want in zip(record["log"], whole["log"][2:]):
+        assert got["loss"] == pytest.approx(want["loss"], abs=1e-5)
+    a = load_file(out / "model.safetensors")
+    b = load_file(tmp_path / "whole" / "out" / "model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
 
 
 @pytest.mark.slow
