@@ -24,6 +24,7 @@ from datasets import Dataset, concatenate_datasets
 from rich.console import Console
 
 from icr_data import models, store
+from icr_data.agreement import candidate_agreement
 from icr_data.card import render_card
 from icr_data.config import Recipe
 from icr_data.console import progress_bar, stderr_console
@@ -78,6 +79,9 @@ class Plan:
     logp_keys: dict[str, dict[int, str]] = field(default_factory=dict)
     lid_keys: dict[int, str] = field(default_factory=dict)
     judge_keys: dict[int, str] = field(default_factory=dict)
+    native_keys: dict[str, dict[int, str]] = field(default_factory=dict)
+    """scoring.agreement: native: per role, the keys of the log-prob passes over the same samples
+    under their own instruction (empty without it)."""
     missing_langs: list[str] = field(default_factory=list)
     """Languages of prompts.languages without a single prompt row (warned about, not built)."""
 
@@ -230,12 +234,24 @@ def make_plan(recipe: Recipe) -> Plan:
         plan.lid_keys[shard.index] = plan.langid.key(samples)
         if plan.judge is not None:
             plan.judge_keys[shard.index] = plan.judge.key(samples)
+        if recipe.scoring.agreement:  # the same stages, keyed by the native scoring prompts
+            native = StageShard(shard.index, _native(prompt_rows.rows), gen_key)
+            for role in ROLES:
+                plan.native_keys.setdefault(role, {})[shard.index] = plan.logp[role].key(native)
     return plan
 
 
-def _generated(plan: Plan, shard: Shard) -> Dataset:
-    """A shard's samples, with the scoring prompt of each sample's (prompt_id, lang)."""
+def _native(rows: Dataset) -> Dataset:
+    """`rows` with each row's own instruction as its scoring prompt (native scoring)."""
+    return rows.remove_columns("scoring_prompt").add_column("scoring_prompt", rows["instruction"])
+
+
+def _generated(plan: Plan, shard: Shard, native: bool = False) -> Dataset:
+    """A shard's samples, with the scoring prompt of each sample's (prompt_id, lang), or with
+    `native`, its own instruction (scoring.agreement)."""
     gen = plan.work.load("generate", plan.gen_keys[shard.index])
+    if native:
+        return gen.add_column("scoring_prompt", gen["instruction"])
     rows = plan.shard_prompts(shard)
     sp = {
         (p, lang): x for p, lang, x in zip(rows["prompt_id"], rows["lang"], rows["scoring_prompt"])
@@ -252,11 +268,15 @@ def generate_tasks(plan: Plan, shards: list[Shard]) -> list[Task]:
             for s in shards]  # fmt: skip
 
 
-def sample_tasks(plan: Plan, stage, keys: dict[int, str], shards: list[Shard]) -> list[Task]:
-    """Tasks of a stage whose input is a shard's samples (log-probs, language ID)."""
+def sample_tasks(plan: Plan, stage, keys: dict[int, str], shards: list[Shard],
+                 native: bool = False) -> list[Task]:  # fmt: skip
+    """Tasks of a stage whose input is a shard's samples (log-probs, language ID); with `native`,
+    under their own instruction (see _generated)."""
     n = plan.recipe.sampling.n
+    extra = {"scoring_prompt": "native"} if native else {}
     return [Task(s.index, keys[s.index], n * len(plan.rows_of[s.index]),
-                 lambda s=s: _generated(plan, s), stage.made_of(plan.stage_shard(s)))
+                 lambda s=s: _generated(plan, s, native),
+                 {**stage.made_of(plan.stage_shard(s)), **extra})
             for s in shards]  # fmt: skip
 
 
@@ -279,6 +299,8 @@ def run_score(plan: Plan, part, executor) -> dict[str, dict]:
     reports = {}
     for role in ROLES:
         todo = sample_tasks(plan, plan.logp[role], plan.logp_keys[role], shards)
+        if plan.native_keys:  # scoring.agreement: the native pass while the same model is loaded
+            todo += sample_tasks(plan, plan.logp[role], plan.native_keys[role], shards, True)
         reports[role] = executor.run(plan.logp[role], todo, f"score ({role})")
     if plan.judge is not None:  # the second opinion: one more model over the same samples
         todo = sample_tasks(plan, plan.judge, plan.judge_keys, shards)
@@ -297,6 +319,8 @@ def assemble(plan: Plan, executor=None) -> tuple[Dataset, dict]:
                     if not plan.work.done("logp", plan.logp_keys[r][s.index])]  # fmt: skip
         if plan.judge is not None and not plan.work.done("reward", plan.judge_keys[s.index]):
             missing.append(f"{s.index} (judge)")
+        missing += [f"{s.index} (native logp/{r})" for r, keys in plan.native_keys.items()
+                    if not plan.work.done("logp", keys[s.index])]  # fmt: skip
     if missing:
         raise MissingWork(
             f"unfinished shard(s): {', '.join(missing)}; run `icr-data generate` and `icr-data score` for them (or `icr-data build`)"
@@ -318,9 +342,20 @@ def assemble(plan: Plan, executor=None) -> tuple[Dataset, dict]:
         if plan.judge is not None:
             judged = plan.work.load("reward", plan.judge_keys[s.index])["reward"]
             scored = scored.add_column("judge_reward", judged)
+        if plan.native_keys:
+            lp, lr = (plan.work.load("logp", plan.native_keys[r][s.index])["logp"] for r in ROLES)
+            scored = scored.add_column(
+                "reward_native", native_rewards(lp, lr, plan.recipe.scoring.beta)
+            )
         parts.append(scored)
     columns = CANDIDATE_COLUMNS + (["judge_reward"] if plan.judge is not None else [])
+    columns += ["reward_native"] if plan.native_keys else []
     return concatenate_datasets(parts).select_columns(columns), report
+
+
+def native_rewards(logp_policy: list[float], logp_ref: list[float], beta: float) -> list[float]:
+    """reward_native: the implicit reward under the native scoring prompt, as `reward` is made."""
+    return [beta * (p - r) for p, r in zip(logp_policy, logp_ref)]
 
 
 def identical_version(dataset_dir: Path, tables: dict[str, Dataset], manifest: dict) -> str | None:
@@ -364,7 +399,8 @@ def merge(plan: Plan, version: str | None = None, timings: dict | None = None,
     def manifest_for(pairs: Dataset, stats) -> dict:
         counts, margins = margin_summary(pairs, candidates, plan.prompts, plan.langs)
         return make_manifest(recipe, plan.ids, stats, counts, margins, timings,
-                             skipped_english=plan.skipped_english)  # fmt: skip
+                             skipped_english=plan.skipped_english,
+                             mode_agreement=candidate_agreement(candidates))  # fmt: skip
 
     dataset_dir = Path(recipe.store) / recipe.dataset
     with writing(dataset_dir):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from datasets import Dataset
 
+from icr_data.agreement import mode_agreement, wilson
 from icr_data.config import ScoringConfig
 from icr_data.languages import scoring_prompt
 from icr_data.prompts import PromptError, check_rows, read_rows
@@ -58,17 +59,6 @@ def require_english(rows: list[dict], source: str) -> None:
             )
 
 
-def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion k/n."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    denom = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, center - half), min(1.0, center + half))
-
-
 def summarize(rows: list[dict], margins: list[float]) -> dict:
     """Per-language accuracy, interval, ties, mean margin and accuracy by length difference."""
     import polars as pl
@@ -105,38 +95,6 @@ def summarize(rows: list[dict], margins: list[float]) -> dict:
             "length_margin_corr": None if corr is None or math.isnan(corr) else float(corr),
             "includes_chance": lo <= 0.5 <= hi,
         }
-    return out
-
-
-def kendall_tau(a: list[float], b: list[float]) -> float | None:
-    """Kendall's tau-a of two scorings of the same items: (concordant - discordant) pairs over
-    all pairs; None for fewer than two items."""
-    n = len(a)
-    if n < 2:
-        return None
-    total = 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            x, y = a[i] - a[j], b[i] - b[j]
-            total += ((x > 0) - (x < 0)) * ((y > 0) - (y < 0))  # sign(x) * sign(y)
-    return total / (n * (n - 1) / 2)
-
-
-def mode_agreement(rows: list[dict], first: list[float], second: list[float]) -> dict:
-    """Per language: the mean and spread of Kendall's tau per prompt between two rewards of the
-    same responses (e.g. cross-lingual and native scoring). rows[i] holds prompt_id and lang."""
-    import statistics
-
-    groups: dict = {}
-    for r, x, y in zip(rows, first, second):
-        groups.setdefault(r["lang"], {}).setdefault(r["prompt_id"], []).append((x, y))
-    out = {}
-    for lang, prompts in groups.items():
-        taus = [t for g in prompts.values()
-                if (t := kendall_tau([x for x, _ in g], [y for _, y in g])) is not None]  # fmt: skip
-        out[lang] = {"prompts": len(taus),
-                     "mean_tau": statistics.fmean(taus) if taus else None,
-                     "sd_tau": statistics.stdev(taus) if len(taus) > 1 else None}  # fmt: skip
     return out
 
 

@@ -414,6 +414,7 @@ def check_reward(
     margin, and accuracy by length difference (chosen shorter / similar / longer by 20%)."""
     import json
 
+    from icr_data.agreement import noise_verdicts
     from icr_data.check import check_reward as run_check
     from icr_data.config import ScoringConfig
     from icr_data.reports import check_table
@@ -435,6 +436,9 @@ def check_reward(
             tau = "-" if r["mean_tau"] is None else f"{r['mean_tau']:+.2f}"
             err.print(f"{lang}: {a} vs {b} rewards, mean Kendall tau per prompt {tau}{spread} "
                       f"over {r['prompts']} prompts", highlight=False)  # fmt: skip
+        for lang, reasons in noise_verdicts(report["agreement"]["languages"], None, (a, b)).items():
+            for why in reasons:
+                err.print(f"[yellow]warning:[/] {lang}: {why}", highlight=False)
     if json_out:
         json_out.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
         err.print(f"[green]wrote[/] {json_out}")

@@ -98,6 +98,11 @@ class ScoringConfig:
     """reward:MODEL: an explicit reward model (a sequence classifier) also scores every candidate
     under its own instruction (candidates gain `judge_reward`); the pair filter judge_disagrees
     drops pairs whose order it contradicts, and the card reports its agreement per language."""
+    agreement: str | None = None
+    """null, or native: cross_lingual builds also score every sample under its own (native)
+    instruction (one more policy and reference pass; candidates gain `reward_native`), and the
+    manifest, card and build summary report per language the Kendall tau per prompt between the
+    two rewards, flagging a language whose tau is not clearly above 0 (agreement.py)."""
 
 
 DEFAULT_FILTERS = list(pairing_rules.FILTERS)
@@ -419,6 +424,12 @@ def validate_scoring(s: ScoringConfig, where: str = "scoring") -> None:
     if not DEVICE_RE.match(s.device):
         raise RecipeError(f"{where}: 'scoring.device' must be auto, cpu, cuda, cuda:N, mps, xpu "
                           f"or xpu:N, got {s.device!r}")  # fmt: skip
+    if s.agreement not in (None, "native"):
+        raise RecipeError(f"{where}: 'scoring.agreement' must be null or native, "
+                          f"got {s.agreement!r}")  # fmt: skip
+    if s.agreement and s.mode != "cross_lingual":
+        raise RecipeError(f"{where}: 'scoring.agreement: native' compares cross_lingual scoring "
+                          f"with native scoring; scoring.mode is {s.mode}")  # fmt: skip
     if s.judge is not None and (not s.judge.startswith("reward:") or not s.judge[7:]):
         raise RecipeError(f"{where}: 'scoring.judge' must be reward:MODEL (an explicit reward "
                           f"model), got {s.judge!r}")  # fmt: skip

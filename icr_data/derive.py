@@ -65,7 +65,7 @@ def rescore(
     The two log-prob passes run shard by shard through an executor, with their work kept under
     the dataset's .work folder exactly as a build keeps it: a killed rescore resumes."""
     from icr_data import prepare
-    from icr_data.build import CANDIDATE_COLUMNS, make_executor
+    from icr_data.build import CANDIDATE_COLUMNS, make_executor, native_rewards
     from icr_data.console import progress_bar, stderr_console
     from icr_data.score import with_rewards
     from icr_data.shards import WorkDir
@@ -82,6 +82,8 @@ def rescore(
         recipe.models.reference = reference
     if scoring:
         recipe.scoring = dataclasses.replace(recipe.scoring, **scoring)
+        if recipe.scoring.mode != "cross_lingual":  # agreement compares cross_lingual with native
+            recipe.scoring.agreement = None
         try:
             validate_scoring(recipe.scoring, "icr-data score")
         except RecipeError as e:
@@ -112,9 +114,20 @@ def rescore(
         ex = make_executor(executor, WorkDir(version_dir.parent / ".work"), console, progress,
                            address, recipe.ray)  # fmt: skip
         logps, tokens, reports = dual_logit(ex, passes, candidates, recipe.shard_prompts)
+        if recipe.scoring.agreement:  # the same passes under each sample's own instruction
+            native = candidates.remove_columns("scoring_prompt")
+            native = native.add_column("scoring_prompt", native["instruction"])
+            again, _, _ = dual_logit(ex, passes, native, recipe.shard_prompts)
     scored = with_rewards(
         candidates, tokens, logps["policy"], logps["reference"], recipe.scoring.beta
     )
+    if "reward_native" in scored.column_names:  # the parent's, under its reward pair
+        scored = scored.remove_columns("reward_native")
+    if recipe.scoring.agreement:
+        beta = recipe.scoring.beta
+        scored = scored.add_column(
+            "reward_native", native_rewards(again["policy"], again["reference"], beta)
+        )
     if "lid_lang" not in scored.column_names:
         from icr_data.executor import run_once
         from icr_data.stages import LangIdStage, Shard
@@ -124,6 +137,7 @@ def rescore(
         scored = scored.add_column("lid_lang", outs[0]["lid_lang"])
         scored = scored.add_column("lid_score", outs[0]["lid_score"])
     extra = ["judge_reward"] if "judge_reward" in scored.column_names else []  # kept as it was
+    extra += ["reward_native"] if recipe.scoring.agreement else []
     scored = scored.select_columns(CANDIDATE_COLUMNS + extra)
     timings = {"score_s": round(time.perf_counter() - t0, 2),
                "scoring_throughput": {r: reports[r].get("stats") for r in reports}}  # fmt: skip
@@ -164,6 +178,7 @@ def write_child(
     """Pair `candidates` under `recipe` and write them as a new version whose parent is the given
     one. When the latest version already holds this content, say so; with `if_changed`, write
     nothing and return that version."""
+    from icr_data.agreement import candidate_agreement
     from icr_data.build import write_paired
     from icr_data.manifest import make_manifest, margin_summary
 
@@ -183,7 +198,8 @@ def write_child(
         manifest = make_manifest(recipe, model_ids, stats, new_counts, margins, timings,
                                  parent=f"{parent_manifest['dataset']}/{parent_manifest['version']}",
                                  rounds=rounds or None,
-                                 recipe_dir=store.local_info(version_dir).get("recipe_dir"))  # fmt: skip
+                                 recipe_dir=store.local_info(version_dir).get("recipe_dir"),
+                                 mode_agreement=candidate_agreement(candidates))  # fmt: skip
         manifest["derived"] = derived
         return manifest
 

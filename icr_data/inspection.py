@@ -193,6 +193,9 @@ class InspectReport:
     """(title, pairs with their texts) for the top and bottom selections asked for."""
     no_pairs: dict[str, str] = dataclasses.field(default_factory=dict)
     """{language: why} for languages of the version with 0 pairs (rows of `stats` with 0)."""
+    trust: dict = dataclasses.field(default_factory=dict)
+    """From the manifest, where measured: `modes` (mode agreement per language), `judge` (the
+    judge's agreement per language) and `noise` ({language: [why its pairs are likely noise]})."""
 
 
 def inspect_version(
@@ -227,7 +230,20 @@ def inspect_version(
         views = list(zip([t for t, _ in picks], with_texts(lf, *(s for _, s in picks))))
     except (pl.exceptions.PolarsError, OSError) as e:
         raise store.StoreError(f"{path}: cannot read pairs: {_first_line(e)}") from None
-    return InspectReport(name, unit, bins, df, stats, hist, views, zero)
+    return InspectReport(
+        name, unit, bins, df, stats, hist, views, zero, trust_figures(manifest, lang)
+    )
+
+
+def trust_figures(manifest: dict, lang: str | None = None) -> dict:
+    """The manifest's agreement figures and likely-noise verdicts (of one language, with `lang`);
+    empty for a version that measured none."""
+    modes = ((manifest.get("scoring") or {}).get("mode_agreement") or {}).get("languages") or {}
+    judge = (manifest.get("pairing") or {}).get("judge_agreement") or {}
+    noise = (manifest.get("likely_noise") or {}).get("languages") or {}
+    out = {key: {k: v for k, v in d.items() if lang in (None, k)}
+           for key, d in (("modes", modes), ("judge", judge), ("noise", noise))}  # fmt: skip
+    return out if out["modes"] or out["judge"] else {}
 
 
 def with_zero_rows(stats: pl.DataFrame, zero: dict[str, str], order: list[str]) -> pl.DataFrame:

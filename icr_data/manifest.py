@@ -25,6 +25,7 @@ import polars as pl
 from datasets import Dataset
 
 import icr_data
+from icr_data.agreement import JUDGE_RULE, MODE_RULE, judge_figures, noise_verdicts
 from icr_data.config import Recipe
 from icr_data.languages import DIRECTIVE
 from icr_data.pairs import PairStats, empty_funnel
@@ -124,10 +125,13 @@ def make_manifest(
     skipped_english: dict[str, int] | None = None,
     rounds: list[dict] | None = None,
     recipe_dir: str | Path | None = None,
+    mode_agreement: dict | None = None,
 ) -> dict:
     """The manifest, in portable form (see `portable`); with `recipe_dir` (the recipe's folder)
     paths inside it are kept relative to it. When that changed the recipe, the recipe as loaded
-    rides along under store.LOCAL_KEY, which store.write_version moves to the hidden local file."""
+    rides along under store.LOCAL_KEY, which store.write_version moves to the hidden local file.
+    `mode_agreement` (agreement.candidate_agreement): per language, the Kendall tau between the
+    labels and the native rewards (scoring.agreement)."""
     from icr_data.store import LOCAL_KEY
 
     if recipe_dir is None:  # set by whoever loaded the recipe from its file, where known
@@ -135,7 +139,7 @@ def make_manifest(
     local = {"recipe": recipe.to_dict(), "recipe_dir": str(recipe_dir) if recipe_dir else None}
     manifest = portable(
         _manifest(recipe, model_ids, stats, counts, margins, timings, parent, skipped_english,
-                  rounds),
+                  rounds, mode_agreement),
         recipe_dir,
     )  # fmt: skip
     manifest["sources"] = sources(recipe, recipe_dir)
@@ -154,8 +158,14 @@ def _manifest(
     parent: str | None,
     skipped_english: dict[str, int] | None,
     rounds: list[dict] | None,
+    mode_agreement: dict | None = None,
 ) -> dict:
     funnel = {lang: dict(f) for lang, f in stats.funnel.items()}
+    judge = judge_figures(stats.judge_agreement)
+    modes = None
+    if mode_agreement is not None:
+        modes = {"compared": [recipe.scoring.mode, "native"], "rule": MODE_RULE,
+                 "languages": mode_agreement}  # fmt: skip
     for lang, n in (skipped_english or {}).items():
         funnel.setdefault(lang, empty_funnel())["prompts_skipped"] = {"no_english_row": n}
     return {
@@ -173,6 +183,8 @@ def _manifest(
         "scoring": {
             "mode": recipe.scoring.mode,
             "judge": recipe.scoring.judge,
+            "agreement": recipe.scoring.agreement,
+            "mode_agreement": modes,
             "beta": recipe.scoring.beta,
             "count_eot": recipe.scoring.count_eot,
             "directive": DIRECTIVE,
@@ -192,7 +204,7 @@ def _manifest(
                 "step": recipe.pairing.alpha_step,
             },
             "alphas": stats.alphas,
-            "judge_agreement": stats.judge_agreement,
+            "judge_agreement": judge,
             "mean_length_diff": stats.mean_length_diff,
             "length_margin_corr": stats.length_margin_corr,
             "settings": dataclasses.asdict(recipe.pairing),
@@ -207,6 +219,12 @@ def _manifest(
             k: sum(c[k] for c in counts.values()) for k in ("prompts", "candidates", "pairs")
         },
         "funnel": funnel,
+        "likely_noise": {
+            "rules": {"mode_agreement": MODE_RULE, "judge_agreement": JUDGE_RULE},
+            "languages": noise_verdicts(
+                mode_agreement, judge, [recipe.scoring.mode, "native"], recipe.scoring.judge
+            ),
+        },
         "margins": margins,
         "timings": timings,
         "hardware": hardware(),

@@ -32,18 +32,35 @@ BLOCKS = " ▁▂▃▄▅▆▇█"
 
 
 def summary_table(manifest: dict) -> Table:
-    """Per language: counts, margins and the funnel; a caption warns of languages with 0 pairs
-    (and why) and of languages asked for that had no prompts."""
+    """Per language: counts, margins and the funnel, and (when measured) the mode agreement tau
+    and the judge's agreement; a caption warns of languages with 0 pairs (and why), of languages
+    asked for that had no prompts, and of languages whose pairs are likely noise (agreement.py)."""
     from icr_data.inspection import zero_pair_languages
 
     table = Table(title=f"{manifest['dataset']} {manifest['version']}")
+    modes = ((manifest.get("scoring") or {}).get("mode_agreement") or {}).get("languages") or {}
+    judge = manifest["pairing"].get("judge_agreement") or {}
     cols = ("lang", "prompts", "candidates", "kept", "pairs", "off-target", "margin mean",
             "margin median", "alpha", "dropped")  # fmt: skip
     for col in cols:
         table.add_column(col, justify="left" if col in ("lang", "dropped") else "right")
+    if modes:
+        table.add_column("tau vs native", justify="right")
+    if judge:
+        table.add_column("judge agrees", justify="right")
 
     def fmt(v):
         return "-" if v is None else f"{v:.3f}"
+
+    def agreement_cells(lang: str) -> list[str]:
+        cells = []
+        if modes:
+            a = modes.get(lang)
+            cells.append("-" if not a or a["mean_tau"] is None else f"{a['mean_tau']:+.2f}")
+        if judge:
+            a = judge.get(lang)
+            cells.append("-" if not a else f"{a['agree']}/{a['pairs']}")
+        return cells
 
     for lang, c in manifest["counts"].items():
         q = manifest["margins"][lang]
@@ -55,7 +72,8 @@ def summary_table(manifest: dict) -> Table:
         table.add_row(lang, str(c["prompts"]), str(c["candidates"]), str(f.get("kept_candidates", "-")),
                       str(c["pairs"]), "-" if off is None else f"{off:.0%}", fmt(q["mean"]),
                       fmt(q["median"]), fmt(alpha),
-                      ", ".join(f"{k} {v}" for k, v in reasons.items()) or "-")  # fmt: skip
+                      ", ".join(f"{k} {v}" for k, v in reasons.items()) or "-",
+                      *agreement_cells(lang))  # fmt: skip
     warnings = [
         f"{lang} has 0 pairs ({why})" for lang, why in zero_pair_languages(manifest).items()
     ]
@@ -63,9 +81,13 @@ def summary_table(manifest: dict) -> Table:
     absent = [lang for lang in asked if lang not in manifest["counts"]]
     if absent:
         warnings.append(f"no prompts in {', '.join(absent)} (asked for in prompts.languages)")
-    if warnings:
-        table.caption = "warning: " + "; ".join(warnings)
+    lines = ["warning: " + "; ".join(warnings)] if warnings else []
+    noise = (manifest.get("likely_noise") or {}).get("languages") or {}
+    lines += [f"warning: {lang}: {why}" for lang, reasons in noise.items() for why in reasons]
+    if lines:
+        table.caption = "\n".join(lines)
         table.caption_style = "yellow"
+        table.caption_justify = "left"
     return table
 
 
@@ -237,9 +259,38 @@ def inspect_report(report: InspectReport, max_chars: int = 400) -> list[Table | 
         f"margin histogram, {report.bins} bins over a range shared by the languages:",
         *histogram_lines(report.hist),
     ]
+    if report.trust:
+        out.append(trust_table(report.trust, report.name))
     out += [pairs_view(sel, f"{report.name}: {title}", report.unit, max_chars)
             for title, sel in report.views]  # fmt: skip
     return out
+
+
+def trust_table(trust: dict, name: str) -> Table:
+    """inspect: per language, mode agreement (tau vs native) and the judge's agreement, each with
+    its 95% interval, and the verdict (inspection.trust_figures; the rules: agreement.py)."""
+    table = Table(title=f"{name}: can these labels be trusted?")
+    for col in ("lang", "tau vs native", "sd", "tau 95% CI", "judge agrees", "judge 95% CI",
+                "verdict"):  # fmt: skip
+        table.add_column(col, justify="left" if col in ("lang", "verdict") else "right")
+
+    def ci(a: dict | None, spec: str) -> str:
+        return (
+            "-" if not a or not a.get("ci95") else " to ".join(format(x, spec) for x in a["ci95"])
+        )
+
+    langs = list(dict.fromkeys([*trust["modes"], *trust["judge"]]))
+    for lang in langs:
+        m, j = trust["modes"].get(lang), trust["judge"].get(lang)
+        table.add_row(lang, _f(m and m["mean_tau"], "+.2f"), _f(m and m["sd_tau"], ".2f"),
+                      ci(m, "+.2f"), "-" if not j else f"{j['agree']}/{j['pairs']}", ci(j, ".2f"),
+                      "likely noise" if lang in trust["noise"] else "-")  # fmt: skip
+    lines = [f"{lang}: {why}" for lang, reasons in trust["noise"].items() for why in reasons]
+    if lines:
+        table.caption = "\n".join(lines)
+        table.caption_style = "yellow"
+        table.caption_justify = "left"
+    return table
 
 
 def eval_tables(manifest: dict) -> list[Table]:

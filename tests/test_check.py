@@ -94,7 +94,7 @@ def test_reward_trained_on_the_pairs_ranks_them_all_and_the_swapped_pair_none(ti
 
 
 def test_kendall_tau_and_mode_agreement():
-    from icr_data.check import kendall_tau, mode_agreement
+    from icr_data.agreement import kendall_tau, mode_agreement
 
     assert kendall_tau([1, 2, 3], [10, 20, 30]) == 1.0
     assert kendall_tau([1, 2, 3], [3, 2, 1]) == -1.0
@@ -102,7 +102,9 @@ def test_kendall_tau_and_mode_agreement():
     assert kendall_tau([1], [1]) is None
     rows = [{"prompt_id": p, "lang": "de"} for p in ("a", "a", "b", "b")]
     out = mode_agreement(rows, [1.0, 0.0, 1.0, 0.0], [2.0, 1.0, 0.0, 1.0])["de"]
-    assert out == {"prompts": 2, "mean_tau": 0.0, "sd_tau": pytest.approx(2**0.5)}
+    half = 1.96 * 2**0.5 / 2**0.5  # 1.96 * sd / sqrt(prompts)
+    assert out == {"prompts": 2, "mean_tau": 0.0, "sd_tau": pytest.approx(2**0.5),
+                   "ci95": pytest.approx([-half, half]), "likely_noise": True}  # fmt: skip
 
 
 def test_a_language_whose_interval_includes_chance_is_flagged():
@@ -121,5 +123,6 @@ def test_agreement_between_modes_on_the_tiny_pair(tiny_pair, tmp_path):
     agree = report["agreement"]
     assert agree["modes"] == ["cross_lingual", "native"]
     # English rows get no directive: the same scoring prompt in both modes, the same ranking
-    assert agree["languages"]["en"] == {"prompts": 3, "mean_tau": 1.0, "sd_tau": 0.0}
+    assert agree["languages"]["en"] == {"prompts": 3, "mean_tau": 1.0, "sd_tau": 0.0,
+                                        "ci95": [1.0, 1.0], "likely_noise": False}  # fmt: skip
     assert agree["languages"]["fr"]["prompts"] == 3

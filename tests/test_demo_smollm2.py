@@ -59,6 +59,12 @@ def test_smollm2_demo_end_to_end(tmp_path):
     assert m["models"]["policy"]["sha256"] == m["models"]["generator"]["sha256"]
     assert m["models"]["policy"]["sha256"] != m["models"]["reference"]["sha256"]
     assert m["totals"]["prompts"] == 2 * len(LANGS) and m["totals"]["candidates"] == 4 * len(LANGS)
+    # the recipe's scoring.agreement: native: the card shows mode agreement per language
+    assert m["scoring"]["agreement"] == "native"
+    assert list(m["scoring"]["mode_agreement"]["languages"]) == LANGS
+    card = (version / "README.md").read_text()
+    section = card[card.index("## Can these labels be trusted?") : card.index("## Columns")]
+    assert "Kendall's tau" in section and all(f"\n| {lang} | 2 | " in section for lang in LANGS)
     cands = store.read_table(version, "candidates")
     assert set(cands["lang"]) == set(LANGS) and all(t.strip() for t in cands["response"])
     # a real reward: finite, and the short DPO moved the policy away from the reference
