@@ -1,13 +1,20 @@
 """Pairing rules and filters by name: the one registry that recipe validation (config.py), the
 CLI's `pair --strategy/--filters` choices and help (cli.py) and the pair stage (pairs.py) read.
 
-A rule picks (chosen, rejected) index pairs among one prompt's kept candidates:
+A rule picks (chosen, rejected) pairs for a batch of prompts that each have n kept candidates:
 
-    select(adjusted, reward, cfg, rng) -> [(i, j), ...]
+    select(adjusted, reward, cfg, rng) -> (prompt, chosen, rejected)
 
 `adjusted` holds the rewards after length control (reward - alpha * length), `reward` the raw
-rewards (numpy arrays of the same length, at least 2); `cfg` is the PairingConfig, `rng` a
-random.Random seeded per prompt. Adding a rule is one function here plus one line in RULES.
+rewards, both numpy arrays of shape (prompts, n), n >= 2; `cfg` is the PairingConfig and `rng(p)`
+the random.Random seeded for prompt p of the batch. It returns three integer arrays, one entry a
+pair: the prompt's row in the batch and the chosen and rejected columns, ordered by prompt (pairs
+of one prompt in the rule's order). argmax/argmin along axis 1 pick the first of equals, as the
+pair stage expects. Adding a rule is one function here plus one line in RULES.
+
+A rule may instead be written for one prompt, `select(adjusted, reward, cfg, rng) -> [(i, j)]`
+on 1-d arrays with `rng` a random.Random, and registered as `Rule(f, batched=False)`; the pair
+stage then calls it once per prompt (simpler, slower).
 
 This module imports nothing heavy (no numpy, no datasets) and nothing of icr_data, so config.py
 and cli.py read it at import time without cost and without an import cycle.
@@ -23,16 +30,17 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # only for annotations: config imports this module
     from icr_data.config import PairingConfig
 
-Picks = list[tuple[int, int]]
-
 
 @dataclass(frozen=True)
 class Rule:
-    select: Callable[[Any, Any, PairingConfig, random.Random], Picks]
+    select: Callable[..., Any]
     ranked: bool = True
     """True: a pair whose chosen does not outrank its rejected after length control is dropped
     as no_separation. False: the rule picks by raw reward margin (threshold); only a response
     paired with itself is."""
+    batched: bool = False
+    """True: `select` takes a batch of prompts, (prompts, n) arrays (see above). False: one
+    prompt, 1-d arrays, a list of (chosen, rejected) index pairs back."""
 
     @property
     def help(self) -> str:
@@ -40,38 +48,57 @@ class Rule:
         return (self.select.__doc__ or "").strip().splitlines()[0]
 
 
-def max_min(adjusted, reward, cfg: PairingConfig, rng: random.Random) -> Picks:
+def max_min(adjusted, reward, cfg: PairingConfig, rng: Callable[[int], random.Random]):
     """best vs worst (the paper's)"""
-    return [(int(adjusted.argmax()), int(adjusted.argmin()))]
+    import numpy as np
+
+    return np.arange(len(adjusted)), adjusted.argmax(axis=1), adjusted.argmin(axis=1)
 
 
-def max_random(adjusted, reward, cfg: PairingConfig, rng: random.Random) -> Picks:
+def max_random(adjusted, reward, cfg: PairingConfig, rng: Callable[[int], random.Random]):
     """best vs a seeded random other"""
-    best = int(adjusted.argmax())
-    others = [i for i in range(len(adjusted)) if i != best]
-    return [(best, rng.choice(others))] if others else [(best, best)]
+    import numpy as np
+
+    prompts, n = adjusted.shape
+    best = adjusted.argmax(axis=1)
+    # others = every index but the best, in order; rng.choice(others) is others[draw]
+    draw = np.array([rng(p).choice(range(n - 1)) for p in range(prompts)], dtype=np.int64)
+    return np.arange(prompts), best, draw + (draw >= best)
 
 
-def top_bottom(adjusted, reward, cfg: PairingConfig, rng: random.Random) -> Picks:
+def top_bottom(adjusted, reward, cfg: PairingConfig, rng: Callable[[int], random.Random]):
     """every top-k x bottom-k pair (pairing.k)"""
-    order = sorted(range(len(adjusted)), key=lambda i: (-adjusted[i], i))
-    top, bottom = order[: cfg.k], order[::-1][: cfg.k]
-    out = [(i, j) for i in top for j in bottom if i != j and adjusted[i] > adjusted[j]]
-    return out or max_min(adjusted, reward, cfg, rng)
+    import numpy as np
+
+    order = np.argsort(-adjusted, axis=1, kind="stable")  # best first, the lower index on ties
+    top, bottom = order[:, : cfg.k], order[:, ::-1][:, : cfg.k]
+    i, j = top[:, :, None], bottom[:, None, :]
+    rows = np.arange(len(adjusted))[:, None, None]
+    ok = (i != j) & (adjusted[rows, i] > adjusted[rows, j])
+    p, a, b = np.nonzero(ok)
+    none = np.flatnonzero(~ok.reshape(len(adjusted), -1).any(axis=1))  # these fall back to max_min
+    prompt = np.concatenate([p, none])
+    chosen = np.concatenate([top[p, a], adjusted[none].argmax(axis=1)])
+    rejected = np.concatenate([bottom[p, b], adjusted[none].argmin(axis=1)])
+    keep = np.argsort(prompt, kind="stable")
+    return prompt[keep], chosen[keep], rejected[keep]
 
 
-def threshold(adjusted, reward, cfg: PairingConfig, rng: random.Random) -> Picks:
+def threshold(adjusted, reward, cfg: PairingConfig, rng: Callable[[int], random.Random]):
     """every pair whose reward margin is at least pairing.threshold"""
-    n = len(reward)
-    return [(i, j) for i in range(n) for j in range(n)
-            if i != j and reward[i] - reward[j] >= cfg.threshold and reward[i] > reward[j]]  # fmt: skip
+    import numpy as np
+
+    i, j = reward[:, :, None], reward[:, None, :]
+    n = reward.shape[1]
+    ok = ~np.eye(n, dtype=bool) & (i - j >= cfg.threshold) & (i > j)
+    return np.nonzero(ok)
 
 
 RULES: dict[str, Rule] = {
-    "max_min": Rule(max_min),
-    "max_random": Rule(max_random),
-    "top_bottom": Rule(top_bottom),
-    "threshold": Rule(threshold, ranked=False),
+    "max_min": Rule(max_min, batched=True),
+    "max_random": Rule(max_random, batched=True),
+    "top_bottom": Rule(top_bottom, batched=True),
+    "threshold": Rule(threshold, ranked=False, batched=True),
 }
 """pairing.rule / --strategy name -> Rule, in the order the help lists them."""
 

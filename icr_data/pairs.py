@@ -5,9 +5,9 @@ scored candidates Dataset -> pairs Dataset in TRL's conversational explicit-prom
 margin, chosen_tokens, rejected_tokens, chosen_sample_idx, rejected_sample_idx.
 
 1. Candidate filters, in this order, each a counted reason: truncated (finish_reason "length"),
-   empty, duplicate (same normalised text as an earlier sample of the prompt), repetition (share
-   of repeated word n-grams above `repetition_max`), off_target (language ID disagrees with the
-   prompt's language; needs `lid_lang`).
+   empty, duplicate (same normalised text as an earlier kept sample of the prompt), repetition
+   (share of repeated word n-grams above `repetition_max`), off_target (language ID disagrees with
+   the prompt's language; needs `lid_lang`).
 2. Length control: per language, alpha from the grid 0, step, ..., alpha_max such that the mean
    len(chosen) - len(rejected) of the max/min pairs is closest to zero (smallest alpha on ties);
    responses are ranked by reward - alpha * length (characters, or tokens).
@@ -19,17 +19,25 @@ margin, chosen_tokens, rejected_tokens, chosen_sample_idx, rejected_sample_idx.
    chosen_eq_rejected (same normalised text), tie (|margin| < tie_epsilon), below_min_margin,
    below_margin_quantile (per language).
 `margin` is chosen_reward - rejected_reward (rewards before length control).
+
+It works on columns, never on rows: the candidates' Arrow table is read column by column, the
+responses in batches of bytes (word boundaries, lengths), prompts as (prompts, n) matrices of the
+candidates they keep, grouped by n; the pairs Dataset is built from Arrow arrays. Text is turned
+into Python strings only to confirm what a cheap screen flags (a possible duplicate, a possibly
+repetitive response), so the result is the one the per-row definitions above give.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
-from datasets import Dataset, Features, List, Value
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+from datasets import Dataset, DatasetInfo, Features, List, Value
 
 from icr_data.config import PairingConfig, RecipeError
 from icr_data.pairing_rules import FILTERS, RULES  # noqa: F401 - the registry, re-exported here
@@ -82,27 +90,19 @@ def repeated_ngram_ratio(text: str, n: int) -> float:
     return 1.0 - len(set(grams)) / len(grams)
 
 
-def _count(d: dict, reason: str, k: int = 1) -> None:
-    d[reason] = d.get(reason, 0) + k
-
-
-def candidate_drop(row: dict, seen: set[str], cfg: PairingConfig) -> str | None:
-    """The first candidate filter that drops `row`, or None; `seen` holds earlier kept texts."""
-    f = cfg.filters
-    if "truncated" in f and row.get("finish_reason") == "length":
-        return "truncated"
-    if "empty" in f and not row["response"].strip():
-        return "empty"
-    if "duplicate" in f and normalise(row["response"]) in seen:
-        return "duplicate"
-    if (
-        "repetition" in f
-        and repeated_ngram_ratio(row["response"], cfg.repetition_ngram) > cfg.repetition_max
-    ):
-        return "repetition"
-    if "off_target" in f and row.get("lid_lang") is not None and row["lid_lang"] != row["lang"]:
-        return "off_target"
-    return None
+WHITESPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
+              "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")  # fmt: skip
+"""Every character str.split() and str.strip() treat as whitespace (str.isspace)."""
+_NARROW_WS = np.zeros(256, dtype=bool)
+_NARROW_WS[[ord(c) for c in WHITESPACE if ord(c) < 0x80]] = True
+_WIDE_WS = [c.encode() for c in WHITESPACE if ord(c) >= 0x80]
+_WIDE_LEAD = np.zeros(256, dtype=bool)
+_WIDE_LEAD[[w[0] for w in _WIDE_WS]] = True
+_BYTE_KEYS = np.random.default_rng(20).integers(1, 2**63, 64, dtype=np.uint64) | np.uint64(1)
+_BATCH_ROWS = 8192
+_REASONS = ("truncated", "empty", "duplicate", "repetition", "off_target")
+_PAIR_REASONS = ("no_separation", "chosen_eq_rejected", "tie", "judge_disagrees",
+                 "below_min_margin")  # fmt: skip
 
 
 def _alpha_grid(cfg: PairingConfig) -> np.ndarray:
@@ -112,27 +112,11 @@ def _alpha_grid(cfg: PairingConfig) -> np.ndarray:
     return np.arange(steps + 1) * cfg.alpha_step
 
 
-def choose_alpha(groups: list[tuple[np.ndarray, np.ndarray]], alphas: np.ndarray):
-    """Index into `alphas` minimising |mean length difference| of max/min pairs, the means."""
-    diffs = np.zeros((len(groups), len(alphas)))
-    for g, (reward, length) in enumerate(groups):
-        adjusted = reward[:, None] - alphas[None, :] * length[:, None]
-        diffs[g] = length[adjusted.argmax(axis=0)] - length[adjusted.argmin(axis=0)]
-    mean = diffs.mean(axis=0)
-    return int(np.argmin(np.abs(mean))), mean
-
-
-def _corr(x: list[float], y: list[float]) -> float | None:
+def _corr(x, y) -> float | None:
     """Pearson's r, or None on fewer than 3 points (two points always give +-1)."""
     if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
         return None
     return float(np.corrcoef(x, y)[0, 1])
-
-
-def _judge_prefers_rejected(chosen: dict, rejected: dict) -> bool:
-    """The explicit reward model (scoring.judge) ranks the pair the other way round."""
-    a, b = chosen.get("judge_reward"), rejected.get("judge_reward")
-    return a is not None and b is not None and a < b
 
 
 def _rng(cfg: PairingConfig, lang: str, prompt_id: str) -> random.Random:
@@ -140,128 +124,412 @@ def _rng(cfg: PairingConfig, lang: str, prompt_id: str) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
-def select(adjusted: np.ndarray, reward: np.ndarray, cfg: PairingConfig, rng: random.Random):
-    """(chosen, rejected) index pairs for one prompt under the rule `cfg.rule` (see RULES)."""
-    return RULES[cfg.rule].select(adjusted, reward, cfg, rng)
+# ------------------------------------------------------------------------------- text, in bytes
+def _utf8(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets, bytes) of a string array: row r is data[offsets[r]:offsets[r + 1]]."""
+    arr = arr.cast(pa.large_string())
+    _, offsets, data = arr.buffers()
+    offsets = np.frombuffer(offsets, dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
+    data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
+    return offsets - offsets[0], data[offsets[0] : offsets[-1]]
+
+
+def _words(offsets: np.ndarray, data: np.ndarray):
+    """Words as str.split() cuts them: (start, end) byte positions and the row of each word."""
+    ws = _NARROW_WS[data]
+    lead = np.flatnonzero(_WIDE_LEAD[data])
+    if len(lead):
+        padded = np.concatenate([data, np.zeros(2, np.uint8)])
+        for seq in _WIDE_WS:
+            hit = lead[np.logical_and.reduce([padded[lead + k] == b for k, b in enumerate(seq)])]
+            for k in range(len(seq)):
+                ws[hit + k] = True
+    word = ~ws
+    first = offsets[:-1][offsets[:-1] < offsets[1:]]  # each non-empty row's first byte
+    last = offsets[1:][offsets[:-1] < offsets[1:]] - 1
+    start = word.copy()
+    start[1:] &= ws[:-1]
+    start[first] = word[first]
+    end = word.copy()
+    end[:-1] &= ws[1:]
+    end[last] = word[last]
+    starts, ends = np.flatnonzero(start), np.flatnonzero(end) + 1
+    return starts, ends, np.searchsorted(offsets, starts, side="right") - 1, word
+
+
+def _word_hashes(data: np.ndarray, starts: np.ndarray, word: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each word's bytes (equal words, equal hashes)."""
+    if not len(starts):
+        return np.zeros(0, np.uint64)
+    pos = np.arange(len(data))
+    begin = np.zeros(len(data), np.int64)
+    begin[starts] = starts
+    rel = pos - np.maximum.accumulate(begin)
+    part = (data.astype(np.uint64) + np.uint64(1)) * _BYTE_KEYS[rel & 63]
+    part[~word] = 0
+    return np.add.reduceat(part, starts)
+
+
+def _repetitive(nw: np.ndarray, row: np.ndarray, wh: np.ndarray, n: int, limit: float):
+    """Rows whose share of repeated word n-grams may exceed `limit`: a superset (hash collisions
+    only add rows), each to be confirmed by repeated_ngram_ratio."""
+    grams = nw - n + 1
+    check = nw >= 2 * n
+    if not check.any():
+        return np.zeros(len(nw), bool)
+    first_word = np.concatenate([[0], np.cumsum(nw)[:-1]])
+    w = np.arange(len(wh) - n + 1)
+    w = w[check[row[w]] & (w - first_word[row[w]] < grams[row[w]])]
+    gram = np.zeros(len(w), np.uint64)
+    for k in range(n):
+        gram += wh[w + k] * _BYTE_KEYS[k]
+    r = row[w]
+    size = np.where(check, 4 * grams, 0)
+    base = np.concatenate([[0], np.cumsum(size)[:-1]])
+    slot = base[r] + ((gram >> np.uint64(7)) % size[r].astype(np.uint64)).astype(np.int64)
+    table = np.full(int(size.sum()), -1, np.int64)
+    idx = np.arange(len(w))
+    table[slot] = idx
+    distinct = np.bincount(r[table[slot] == idx], minlength=len(nw))  # <= distinct n-grams
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bound = 1.0 - distinct / grams
+    return check & (bound > limit)
+
+
+def _text_features(responses: pa.ChunkedArray, cfg: PairingConfig, need_words: bool):
+    """Per row: the number of words, and whether repeated_ngram_ratio exceeds repetition_max."""
+    count = len(responses)
+    nw = np.zeros(count, np.int64)
+    rep = np.zeros(count, bool)
+    if not need_words:
+        return nw, rep
+    check_rep = "repetition" in cfg.filters
+    for lo in range(0, count, _BATCH_ROWS):
+        arr = responses.slice(lo, _BATCH_ROWS).combine_chunks()
+        offsets, data = _utf8(arr)
+        starts, _, row, word = _words(offsets, data)
+        words = np.bincount(row, minlength=len(arr))
+        nw[lo : lo + len(arr)] = words
+        if check_rep:
+            wh = _word_hashes(data, starts, word)
+            maybe = np.flatnonzero(_repetitive(words, row, wh, cfg.repetition_ngram,
+                                               cfg.repetition_max))  # fmt: skip
+            for i, text in zip(maybe, arr.take(pa.array(maybe)).to_pylist()):
+                rep[lo + i] = repeated_ngram_ratio(text, cfg.repetition_ngram) > cfg.repetition_max
+    return nw, rep
+
+
+def _text_classes(responses: pa.ChunkedArray, row: np.ndarray, group: np.ndarray, nw: np.ndarray):
+    """Per candidate (in the order of `row`, its table row): the position of the first candidate
+    of its prompt with the same normalised text. Only candidates sharing a prompt and a word count
+    are compared, as Python strings."""
+    pos = np.arange(len(row))
+    frame = pl.DataFrame({"pos": pos, "g": group, "nw": nw})
+    suspects = frame.filter(pl.len().over("g", "nw") > 1)["pos"].to_numpy()
+    cls = pos.copy()
+    if len(suspects):
+        texts = responses.take(pa.array(row[suspects])).to_pylist()
+        same = pl.DataFrame({"pos": suspects, "g": group[suspects],
+                             "norm": [normalise(t) for t in texts]})  # fmt: skip
+        cls[suspects] = same.select(pl.col("pos").min().over("g", "norm"))["pos"].to_numpy()
+    return cls
+
+
+# ------------------------------------------------------------------------------ length control
+def _padded(starts: np.ndarray, sizes: np.ndarray):
+    """(size, prompts of that size, (prompts, size) matrix of positions), one per size."""
+    for n in np.unique(sizes):
+        which = np.flatnonzero(sizes == n)
+        yield int(n), which, starts[which][:, None] + np.arange(n)
+
+
+def _extreme_lengths(reward, length, alphas, pick_max: bool) -> np.ndarray:
+    """(prompts, alphas): the length of the first best (or worst) of reward - alpha * length."""
+    # a candidate that another, earlier one matches or beats in both reward and length (for
+    # every alpha >= 0) is never the first best: drop it, columns of the kept shifted left
+    r, ln = (reward, length) if pick_max else (-reward, -length)
+    earlier = np.tril(np.ones((r.shape[1],) * 2, dtype=bool), -1)  # [i, j]: j before i
+    beaten = ((r[:, None, :] >= r[:, :, None]) & (ln[:, None, :] <= ln[:, :, None]) & earlier).any(
+        2
+    )
+    keep = ~beaten
+    width = int(keep.sum(1).max())
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :width]
+    rows = np.arange(len(r))[:, None]
+    rk, lk = reward[rows, order], length[rows, order]
+    live = keep[rows, order]
+    out = np.empty((len(r), len(alphas)))
+    best = np.empty((len(r), len(alphas)))
+    for a0 in range(0, len(alphas), 128):
+        a = alphas[a0 : a0 + 128]
+        b = best[:, a0 : a0 + 128]
+        o = out[:, a0 : a0 + 128]
+        b[:] = rk[:, :1] - a * lk[:, :1]
+        o[:] = lk[:, :1]
+        for c in range(1, width):
+            v = rk[:, c : c + 1] - a * lk[:, c : c + 1]
+            better = (v > b) if pick_max else (v < b)
+            better &= live[:, c : c + 1]
+            np.copyto(b, v, where=better)
+            np.copyto(o, np.broadcast_to(lk[:, c : c + 1], o.shape), where=better)
+    return out
+
+
+def choose_alpha(reward, length, starts, sizes, alphas) -> tuple[int, np.ndarray]:
+    """Index into `alphas` minimising |mean length difference| of max/min pairs, the means; the
+    prompts' kept candidates are reward[starts[p] : starts[p] + sizes[p]] (and length)."""
+    total = np.zeros(len(alphas))
+    for _, _, at in _padded(starts, sizes):
+        step = max(1, 2**20 // at.shape[1] ** 2)
+        for lo in range(0, len(at), step):
+            r, ln = reward[at[lo : lo + step]], length[at[lo : lo + step]]
+            diff = _extreme_lengths(r, ln, alphas, True) - _extreme_lengths(r, ln, alphas, False)
+            total += diff.sum(axis=0)  # whole numbers: exact in any order
+    mean = total / len(starts)
+    return int(np.argmin(np.abs(mean))), mean
+
+
+# ------------------------------------------------------------------------------------- the stage
+def _first_counts(reason: np.ndarray, names, k: int | None = None) -> dict[str, int]:
+    """{name: count} of the codes 1.. in `reason` (0: none), in order of first occurrence."""
+    codes, first, counts = np.unique(reason[reason > 0], return_index=True, return_counts=True)
+    return {names[c - 1]: int(n) for f, c, n in sorted(zip(first, codes, counts))}
+
+
+def _columns(candidates: Dataset) -> pa.Table:
+    """The columns the stage reads, as Arrow (an indices mapping applied), nothing copied else."""
+    wanted = ["prompt_id", "lang", "instruction", "sample_idx", "response", "reward",
+              "response_tokens", "finish_reason", "lid_lang", "judge_reward"]  # fmt: skip
+    present = [c for c in wanted if c in candidates.column_names]
+    return candidates.select_columns(present).with_format("arrow")[:]
+
+
+def _messages(role: str, content: pa.Array) -> pa.Array:
+    n = len(content)
+    turn = pa.StructArray.from_arrays([pa.repeat(role, n).cast(pa.string()), content.cast(pa.string())],
+                                      names=["role", "content"])  # fmt: skip
+    return pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32)), turn)
+
+
+def _pairs_table(table: pa.Table, chosen: np.ndarray, rejected: np.ndarray, margin: np.ndarray):
+    c, r = pa.array(chosen, pa.int64()), pa.array(rejected, pa.int64())
+    col = {name: table.column(name) for name in table.column_names}
+    cols = {
+        "prompt_id": col["prompt_id"].take(c), "lang": col["lang"].take(c),
+        "prompt": _messages("user", col["instruction"].take(c).combine_chunks()),
+        "chosen": _messages("assistant", col["response"].take(c).combine_chunks()),
+        "rejected": _messages("assistant", col["response"].take(r).combine_chunks()),
+        "chosen_reward": col["reward"].take(c), "rejected_reward": col["reward"].take(r),
+        "margin": pa.array(margin, pa.float64()),
+        "chosen_tokens": col["response_tokens"].take(c),
+        "rejected_tokens": col["response_tokens"].take(r),
+        "chosen_sample_idx": col["sample_idx"].take(c),
+        "rejected_sample_idx": col["sample_idx"].take(r),
+    }  # fmt: skip
+    schema = PAIR_FEATURES.arrow_schema
+    return pa.table([cols[f.name].cast(f.type) for f in schema], schema=schema)
+
+
+def _select(rule, adjusted, reward, starts, sizes, cfg, rng):
+    """(prompt, chosen, rejected) of `rule` over every prompt: positions into the flat arrays,
+    ordered by prompt, then as the rule orders a prompt's pairs."""
+    prompt, chosen, rejected = [], [], []
+    if not rule.batched:  # a per-prompt rule: one call each
+        for p, (s, n) in enumerate(zip(starts, sizes)):
+            picks = rule.select(adjusted[s : s + n], reward[s : s + n], cfg, rng(p))
+            prompt += [p] * len(picks)
+            chosen += [s + i for i, _ in picks]
+            rejected += [s + j for _, j in picks]
+        return (np.array(prompt, np.int64), np.array(chosen, np.int64),
+                np.array(rejected, np.int64))  # fmt: skip
+    for n, which, at in _padded(starts, sizes):
+        step = max(1, 2**22 // (n * n))  # threshold and top_bottom look at n x n per prompt
+        for lo in range(0, len(which), step):
+            part, pos = which[lo : lo + step], at[lo : lo + step]
+            p, i, j = rule.select(
+                adjusted[pos], reward[pos], cfg, lambda k, part=part: rng(part[k])
+            )
+            p = np.asarray(p, np.int64)
+            prompt.append(part[p])
+            chosen.append(pos[p, np.asarray(i, np.int64)])
+            rejected.append(pos[p, np.asarray(j, np.int64)])
+    if not prompt:
+        return (np.zeros(0, np.int64),) * 3
+    prompt, chosen, rejected = (np.concatenate(x) for x in (prompt, chosen, rejected))
+    order = np.argsort(prompt, kind="stable")
+    return prompt[order], chosen[order], rejected[order]
 
 
 def make_pairs(candidates: Dataset, cfg: PairingConfig) -> tuple[Dataset, PairStats]:
     stats = PairStats()
-    by_prompt: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for row in candidates:
-        by_prompt[(row["lang"], row["prompt_id"])].append(row)
-
-    kept_by_lang: dict[str, list[list[dict]]] = defaultdict(list)
-    lid_total: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for (lang, _), rows in by_prompt.items():
-        funnel = stats.funnel.setdefault(lang, empty_funnel())
-        funnel["prompts"] += 1
-        seen: set[str] = set()
-        kept = []
-        for r in sorted(rows, key=lambda r: r["sample_idx"]):
-            funnel["candidates"] += 1
-            if r.get("lid_lang") is not None:
-                lid_total[lang][0] += r["lid_lang"] != lang
-                lid_total[lang][1] += 1
-            reason = candidate_drop(r, seen, cfg)
-            if reason:
-                _count(funnel["dropped_candidates"], reason)
-                continue
-            seen.add(normalise(r["response"]))
-            kept.append(r)
-        funnel["kept_candidates"] += len(kept)
-        if len(kept) < 2:
-            _count(funnel["prompts_without_pair"], "fewer_than_two_kept")
-        else:
-            kept_by_lang[lang].append(kept)
-    for lang, (off, total) in lid_total.items():
-        stats.funnel[lang]["off_target_rate"] = off / total if total else None
-
     rule = RULES.get(cfg.rule)
     if rule is None:
         raise RecipeError(f"unknown pairing rule {cfg.rule!r}; known: {', '.join(RULES)}")
+    filters = set(cfg.filters)
+    table = _columns(candidates)
+    if table.num_rows == 0:
+        return _empty_pairs(), stats
+    null = pa.nulls(table.num_rows, pa.string())
+    keys = pl.from_arrow(pa.table({
+        "lang": table.column("lang"), "prompt_id": table.column("prompt_id"),
+        "sample_idx": table.column("sample_idx"),
+        "finish_reason": table.column("finish_reason") if "finish_reason" in table.column_names else null,
+        "lid_lang": table.column("lid_lang") if "lid_lang" in table.column_names else null,
+    })).with_row_index("row")  # fmt: skip
+    langs = keys["lang"].unique(maintain_order=True).to_list()
+    # candidates by prompt (in order of first appearance), then sample_idx, then table order
+    keys = keys.with_columns(first=pl.col("row").min().over("lang", "prompt_id")).sort(
+        "first", "sample_idx", "row"
+    )
+    keys = keys.with_columns(
+        lang_id=pl.col("lang").cast(pl.Enum(langs)).to_physical().cast(pl.Int64),
+        truncated=(pl.col("finish_reason") == "length").fill_null(False),
+        has_lid=pl.col("lid_lang").is_not_null(),
+        off=(pl.col("lid_lang") != pl.col("lang")).fill_null(False),
+    )
+    row = keys["row"].to_numpy()
+    first = keys["first"].to_numpy()
+    new = np.r_[True, first[1:] != first[:-1]]
+    group = np.cumsum(new) - 1
+    g_start = np.flatnonzero(new)
+    lang = keys["lang_id"].to_numpy()
+    g_lang = lang[g_start]
+    responses = table.column("response")
+
+    # 1. candidate filters: the first that applies is the reason
+    nw, rep = _text_features(responses, cfg, bool(filters & {"empty", "duplicate", "repetition",
+                                                              "chosen_eq_rejected"}))  # fmt: skip
+    nw, rep = nw[row], rep[row]
+    trunc = keys["truncated"].to_numpy() & ("truncated" in filters)
+    empty = (nw == 0) & ("empty" in filters)
+    off = keys["off"].to_numpy() & ("off_target" in filters)
+    rep &= "repetition" in filters
+    cls = None
+    if filters & {"duplicate", "chosen_eq_rejected"}:
+        cls = _text_classes(responses, row, group, nw)
+    dup = np.zeros(len(row), bool)
+    if "duplicate" in filters:
+        passes = ~(trunc | empty | rep | off)
+        first_pass = np.full(len(row), len(row))
+        np.minimum.at(first_pass, cls[passes], np.flatnonzero(passes))
+        dup = first_pass[cls] < np.arange(len(row))
+    reason = np.select([trunc, empty, dup, rep, off], [1, 2, 3, 4, 5], 0)
+    kept = reason == 0
+    g_kept = np.bincount(group, weights=kept, minlength=len(g_start)).astype(np.int64)
+    has_lid = keys["has_lid"].to_numpy()
+    off_any = keys["off"].to_numpy()
+    for k, name in enumerate(langs):
+        mine = lang == k
+        funnel = stats.funnel[name] = empty_funnel()
+        funnel["prompts"] = int((g_lang == k).sum())
+        funnel["candidates"] = int(mine.sum())
+        funnel["dropped_candidates"] = _first_counts(np.where(mine, reason, 0), _REASONS)
+        funnel["kept_candidates"] = int((kept & mine).sum())
+        few = int(((g_kept < 2) & (g_lang == k)).sum())
+        if few:
+            funnel["prompts_without_pair"]["fewer_than_two_kept"] = few
+        lid = int((has_lid & mine).sum())
+        if lid:
+            funnel["off_target_rate"] = int((off_any & mine).sum()) / lid
+
+    # 2.-4. per language: alpha, the rule, pair filters
+    pos = np.flatnonzero(kept & (g_kept >= 2)[group])  # candidates of prompts that can pair
+    reward = table.column("reward").to_numpy()[row[pos]].astype(np.float64)
+    if cfg.length_unit == "tokens":
+        length = table.column("response_tokens").to_numpy()[row[pos]].astype(np.float64)
+    else:
+        length = pc.utf8_length(responses).to_numpy()[row[pos]].astype(np.float64)
+    if "judge_reward" in table.column_names:
+        judge = table.column("judge_reward").to_numpy(zero_copy_only=False)[row[pos]]
+        judge = np.asarray(judge, dtype=np.float64)  # None -> nan
+    else:
+        judge = np.full(len(pos), np.nan)
     alphas = _alpha_grid(cfg)
-    unit = "response_tokens" if cfg.length_unit == "tokens" else None
-    out: list[dict] = []
-    for lang, prompts in kept_by_lang.items():
-        funnel = stats.funnel[lang]
-        groups = [
-            (np.array([r["reward"] for r in rows], dtype=np.float64),
-             np.array([r[unit] if unit else len(r["response"]) for r in rows], dtype=np.float64))
-            for rows in prompts
-        ]  # fmt: skip
-        k, mean = choose_alpha(groups, alphas)
-        alpha = float(alphas[k])
-        stats.alphas[lang] = alpha
-        stats.mean_length_diff[lang] = {"alpha_0": float(mean[0]), "chosen_alpha": float(mean[k])}
-        before = [(length[reward.argmax()] - length[reward.argmin()], reward.max() - reward.min())
-                  for reward, length in groups]  # fmt: skip
-        lang_pairs = []
-        judged = agreed = 0
-        for rows, (reward, length) in zip(prompts, groups):
-            adjusted = reward - alpha * length
-            chosen = rule.select(adjusted, reward, cfg, _rng(cfg, lang, rows[0]["prompt_id"]))
-            if not chosen:
-                _count(funnel["prompts_without_pair"], "no_pair_clears_threshold")
-            for i, j in chosen:
-                c, r = rows[i], rows[j]
-                margin = c["reward"] - r["reward"]
-                reason = None
-                separated = i != j and (not rule.ranked or adjusted[i] > adjusted[j])
-                if (
-                    separated
-                    and c.get("judge_reward") is not None
-                    and r.get("judge_reward") is not None
-                ):
-                    judged += 1
-                    agreed += not _judge_prefers_rejected(c, r)
-                if not separated and not cfg.paper_exact:  # the research code keeps them all
-                    reason = "no_separation"
-                elif "chosen_eq_rejected" in cfg.filters and normalise(c["response"]) == normalise(
-                    r["response"]
-                ):
-                    reason = "chosen_eq_rejected"
-                elif "tie" in cfg.filters and abs(margin) < cfg.tie_epsilon:
-                    reason = "tie"
-                elif "judge_disagrees" in cfg.filters and _judge_prefers_rejected(c, r):
-                    reason = "judge_disagrees"
-                elif cfg.min_margin is not None and margin < cfg.min_margin:
-                    reason = "below_min_margin"
-                if reason:
-                    _count(funnel["dropped_pairs"], reason)
-                    continue
-                lang_pairs.append((c, r, margin, length[i] - length[j]))
-        if cfg.min_margin_quantile is not None and lang_pairs:
-            cut = float(np.quantile([p[2] for p in lang_pairs], cfg.min_margin_quantile))
-            low = [p for p in lang_pairs if p[2] < cut]
-            if low:
-                _count(funnel["dropped_pairs"], "below_margin_quantile", len(low))
-            lang_pairs = [p for p in lang_pairs if p[2] >= cut]
-        if judged:
-            stats.judge_agreement[lang] = {"pairs": judged, "agree": agreed,
-                                           "rate": agreed / judged}  # fmt: skip
-        stats.length_margin_corr[lang] = {
-            "before": _corr([b[0] for b in before], [b[1] for b in before]),
-            "after": _corr([p[3] for p in lang_pairs], [p[2] for p in lang_pairs]),
+    out_c, out_r, out_m = [], [], []
+    prompt_ids = table.column("prompt_id")
+    pos_lang = g_lang[group[pos]]
+    _, first_of = np.unique(pos_lang, return_index=True)
+    for k in pos_lang[np.sort(first_of)]:  # languages in order of their first prompt that pairs
+        name = langs[k]
+        funnel = stats.funnel[name]
+        at = np.flatnonzero(pos_lang == k)
+        mine = pos[at]
+        r, ln, jr = reward[at], length[at], judge[at]
+        grp = group[mine]
+        new = np.r_[True, grp[1:] != grp[:-1]]
+        starts = np.flatnonzero(new)
+        sizes = np.diff(np.r_[starts, len(grp)])
+        best, mean = choose_alpha(r, ln, starts, sizes, alphas)
+        alpha = float(alphas[best])
+        stats.alphas[name] = alpha
+        stats.mean_length_diff[name] = {
+            "alpha_0": float(mean[0]),
+            "chosen_alpha": float(mean[best]),
         }
-        funnel["pairs"] = len(lang_pairs)
-        for c, r, margin, _ in lang_pairs:
-            out.append(
-                {
-                    "prompt_id": c["prompt_id"],
-                    "lang": lang,
-                    "prompt": [{"role": "user", "content": c["instruction"]}],
-                    "chosen": [{"role": "assistant", "content": c["response"]}],
-                    "rejected": [{"role": "assistant", "content": r["response"]}],
-                    "chosen_reward": c["reward"],
-                    "rejected_reward": r["reward"],
-                    "margin": margin,
-                    "chosen_tokens": c["response_tokens"],
-                    "rejected_tokens": r["response_tokens"],
-                    "chosen_sample_idx": c["sample_idx"],
-                    "rejected_sample_idx": r["sample_idx"],
-                }
-            )
-    if not out:
-        return Dataset.from_dict({c: [] for c in PAIR_COLUMNS}, features=PAIR_FEATURES), stats
-    return Dataset.from_list(out, features=PAIR_FEATURES), stats
+        before_x, before_y = np.empty(len(starts)), np.empty(len(starts))
+        for _, which, at2 in _padded(starts, sizes):
+            rr, ll = r[at2], ln[at2]
+            rows = np.arange(len(which))
+            before_x[which] = ll[rows, rr.argmax(1)] - ll[rows, rr.argmin(1)]
+            before_y[which] = rr.max(1) - rr.min(1)
+        adjusted = r - alpha * ln
+        pids: list[str] = []  # the prompts' ids, read if the rule draws (max_random)
+
+        def rng(p, pids=pids, first_rows=row[mine[starts]], name=name):
+            if not pids:
+                pids += prompt_ids.take(pa.array(first_rows)).to_pylist()
+            return _rng(cfg, name, pids[p])
+
+        p, i, j = _select(rule, adjusted, r, starts, sizes, cfg, rng)
+        without = len(starts) - len(np.unique(p))
+        if without:
+            funnel["prompts_without_pair"]["no_pair_clears_threshold"] = without
+        margin = r[i] - r[j]
+        separated = (i != j) & ((not rule.ranked) | (adjusted[i] > adjusted[j]))
+        both = ~np.isnan(jr[i]) & ~np.isnan(jr[j])
+        judged = separated & both
+        disagrees = both & (jr[i] < jr[j])
+        n_judged = int(judged.sum())
+        if n_judged:
+            agree = int((judged & ~disagrees).sum())
+            stats.judge_agreement[name] = {
+                "pairs": n_judged,
+                "agree": agree,
+                "rate": agree / n_judged,
+            }
+        same = np.zeros(len(i), bool)
+        if "chosen_eq_rejected" in filters:
+            same = cls[mine[i]] == cls[mine[j]]
+        low = margin < cfg.min_margin if cfg.min_margin is not None else np.zeros(len(i), bool)
+        drop = np.select(
+            [~separated & (not cfg.paper_exact), same,
+             ("tie" in filters) & (np.abs(margin) < cfg.tie_epsilon),
+             ("judge_disagrees" in filters) & disagrees, low],
+            [1, 2, 3, 4, 5], 0,
+        )  # fmt: skip
+        funnel["dropped_pairs"] = _first_counts(drop, _PAIR_REASONS)
+        ok = drop == 0
+        i, j, margin = i[ok], j[ok], margin[ok]
+        if cfg.min_margin_quantile is not None and len(margin):
+            cut = float(np.quantile(margin, cfg.min_margin_quantile))
+            low = int((margin < cut).sum())
+            if low:
+                funnel["dropped_pairs"]["below_margin_quantile"] = low
+            high = margin >= cut
+            i, j, margin = i[high], j[high], margin[high]
+        stats.length_margin_corr[name] = {
+            "before": _corr(before_x, before_y),
+            "after": _corr(ln[i] - ln[j], margin),
+        }
+        funnel["pairs"] = len(i)
+        out_c.append(row[mine[i]])
+        out_r.append(row[mine[j]])
+        out_m.append(margin)
+    if not out_c or not sum(len(c) for c in out_c):
+        return _empty_pairs(), stats
+    out = _pairs_table(table, np.concatenate(out_c), np.concatenate(out_r), np.concatenate(out_m))
+    return Dataset(out, info=DatasetInfo(features=PAIR_FEATURES)), stats
+
+
+def _empty_pairs() -> Dataset:
+    return Dataset.from_dict({c: [] for c in PAIR_COLUMNS}, features=PAIR_FEATURES)
