@@ -359,8 +359,8 @@ def train(
 
     Writes the trained model, its LoRA adapter and training.json to the config's output_dir."""
     from icr_data import prepare
-    from icr_data.train import load_train_config
     from icr_data.train import train as run_train
+    from icr_data.train_config import load_train_config
 
     cfg = load_train_config(config, list(set_ or []))
     from accelerate import PartialState  # one process, or one of several under accelerate launch

@@ -67,7 +67,8 @@ def test_summary_numbers():
 
 def test_reward_trained_on_the_pairs_ranks_them_all_and_the_swapped_pair_none(tiny_pair, tmp_path):
     from icr_data.check import check_reward
-    from icr_data.train import load_train_config, train
+    from icr_data.train import train
+    from icr_data.train_config import load_train_config
 
     policy, _ = tiny_pair
     pairs = _write(tmp_path / "pairs.jsonl", PAIRS)

@@ -22,7 +22,7 @@ def write(tmp_path, text):
 @pytest.mark.parametrize("recipe", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_recipe_loads(recipe):
     if recipe.name.startswith("dpo_"):  # training configs of the DPO recipe
-        from icr_data.train import load_train_config
+        from icr_data.train_config import load_train_config
 
         assert load_train_config(recipe).model
         return
