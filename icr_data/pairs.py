@@ -98,8 +98,7 @@ _NARROW_WS[[ord(c) for c in WHITESPACE if ord(c) < 0x80]] = True
 _WIDE_WS = [c.encode() for c in WHITESPACE if ord(c) >= 0x80]
 _WIDE_LEAD = np.zeros(256, dtype=bool)
 _WIDE_LEAD[[w[0] for w in _WIDE_WS]] = True
-_BYTE_KEYS = np.random.default_rng(20).integers(1, 2**63, 64, dtype=np.uint64) | np.uint64(1)
-_BATCH_ROWS = 8192
+_BATCH_ROWS = 4096
 _REASONS = ("truncated", "empty", "duplicate", "repetition", "off_target")
 _PAIR_REASONS = ("no_separation", "chosen_eq_rejected", "tie", "judge_disagrees",
                  "below_min_margin")  # fmt: skip
@@ -135,7 +134,8 @@ def _utf8(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _words(offsets: np.ndarray, data: np.ndarray):
-    """Words as str.split() cuts them: (start, end) byte positions and the row of each word."""
+    """Words as str.split() cuts them: start byte positions, the row of each word, and a mask of
+    the bytes inside words."""
     ws = _NARROW_WS[data]
     lead = np.flatnonzero(_WIDE_LEAD[data])
     if len(lead):
@@ -146,49 +146,61 @@ def _words(offsets: np.ndarray, data: np.ndarray):
                 ws[hit + k] = True
     word = ~ws
     first = offsets[:-1][offsets[:-1] < offsets[1:]]  # each non-empty row's first byte
-    last = offsets[1:][offsets[:-1] < offsets[1:]] - 1
     start = word.copy()
     start[1:] &= ws[:-1]
     start[first] = word[first]
-    end = word.copy()
-    end[:-1] &= ws[1:]
-    end[last] = word[last]
-    starts, ends = np.flatnonzero(start), np.flatnonzero(end) + 1
-    return starts, ends, np.searchsorted(offsets, starts, side="right") - 1, word
+    starts = np.flatnonzero(start)
+    return starts, np.searchsorted(offsets, starts, side="right") - 1, word
+
+
+_KEY = 0x9E3779B1
+_POWERS: list[np.ndarray] = []
+
+
+def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """_KEY ** i and its inverse ** i, mod 2**32, for i < n (tables grown as needed)."""
+    if not _POWERS or len(_POWERS[0]) < n:
+        size = max(n, 2 * len(_POWERS[0]) if _POWERS else 1 << 20)
+        _POWERS[:] = [
+            np.concatenate([[1], np.cumprod(np.full(size - 1, key, np.uint32), dtype=np.uint32)])
+            .astype(np.uint32)
+            for key in (_KEY, pow(_KEY, -1, 2**32))
+        ]  # fmt: skip
+    return _POWERS[0][:n], _POWERS[1][:n]
 
 
 def _word_hashes(data: np.ndarray, starts: np.ndarray, word: np.ndarray) -> np.ndarray:
-    """A 64-bit hash of each word's bytes (equal words, equal hashes)."""
+    """A 32-bit polynomial hash of each word's bytes (equal words, equal hashes)."""
     if not len(starts):
-        return np.zeros(0, np.uint64)
-    pos = np.arange(len(data))
-    begin = np.zeros(len(data), np.int64)
-    begin[starts] = starts
-    rel = pos - np.maximum.accumulate(begin)
-    part = (data.astype(np.uint64) + np.uint64(1)) * _BYTE_KEYS[rel & 63]
-    part[~word] = 0
-    return np.add.reduceat(part, starts)
+        return np.zeros(0, np.uint32)
+    power, inverse = _powers(len(data))
+    part = data.astype(np.uint32)
+    part += np.uint32(1)
+    part *= word
+    part *= power
+    return np.add.reduceat(part, starts) * inverse[starts]  # each word's sum shifted to 0
 
 
 def _repetitive(nw: np.ndarray, row: np.ndarray, wh: np.ndarray, n: int, limit: float):
     """Rows whose share of repeated word n-grams may exceed `limit`: a superset (hash collisions
     only add rows), each to be confirmed by repeated_ngram_ratio."""
-    grams = nw - n + 1
     check = nw >= 2 * n
     if not check.any():
         return np.zeros(len(nw), bool)
-    first_word = np.concatenate([[0], np.cumsum(nw)[:-1]])
-    w = np.arange(len(wh) - n + 1)
-    w = w[check[row[w]] & (w - first_word[row[w]] < grams[row[w]])]
-    gram = np.zeros(len(w), np.uint64)
-    for k in range(n):
-        gram += wh[w + k] * _BYTE_KEYS[k]
-    r = row[w]
-    size = np.where(check, 4 * grams, 0)
+    grams = nw - n + 1
+    last = len(wh) - n + 1
+    gram = wh[:last].astype(np.uint64)
+    for k in range(1, n):
+        gram *= np.uint64(0x100000001B3)
+        gram += wh[k : last + k]
+    r = row[:last]
+    valid = (r == row[n - 1 :]) & check[r]
+    gram, r = gram[valid], r[valid]
+    size = np.where(check, 1 << np.ceil(np.log2(np.maximum(4 * grams, 1))).astype(np.int64), 0)
     base = np.concatenate([[0], np.cumsum(size)[:-1]])
-    slot = base[r] + ((gram >> np.uint64(7)) % size[r].astype(np.uint64)).astype(np.int64)
+    slot = base[r] + ((gram >> np.uint64(20)) & (size[r] - 1).astype(np.uint64)).astype(np.int64)
     table = np.full(int(size.sum()), -1, np.int64)
-    idx = np.arange(len(w))
+    idx = np.arange(len(gram))
     table[slot] = idx
     distinct = np.bincount(r[table[slot] == idx], minlength=len(nw))  # <= distinct n-grams
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -207,7 +219,7 @@ def _text_features(responses: pa.ChunkedArray, cfg: PairingConfig, need_words: b
     for lo in range(0, count, _BATCH_ROWS):
         arr = responses.slice(lo, _BATCH_ROWS).combine_chunks()
         offsets, data = _utf8(arr)
-        starts, _, row, word = _words(offsets, data)
+        starts, row, word = _words(offsets, data)
         words = np.bincount(row, minlength=len(arr))
         nw[lo : lo + len(arr)] = words
         if check_rep:
