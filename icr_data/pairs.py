@@ -292,7 +292,7 @@ def choose_alpha(reward, length, starts, sizes, alphas) -> tuple[int, np.ndarray
     prompts' kept candidates are reward[starts[p] : starts[p] + sizes[p]] (and length)."""
     total = np.zeros(len(alphas))
     for _, _, at in _padded(starts, sizes):
-        step = max(1, 2**20 // at.shape[1] ** 2)
+        step = max(1, min(2**18 // at.shape[1] ** 2, 2**22 // len(alphas)))  # blocks of MBs
         for lo in range(0, len(at), step):
             r, ln = reward[at[lo : lo + step]], length[at[lo : lo + step]]
             diff = _extreme_lengths(r, ln, alphas, True) - _extreme_lengths(r, ln, alphas, False)
