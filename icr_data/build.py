@@ -33,7 +33,7 @@ from icr_data.logs import log_to
 from icr_data.manifest import make_manifest, margin_summary
 from icr_data.prompts import load_prompts
 from icr_data.score import with_rewards
-from icr_data.shards import Shard, WorkDir, mine, plan_shards
+from icr_data.shards import Shard, WorkDir, digest, mine, plan_shards
 from icr_data.stages import (
     GenerateStage,
     LangIdStage,
@@ -79,6 +79,10 @@ class Plan:
     logp_keys: dict[str, dict[int, str]] = field(default_factory=dict)
     lid_keys: dict[int, str] = field(default_factory=dict)
     judge_keys: dict[int, str] = field(default_factory=dict)
+    translate: GenerateStage | None = None
+    """scoring.mode translate_en: the stage translating non-English responses to English."""
+    translate_keys: dict[int, str] = field(default_factory=dict)
+    """translate_en: per shard with non-English rows, the key of its translations."""
     native_keys: dict[str, dict[int, str]] = field(default_factory=dict)
     """scoring.agreement: native: per role, the keys of the log-prob passes over the same samples
     under their own instruction (empty without it)."""
@@ -175,6 +179,8 @@ def model_specs(recipe: Recipe) -> list[str]:
     specs = [recipe.models.generator, recipe.models.policy, recipe.models.reference]
     if recipe.scoring.judge:
         specs.append(recipe.scoring.judge.removeprefix("reward:"))
+    if recipe.scoring.mode == "translate_en" and recipe.scoring.translator:
+        specs.append(recipe.scoring.translator)
     return specs + ([recipe.training.reference] if recipe.training.reference else [])
 
 
@@ -197,6 +203,11 @@ def make_plan(recipe: Recipe) -> Plan:
             resolved["judge"], f"scoring.judge: {recipe.scoring.judge}"
         )
         ids["judge"] = models.identity(spec, resolved["judge"])
+    if recipe.scoring.mode == "translate_en":  # the translator: the generator unless named
+        spec = recipe.scoring.translator or recipe.models.generator
+        resolved["translator"] = models.resolve(spec, "scoring.translator")
+        models.check_reachable(spec, resolved["translator"], "scoring.translator")
+        ids["translator"] = models.identity(spec, resolved["translator"])
     gen_tok, tokenizer = _check_models(recipe, resolved)
     skipped: dict[str, int] = {}
     prompts = load_prompts(recipe.prompts, recipe.scoring, skipped)
@@ -223,14 +234,27 @@ def make_plan(recipe: Recipe) -> Plan:
     if "judge" in resolved:
         plan.judge = RewardStage(model=resolved["judge"], model_key=model_key(ids["judge"]),
                                  chat_template=recipe.models.chat_template, device=device)  # fmt: skip
+    if "translator" in resolved:
+        from icr_data.translate import DEFAULT_TEMPLATE, response_translator
+
+        plan.translate = response_translator(resolved["translator"], ids["translator"],
+                                             recipe.sampling, recipe.models.chat_template)  # fmt: skip
     plan.logp_keys = {role: {} for role in ROLES}
     for shard in shards:
         prompt_rows = plan.stage_shard(shard)  # one selection per shard for every key
         gen_key = plan.generate.key(prompt_rows)
         plan.gen_keys[shard.index] = gen_key
         samples = StageShard(shard.index, prompt_rows.rows, gen_key)  # the samples of those rows
+        scored = samples  # what the log-prob passes read: the samples, or their translations
+        if plan.translate is not None:
+            if set(prompt_rows.rows["lang"]) - {"en"}:
+                requests = StageShard(shard.index, prompt_rows.rows,
+                                      digest([gen_key, DEFAULT_TEMPLATE]))  # fmt: skip
+                plan.translate_keys[shard.index] = plan.translate.key(requests)
+            upstream = digest([gen_key, plan.translate_keys.get(shard.index)])
+            scored = StageShard(shard.index, prompt_rows.rows, upstream)
         for role in ROLES:
-            plan.logp_keys[role][shard.index] = plan.logp[role].key(samples)
+            plan.logp_keys[role][shard.index] = plan.logp[role].key(scored)
         plan.lid_keys[shard.index] = plan.langid.key(samples)
         if plan.judge is not None:
             plan.judge_keys[shard.index] = plan.judge.key(samples)
@@ -261,6 +285,30 @@ def _generated(plan: Plan, shard: Shard, native: bool = False) -> Dataset:
     )
 
 
+def _with_english(plan: Plan, shard: Shard) -> Dataset:
+    """translate_en: a shard's samples (see _generated) + response_en."""
+    from icr_data.translate import with_english
+
+    gen = _generated(plan, shard)
+    key = plan.translate_keys.get(shard.index)
+    return with_english(gen, plan.work.load("generate", key)["response"] if key else [])
+
+
+def _scoring_rows(plan: Plan, shard: Shard) -> Dataset:
+    """What the log-prob passes score: the samples, or in translate_en mode their English
+    translations (as `response`) under the English instruction."""
+    if plan.translate is None:
+        return _generated(plan, shard)
+    rows = _with_english(plan, shard).remove_columns("response")
+    return rows.rename_column("response_en", "response")
+
+
+def _translation_requests(plan: Plan, shard: Shard) -> Dataset:
+    from icr_data.translate import english_requests
+
+    return english_requests(_generated(plan, shard))
+
+
 def generate_tasks(plan: Plan, shards: list[Shard]) -> list[Task]:
     stage = plan.generate
     return [Task(s.index, plan.gen_keys[s.index], len(plan.rows_of[s.index]),
@@ -269,15 +317,17 @@ def generate_tasks(plan: Plan, shards: list[Shard]) -> list[Task]:
 
 
 def sample_tasks(plan: Plan, stage, keys: dict[int, str], shards: list[Shard],
-                 native: bool = False) -> list[Task]:  # fmt: skip
+                 native: bool = False, load=None) -> list[Task]:  # fmt: skip
     """Tasks of a stage whose input is a shard's samples (log-probs, language ID); with `native`,
-    under their own instruction (see _generated)."""
+    under their own instruction (see _generated); `load(plan, shard)` reads another input.
+    Shards without a key (no work for the stage) are left out."""
     n = plan.recipe.sampling.n
     extra = {"scoring_prompt": "native"} if native else {}
+    load = load or (lambda plan, s: _generated(plan, s, native))
     return [Task(s.index, keys[s.index], n * len(plan.rows_of[s.index]),
-                 lambda s=s: _generated(plan, s, native),
+                 lambda s=s: load(plan, s),
                  {**stage.made_of(plan.stage_shard(s)), **extra})
-            for s in shards]  # fmt: skip
+            for s in shards if s.index in keys]  # fmt: skip
 
 
 def _need_generation(plan: Plan, shards: list[Shard], then: str) -> None:
@@ -297,8 +347,17 @@ def run_score(plan: Plan, part, executor) -> dict[str, dict]:
     shards = mine(plan.shards, part)
     _need_generation(plan, shards, "score")
     reports = {}
+    if plan.translate is not None:  # translate_en: the responses to English first
+        todo = sample_tasks(plan, plan.translate, plan.translate_keys, shards,
+                            load=_translation_requests)  # fmt: skip
+        for t in todo:  # the bar counts the responses to translate: those not in English
+            t.size = plan.recipe.sampling.n * sum(
+                lang != "en" for lang in plan.prompts.select(plan.rows_of[t.index])["lang"]
+            )
+        reports["translate"] = executor.run(plan.translate, todo, "translate (to English)")
     for role in ROLES:
-        todo = sample_tasks(plan, plan.logp[role], plan.logp_keys[role], shards)
+        todo = sample_tasks(plan, plan.logp[role], plan.logp_keys[role], shards,
+                            load=_scoring_rows)  # fmt: skip
         if plan.native_keys:  # scoring.agreement: the native pass while the same model is loaded
             todo += sample_tasks(plan, plan.logp[role], plan.native_keys[role], shards, True)
         reports[role] = executor.run(plan.logp[role], todo, f"score ({role})")
@@ -319,6 +378,9 @@ def assemble(plan: Plan, executor=None) -> tuple[Dataset, dict]:
                     if not plan.work.done("logp", plan.logp_keys[r][s.index])]  # fmt: skip
         if plan.judge is not None and not plan.work.done("reward", plan.judge_keys[s.index]):
             missing.append(f"{s.index} (judge)")
+        key = plan.translate_keys.get(s.index)
+        if key and not plan.work.done("generate", key):
+            missing.append(f"{s.index} (translate)")
         missing += [f"{s.index} (native logp/{r})" for r, keys in plan.native_keys.items()
                     if not plan.work.done("logp", keys[s.index])]  # fmt: skip
     if missing:
@@ -330,7 +392,7 @@ def assemble(plan: Plan, executor=None) -> tuple[Dataset, dict]:
                           "language ID")  # fmt: skip
     parts = []
     for s in plan.shards:
-        gen = _generated(plan, s)
+        gen = _generated(plan, s) if plan.translate is None else _with_english(plan, s)
         lp = plan.work.load("logp", plan.logp_keys["policy"][s.index])
         lr = plan.work.load("logp", plan.logp_keys["reference"][s.index])
         lid = plan.work.load("langid", plan.lid_keys[s.index])
@@ -350,6 +412,8 @@ def assemble(plan: Plan, executor=None) -> tuple[Dataset, dict]:
         parts.append(scored)
     columns = CANDIDATE_COLUMNS + (["judge_reward"] if plan.judge is not None else [])
     columns += ["reward_native"] if plan.native_keys else []
+    if plan.translate is not None:  # the English translation beside the response
+        columns.insert(columns.index("response") + 1, "response_en")
     return concatenate_datasets(parts).select_columns(columns), report
 
 

@@ -204,7 +204,8 @@ def score(
     policy: Annotated[str | None, typer.Option(help="Version mode: the new policy.")] = None,
     reference: Annotated[str | None, typer.Option(help="Version mode: the new reference.")] = None,
     mode: Annotated[
-        str | None, typer.Option(help="Version mode: cross_lingual or native scoring prompts.")
+        str | None,
+        typer.Option(help="Version mode: cross_lingual, native or translate_en scoring."),
     ] = None,
     beta: Annotated[float | None, typer.Option(help="Version mode: reward scale.")] = None,
     count_eot: Annotated[
@@ -225,8 +226,8 @@ def score(
 
         if address and executor != "ray":
             _fail("--address names a Ray cluster: use it with --executor ray")
-        if mode not in (None, "cross_lingual", "native"):
-            _fail(f"--mode must be cross_lingual or native, got {mode!r}")
+        if mode not in (None, "cross_lingual", "native", "translate_en"):
+            _fail(f"--mode must be cross_lingual, native or translate_en, got {mode!r}")
         scoring = {
             k: v
             for k, v in {"mode": mode, "beta": beta, "count_eot": count_eot}.items()

@@ -80,8 +80,10 @@ class SamplingConfig:
 
 @dataclass
 class ScoringConfig:
-    mode: Literal["cross_lingual", "native"] = "cross_lingual"
-    """cross_lingual: x = English instruction + language directive. native: x = own instruction."""
+    mode: Literal["cross_lingual", "native", "translate_en"] = "cross_lingual"
+    """cross_lingual: x = English instruction + language directive. native: x = own instruction.
+    translate_en (the paper's weak baseline): each non-English response is translated to English
+    by `translator` and scored as that translation under the English instruction."""
     beta: float = 1.0
     """reward = beta * (logp_policy - logp_ref). 1.0 keeps the research code's scale."""
     count_eot: bool = True
@@ -98,6 +100,9 @@ class ScoringConfig:
     """reward:MODEL: an explicit reward model (a sequence classifier) also scores every candidate
     under its own instruction (candidates gain `judge_reward`); the pair filter judge_disagrees
     drops pairs whose order it contradicts, and the card reports its agreement per language."""
+    translator: str | None = None
+    """translate_en: the model that translates responses to English (greedy, through the
+    generation stage, with translate.DEFAULT_TEMPLATE); null: the generator."""
     agreement: str | None = None
     """null, or native: cross_lingual builds also score every sample under its own (native)
     instruction (one more policy and reference pass; candidates gain `reward_native`), and the
@@ -323,6 +328,8 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         recipe.training.reference = previous_model(recipe.round, f"{path}: 'training.reference'")
     elif recipe.training.reference:
         recipe.training.reference = resolve_relative(recipe.training.reference, base)
+    if recipe.scoring.translator:
+        recipe.scoring.translator = resolve_relative(recipe.scoring.translator, base)
     if recipe.scoring.judge and recipe.scoring.judge.startswith("reward:"):
         recipe.scoring.judge = "reward:" + resolve_relative(recipe.scoring.judge[7:], base)
     validate(recipe, str(path))

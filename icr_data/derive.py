@@ -40,10 +40,10 @@ def rescoring_prompts(candidates: Dataset, mode: str) -> list[str]:
     english = {p: x for p, lang, x in zip(candidates["prompt_id"], candidates["lang"], candidates["instruction"]) if lang == "en"}  # fmt: skip
     out = []
     for p, lang, x in zip(candidates["prompt_id"], candidates["lang"], candidates["instruction"]):
-        if mode == "cross_lingual" and p not in english:
+        if mode in ("cross_lingual", "translate_en") and p not in english:
             raise DeriveError(
                 f"prompt_id {p} ({lang}) has no English candidates in this version, so its "
-                "English instruction is unknown; cross-lingual rescoring needs English rows"
+                f"English instruction is unknown; {mode} rescoring needs English rows"
             )
         out.append(scoring_prompt(english.get(p, ""), x, lang, mode))
     return out
@@ -97,6 +97,13 @@ def rescore(
         "scoring_prompt", rescoring_prompts(candidates, recipe.scoring.mode)
     )
     specs = {r: getattr(recipe.models, r) for r in ("policy", "reference")}
+    translating = (
+        recipe.scoring.mode == "translate_en" and "response_en" not in candidates.column_names
+    )
+    if translating:  # translate_en of a version without translations: the translator too
+        specs["translator"] = recipe.scoring.translator or recipe.models.generator
+    elif recipe.scoring.mode != "translate_en" and "response_en" in candidates.column_names:
+        candidates = candidates.remove_columns("response_en")
     try:
         prepare.ensure(list(specs.values()), console)
         resolved = {r: models.resolve(spec, r) for r, spec in specs.items()}
@@ -113,7 +120,21 @@ def rescore(
     with progress_bar(console) as progress:
         ex = make_executor(executor, WorkDir(version_dir.parent / ".work"), console, progress,
                            address, recipe.ray)  # fmt: skip
-        logps, tokens, reports = dual_logit(ex, passes, candidates, recipe.shard_prompts)
+        if translating:  # reused when present: a translate_en version keeps its response_en
+            from icr_data.stages import run_in_order
+            from icr_data.translate import english_requests, response_translator, with_english
+
+            stage = response_translator(resolved["translator"], ids["translator"],
+                                        recipe.sampling, recipe.models.chat_template)  # fmt: skip
+            out, _ = run_in_order(ex, stage, english_requests(candidates), recipe.shard_prompts,
+                                  "translate (to English)")  # fmt: skip
+            candidates = with_english(candidates, out["response"])
+        scoring_rows = candidates
+        if recipe.scoring.mode == "translate_en":  # score the translations, keep the responses
+            scoring_rows = candidates.remove_columns("response").rename_column(
+                "response_en", "response"
+            )
+        logps, tokens, reports = dual_logit(ex, passes, scoring_rows, recipe.shard_prompts)
         if recipe.scoring.agreement:  # the same passes under each sample's own instruction
             native = candidates.remove_columns("scoring_prompt")
             native = native.add_column("scoring_prompt", native["instruction"])
@@ -138,7 +159,10 @@ def rescore(
         scored = scored.add_column("lid_score", outs[0]["lid_score"])
     extra = ["judge_reward"] if "judge_reward" in scored.column_names else []  # kept as it was
     extra += ["reward_native"] if recipe.scoring.agreement else []
-    scored = scored.select_columns(CANDIDATE_COLUMNS + extra)
+    columns = list(CANDIDATE_COLUMNS)
+    if recipe.scoring.mode == "translate_en":
+        columns.insert(columns.index("response") + 1, "response_en")
+    scored = scored.select_columns(columns + extra)
     timings = {"score_s": round(time.perf_counter() - t0, 2),
                "scoring_throughput": {r: reports[r].get("stats") for r in reports}}  # fmt: skip
     path, manifest = write_child(version_dir, parent_manifest, recipe, scored, ids, timings,

@@ -40,9 +40,12 @@ def scoring_prompt(english_instruction: str, native_instruction: str, lang: str,
 
     cross_lingual: the English instruction, prefixed by the directive (none for English).
     native: the instruction in the response's own language, as it was generated.
+    translate_en: the English instruction (the response is scored as its English translation).
     """
     if mode == "native":
         return native_instruction
+    if mode == "translate_en":
+        return english_instruction
     if mode != "cross_lingual":
         raise ValueError(f"unknown scoring mode {mode!r}")
     if lang == "en":

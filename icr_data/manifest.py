@@ -183,6 +183,7 @@ def _manifest(
         "scoring": {
             "mode": recipe.scoring.mode,
             "judge": recipe.scoring.judge,
+            "translation": translation(recipe, model_ids),
             "agreement": recipe.scoring.agreement,
             "mode_agreement": modes,
             "beta": recipe.scoring.beta,
@@ -229,6 +230,19 @@ def _manifest(
         "timings": timings,
         "hardware": hardware(),
     }
+
+
+def translation(recipe: Recipe, model_ids: dict) -> dict | None:
+    """translate_en: how the responses were translated to English (None in other modes)."""
+    if recipe.scoring.mode != "translate_en":
+        return None
+    from icr_data.translate import DEFAULT_TEMPLATE
+
+    return {"translator": (model_ids.get("translator") or {}).get("name"),
+            "template": DEFAULT_TEMPLATE,
+            "decoding": "greedy (temperature 0), max_tokens = 2 x sampling.max_tokens",
+            "scored": "the English translation (candidates' response_en) under the English "
+                      "instruction; English responses as they are"}  # fmt: skip
 
 
 def hardware() -> dict:

@@ -128,14 +128,15 @@ def load_prompts(
         if r["prompt_id"] not in keep or r["lang"] not in langs:
             continue
         en = english.get(r["prompt_id"])
-        if scoring.mode == "cross_lingual" and en is None:
+        if scoring.mode in ("cross_lingual", "translate_en") and en is None:
             if cfg.missing_english == "skip":
                 if skipped is not None:
                     skipped[r["lang"]] = skipped.get(r["lang"], 0) + 1
                 continue
             raise PromptError(
                 f"{cfg.source}: prompt_id {r['prompt_id']} ({r['lang']}) has no English row; "
-                "cross-lingual scoring needs the English instruction "
+                f"{'cross-lingual' if scoring.mode == 'cross_lingual' else 'translate_en'} "
+                "scoring needs the English instruction "
                 "(or set prompts.missing_english: skip)"
             )
         out.append(

@@ -166,10 +166,11 @@ def load_template(path: str | None) -> str:
     return text
 
 
-def render_request(template: str, text: str, lang: str) -> str:
+def render_request(template: str, text: str, lang: str, source: str = "en") -> str:
+    """The translation request of `text` from language `source` into `lang`."""
     # Plain replacement, not str.format: prompts and user templates hold literal braces; {text}
     # goes last so a prompt that mentions "{target_language}" is left alone.
-    filled = template.replace("{source_language}", "English")
+    filled = template.replace("{source_language}", language_name(source))
     return filled.replace("{target_language}", language_name(lang)).replace("{text}", text)
 
 
@@ -258,17 +259,55 @@ def run_engine(
     shard on `executor` (default: in memory; translate passes one whose work resumes)."""
     from icr_data.config import SamplingConfig
     from icr_data.executor import LocalExecutor, MemoryWork
-    from icr_data.stages import GenerateStage, model_key, run_in_order
+    from icr_data.stages import run_in_order
 
     scfg = SamplingConfig(backend=cfg.backend, n=1, temperature=0.0, top_p=1.0, seed=cfg.seed,
                           max_tokens=cfg.max_tokens, dtype=cfg.dtype,
                           max_model_len=cfg.max_model_len)  # fmt: skip
-    model_id = model_id or {"name": model_path}
-    stage = GenerateStage(model=model_path, model_key=model_key(model_id), sampling=scfg,
-                          chat_template=cfg.chat_template, model_id=model_id)  # fmt: skip
+    stage = greedy_stage(model_path, model_id or {"name": model_path}, scfg, cfg.chat_template)
     executor = executor or LocalExecutor(MemoryWork())
     out, _ = run_in_order(executor, stage, Dataset.from_list(requests), SHARD_PROMPTS, "translate")
     return list(zip(out["response"], out["finish_reason"]))
+
+
+def greedy_stage(model_path: str, model_id: dict, sampling, chat_template: str | None = None):
+    """The generation stage as a translator: one greedy sample per request (temperature 0)."""
+    import dataclasses
+
+    from icr_data.stages import GenerateStage, model_key
+
+    greedy = dataclasses.replace(sampling, n=1, temperature=0.0, top_p=1.0)
+    return GenerateStage(model=model_path, model_key=model_key(model_id), sampling=greedy,
+                         chat_template=chat_template, model_id=model_id)  # fmt: skip
+
+
+def response_translator(model_path: str, model_id: dict, sampling, chat_template: str | None):
+    """scoring.mode translate_en: the stage that translates responses to English, greedily, with
+    up to twice the responses' own token limit (a translation can be longer than its source)."""
+    import dataclasses
+
+    longer = dataclasses.replace(sampling, max_tokens=2 * sampling.max_tokens)
+    return greedy_stage(model_path, model_id, longer, chat_template)
+
+
+def english_requests(rows: Dataset) -> Dataset:
+    """Requests translating each non-English response of `rows` (prompt_id, lang, response) into
+    English with DEFAULT_TEMPLATE, in row order (English rows need none)."""
+    other = [i for i, lang in enumerate(rows["lang"]) if lang != "en"]
+    sub = rows.select(other)
+    return Dataset.from_dict({
+        "prompt_id": sub["prompt_id"], "lang": sub["lang"],
+        "instruction": [render_request(DEFAULT_TEMPLATE, y, "en", source=lang)
+                        for y, lang in zip(sub["response"], sub["lang"])],
+    })  # fmt: skip
+
+
+def with_english(rows: Dataset, translations: list[str]) -> Dataset:
+    """`rows` + response_en: each English response as it is, each other one's translation (the
+    outputs of english_requests(rows), in its order)."""
+    it = iter(translations)
+    english = [y if lang == "en" else next(it) for y, lang in zip(rows["response"], rows["lang"])]
+    return rows.add_column("response_en", english)
 
 
 def translate(cfg: TranslateConfig, console=None, progress=None) -> tuple[Path, dict]:

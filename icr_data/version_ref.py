@@ -19,9 +19,14 @@ def refusal(manifest: dict, reference: dict | None, chat_template: str | None) -
     under `chat_template`, or None when they are."""
     scoring = manifest.get("scoring", {})
     if scoring.get("mode") != "native":
+        scored = (
+            "y = each response's English translation, x = the English instruction"
+            if scoring.get("mode") == "translate_en"
+            else "x = English instruction + directive"
+        )
         return (
-            f"the version was scored in {scoring.get('mode')} mode (x = English instruction + "
-            "directive), but training uses the native instruction; rescore it with --mode native"
+            f"the version was scored in {scoring.get('mode')} mode ({scored}), but training "
+            "uses the native instruction; rescore it with --mode native"
         )
     if not reference:
         return "the manifest records no training reference (built before rounds were recorded)"

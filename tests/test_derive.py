@@ -73,7 +73,9 @@ def test_cli_rescore_with_beta(v1):
     )
     bad = subprocess.run([sys.executable, "-m", "icr_data.cli", "score", str(v1), "--mode", "english"],
                          capture_output=True, text=True)  # fmt: skip
-    assert bad.returncode == 2 and "--mode must be cross_lingual or native" in bad.stderr
+    assert (
+        bad.returncode == 2 and "--mode must be cross_lingual, native or translate_en" in bad.stderr
+    )
 
 
 def test_repair_reuses_candidates_and_records_parent(v1):
