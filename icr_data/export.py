@@ -10,6 +10,12 @@ llamafactory DIR/<dataset>_<version>.jsonl in LLaMA-Factory's alpaca ranking for
              existing dataset_info.json is updated, not replaced).
 jsonl        DIR/pairs.jsonl: one flat JSON object per pair (prompt as text).
 
+The two JSON formats stream: the pairs' Parquet is read in batches of BATCH_ROWS, each batch's
+lines are built as polars string expressions (the last message's content, JSON string escapes
+as json.dumps(ensure_ascii=False) writes them, its ", " and ": " separators; numbers through
+json.dumps) and appended to one temporary file, renamed into place when complete. The bytes are
+those of json.dumps(row, ensure_ascii=False) per row; memory stays at a batch.
+
 --ref-logps (trl only) adds ref_chosen_logps / ref_rejected_logps: the training reference's
 log-probs of chosen and rejected under the training prompt. They are taken from the version's
 scores, which is right only when the version was scored with the training prompt (native mode)
@@ -97,17 +103,110 @@ def _ref_columns(version_dir: Path, pairs) -> tuple[list[float], list[float]]:
     return chosen, rejected
 
 
-def _write_jsonl(path: Path, rows) -> None:
+# What json.dumps(ensure_ascii=False) writes for each character it escapes.
+_ESCAPED = ["\\", '"', *map(chr, range(32))]
+_ESCAPES = [json.dumps(c)[1:-1] for c in _ESCAPED]
+BATCH_ROWS = 4096  # pairs per batch: ~10 MB of text; 1M pairs export in ~0.4 GB peak RSS
+
+
+def _json_value(col):
+    """A polars expression for `col` written as json.dumps(value, ensure_ascii=False) writes it."""
+    import polars as pl
+
+    quoted = pl.concat_str(pl.lit('"'), col.str.replace_many(_ESCAPED, _ESCAPES), pl.lit('"'))
+    return pl.when(col.is_null()).then(pl.lit("null")).otherwise(quoted)
+
+
+def _json_scalars(values: list) -> list[str]:
+    """Numbers (any non-string column) as json.dumps writes them: floats by their repr."""
+    out = []
+    for v in values:
+        if v.__class__ is float and v - v == 0:  # finite
+            out.append(float.__repr__(v))
+        else:
+            out.append(json.dumps(v, ensure_ascii=False))
+    return out
+
+
+def _json_lines(batch, fields: dict[str, str | None]):
+    """One JSON object per row of `batch` (a polars frame), newline-terminated, as one Arrow
+    string array: `fields` maps each output key to a column (None: the empty string); keys are
+    written in its order, with json.dumps's separators. Strings are escaped vectorised, other
+    values (numbers) through json.dumps."""
+    import polars as pl
+
+    text = {c for c in fields.values() if c and batch.schema[c] == pl.String}
+    frame = batch.select(
+        pl.col(c) if c in text else pl.Series(c, _json_scalars(batch[c].to_list()))
+        for c in dict.fromkeys(fields.values()) if c
+    )  # fmt: skip
+    parts = []
+    for i, (key, c) in enumerate(fields.items()):
+        parts.append(pl.lit(("{" if i == 0 else ", ") + json.dumps(key, ensure_ascii=False) + ": "))
+        parts.append(
+            pl.lit('""') if c is None else _json_value(pl.col(c)) if c in text else pl.col(c)
+        )
+    parts.append(pl.lit("}\n"))
+    return frame.select(pl.concat_str(parts).alias("line")).to_series().to_arrow()
+
+
+def _write_lines(f, lines) -> None:
+    """Write a string array's text at once: its values buffer holds every line, back to back."""
+    import numpy as np
+    import pyarrow as pa
+
+    lines = lines.cast(pa.large_string())
+    for chunk in lines.chunks if isinstance(lines, pa.ChunkedArray) else [lines]:
+        if len(chunk):
+            _, offsets, data = chunk.buffers()
+            at = np.frombuffer(offsets, dtype=np.int64)[
+                chunk.offset : chunk.offset + len(chunk) + 1
+            ]
+            f.write(memoryview(data)[at[0] : at[-1]])
+
+
+def _pair_files(version_dir: Path) -> list[Path]:
+    files = sorted((version_dir / "data" / "pairs").glob("*.parquet"))
+    if not files:  # as store.read_table says it
+        raise store.StoreError(f"{version_dir}: no Parquet files for config 'pairs'")
+    return files
+
+
+def _pair_batches(files: list[Path], columns: list[str], batch_rows: int):
+    """The pairs' `columns` as polars frames of at most `batch_rows` rows, the last message's
+    content in place of each conversation column (prompt, chosen, rejected)."""
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    for path in files:  # pre_buffer would keep every column chunk read so far (memory grows)
+        reader = pq.ParquetFile(path, pre_buffer=False)
+        for batch in reader.iter_batches(batch_size=batch_rows, columns=columns):
+            frame = pl.from_arrow(batch)
+            yield frame.with_columns(
+                pl.col(c).list.last().struct.field("content").alias(c)
+                for c in ("prompt", "chosen", "rejected") if c in columns
+            )  # fmt: skip
+
+
+def _write_jsonl(path: Path, files: list[Path], fields: dict, batch_rows: int) -> None:
+    """Stream the pairs in `files` to `path` as JSON lines (see `_json_lines`), atomically: the
+    lines go to a temporary file beside `path`, renamed over it once complete."""
+    columns = [c for c in dict.fromkeys(fields.values()) if c]
+
     def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        with open(tmp, "wb") as f:
+            for frame in _pair_batches(files, columns, batch_rows):
+                _write_lines(f, _json_lines(frame, fields))
 
     atomic_write(path, write)
 
 
-def export(version: str | Path, fmt: str, out: str | Path, ref_logps: bool = False) -> list[Path]:
-    """Write `version`'s pairs to `out` in `fmt`; return the files written."""
+def export(
+    version: str | Path, fmt: str, out: str | Path, ref_logps: bool = False,
+    batch_rows: int = BATCH_ROWS,
+) -> list[Path]:  # fmt: skip
+    """Write `version`'s pairs to `out` in `fmt`; return the files written. The JSON formats are
+    written `batch_rows` pairs at a time, as json.dumps(row, ensure_ascii=False) writes each."""
     if fmt not in FORMATS:
         raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if ref_logps and fmt != "trl":
@@ -121,7 +220,10 @@ def export(version: str | Path, fmt: str, out: str | Path, ref_logps: bool = Fal
         store.inside(out / f"{name}.jsonl", out, "--out file")  # a manifest's names stay in --out
     except store.StoreError as e:
         raise ExportError(str(e)) from None
-    pairs = store.read_table(version_dir, "pairs")
+    if fmt == "trl":
+        pairs = store.read_table(version_dir, "pairs")
+    else:
+        files = _pair_files(version_dir)
     if ref_logps and (why := ref_logps_refusal(manifest)):
         raise ExportError(f"--ref-logps refused: {why}")
     targets = {"trl": ["train.parquet"], "llamafactory": [f"{name}.jsonl", "dataset_info.json"],
@@ -151,20 +253,15 @@ def export(version: str | Path, fmt: str, out: str | Path, ref_logps: bool = Fal
         atomic_write(out / "train.parquet", lambda tmp: table.to_parquet(tmp))
         return [out / "train.parquet"]
 
-    flat = [
-        {"prompt_id": p, "lang": lang, "prompt": _text(x), "chosen": _text(c), "rejected": _text(r),
-         "chosen_reward": cr, "rejected_reward": rr, "margin": m}
-        for p, lang, x, c, r, cr, rr, m in zip(
-            pairs["prompt_id"], pairs["lang"], pairs["prompt"], pairs["chosen"], pairs["rejected"],
-            pairs["chosen_reward"], pairs["rejected_reward"], pairs["margin"])
-    ]  # fmt: skip
     if fmt == "jsonl":
-        _write_jsonl(out / "pairs.jsonl", flat)
+        fields = {c: c for c in ("prompt_id", "lang", "prompt", "chosen", "rejected",
+                                 "chosen_reward", "rejected_reward", "margin")}  # fmt: skip
+        _write_jsonl(out / "pairs.jsonl", files, fields, batch_rows)
         return [out / "pairs.jsonl"]
 
-    _write_jsonl(out / f"{name}.jsonl", (
-        {"instruction": r["prompt"], "input": "", "chosen": r["chosen"], "rejected": r["rejected"],
-         "lang": r["lang"], "prompt_id": r["prompt_id"]} for r in flat))  # fmt: skip
+    fields = {"instruction": "prompt", "input": None, "chosen": "chosen",
+              "rejected": "rejected", "lang": "lang", "prompt_id": "prompt_id"}  # fmt: skip
+    _write_jsonl(out / f"{name}.jsonl", files, fields, batch_rows)
     info_path = out / "dataset_info.json"
     try:
         info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else {}
