@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from icr_data import store
+from icr_data import store, version_ref
 from icr_data.errors import IcrError
 from icr_data.files import atomic_write, atomic_write_text
 
@@ -48,26 +48,12 @@ def _text(messages) -> str:
 
 
 def ref_logps_refusal(manifest: dict) -> str | None:
-    """Why the version's reference scores are not the training reference's, or None if they are."""
-    scoring = manifest.get("scoring", {})
-    if scoring.get("mode") != "native":
-        return (
-            f"the version was scored in {scoring.get('mode')} mode (x = English instruction + "
-            "directive), but training uses the native instruction; rescore it with --mode native"
-        )
-    ref = (manifest.get("models") or {}).get("reference") or {}
-    train_ref = (manifest.get("training") or {}).get("reference")
-    if not train_ref:
-        return "the manifest records no training reference (built before rounds were recorded)"
-    same = ref.get("sha256") and ref.get("sha256") == train_ref.get("sha256")
-    if not same and not (not ref.get("sha256") and ref.get("name") == train_ref.get("name")):
-        return (
-            f"the scoring reference ({ref.get('name')}) is not the training reference "
-            f"({train_ref.get('name')}); set training.reference to it or rescore"
-        )
-    if not scoring.get("count_eot", True):
-        return "the version does not count the end-of-turn token, which TRL always trains on"
-    return None
+    """Why the version's reference scores are not the training reference's (the one its recipe
+    names, recorded in the manifest), or None if they are."""
+    template = ((manifest.get("recipe") or {}).get("models") or {}).get("chat_template")
+    return version_ref.refusal(
+        manifest, (manifest.get("training") or {}).get("reference"), template
+    )
 
 
 def _eot_text(recipe: dict) -> tuple[object, str]:
@@ -87,20 +73,6 @@ def _eot_text(recipe: dict) -> tuple[object, str]:
             f"{tok.eos_token!r}, so TRL would score a different span"
         )
     return tok, eot
-
-
-def _ref_columns(version_dir: Path, pairs) -> tuple[list[float], list[float]]:
-    cands = store.read_table(version_dir, "candidates")
-    logp = {
-        (p, lang, i): v
-        for p, lang, i, v in zip(cands["prompt_id"], cands["lang"], cands["sample_idx"], cands["logp_ref"])
-    }  # fmt: skip
-    chosen, rejected = [], []
-    for p, lang, c, r in zip(pairs["prompt_id"], pairs["lang"], pairs["chosen_sample_idx"],
-                             pairs["rejected_sample_idx"]):  # fmt: skip
-        chosen.append(logp[(p, lang, c)])
-        rejected.append(logp[(p, lang, r)])
-    return chosen, rejected
 
 
 # What json.dumps(ensure_ascii=False) writes for each character it escapes.
@@ -242,7 +214,11 @@ def export(
             from icr_data.chat import render_prompt
 
             tok, eot = _eot_text(store.local_recipe(version_dir, manifest))  # this machine's paths
-            chosen, rejected = _ref_columns(version_dir, pairs)
+            columns = ("prompt_id", "lang", "chosen_sample_idx", "rejected_sample_idx")
+            found = version_ref.pair_logps(version_dir, {c: pairs[c] for c in columns})
+            if isinstance(found, str):
+                raise ExportError(f"--ref-logps refused: {found}")
+            chosen, rejected = found
             table = pairs.map(
                 lambda r: {"prompt": render_prompt(tok, _text(r["prompt"])),
                            "chosen": _text(r["chosen"]) + eot, "rejected": _text(r["rejected"]) + eot},
