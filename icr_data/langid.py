@@ -5,8 +5,9 @@ in play (plus English), so off-target responses can be counted and kept out of p
     ICR_LID_WORKERS=1 icr-data build ...   # language ID on one thread (default: every core)
 
 Texts go to lingua's multi-threaded batch call (its Rust thread pool) in chunks of `CHUNK`, so a
-million candidates keep only one chunk's confidence lists in memory (all of them at once took
-2.7 kB a text). Worker processes were measured too: they give the same rate less their start-up
+million candidates keep only one chunk's texts and confidence lists in memory (all of them at
+once took 2.7 kB a text, besides the texts): pass a dataset's column (`rows["response"]`), which
+is sliced a chunk at a time, rather than a list of every text. Worker processes were measured too: they give the same rate less their start-up
 and pickling, and each loads the models again. The thread count is `workers`, else
 $ICR_LID_WORKERS, else the cores this process may use; lingua fixes it at its first parallel call
 in a process, so a later call asking for another count gets the first one. With one worker each
@@ -78,12 +79,11 @@ def identify(
         return [None] * len(texts), [0.0] * len(texts)
     detector = _detector(tuple(codes.values()))
     workers = workers or default_workers()
-    texts = list(texts)
     if 1 < workers != _cores():  # lingua's pool reads it at its first parallel call; default: cores
         os.environ.setdefault("RAYON_NUM_THREADS", str(workers))
     top: list[tuple[str | None, float]] = []
-    for start in range(0, len(texts), CHUNK):
-        chunk = texts[start : start + CHUNK]
+    for start in range(0, len(texts), CHUNK):  # a dataset's column is read a chunk at a time
+        chunk = list(texts[start : start + CHUNK])
         if workers > 1:
             ranked = detector.compute_language_confidence_values_in_parallel(chunk)
         else:

@@ -75,8 +75,9 @@ def test_parallel_batches_equal_one_text_at_a_time(monkeypatch):
             want_langs.append(ranked[0].language.iso_code_639_1.name.lower())
             want_scores.append(ranked[0].value)
     assert None in want_langs and "ja" not in want_langs
-    for workers in (2, 1):
-        langs, scores = identify(texts, languages, workers=workers)
+    column = Dataset.from_dict({"response": texts})["response"]  # read a chunk at a time
+    for workers, given in ((2, texts), (1, texts), (2, column)):
+        langs, scores = identify(given, languages, workers=workers)
         assert langs == want_langs
         assert scores == pytest.approx(want_scores, abs=1e-9)
 
