@@ -55,8 +55,19 @@ def mine(shards: list[Shard], part: tuple[int, int] | None) -> list[Shard]:
     return shards if part is None else [s for s in shards if s.index % part[1] == part[0]]
 
 
+def _plain(obj):
+    """JSON for what json cannot write: a column (datasets' Column, a numpy or Arrow array) as
+    the list of all its values, anything else (a path) as its str. str() of a column is a
+    preview of its first values, so a key made from it would not see the rest."""
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if hasattr(obj, "__iter__") and not isinstance(obj, (str, bytes, dict)):
+        return list(obj)
+    return str(obj)
+
+
 def digest(obj) -> str:
-    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()
+    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=_plain).encode()
     return hashlib.sha256(blob).hexdigest()
 
 

@@ -218,7 +218,7 @@ class LogprobStage(Stage):
         # the scoring prompts are listed, since one generation is scored under several
         responses = shard.upstream or digest(self.key_rows(shard.rows))
         return digest({"stage": self.name, "generation": responses,
-                       "scoring_prompts": shard.rows["scoring_prompt"], **self.identity()})  # fmt: skip
+                       "scoring_prompts": list(shard.rows["scoring_prompt"]), **self.identity()})  # fmt: skip
 
     def made_of(self, shard: Shard) -> dict:
         return {"shard": shard.index, "role": self.role, "model": self.model_id}

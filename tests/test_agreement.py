@@ -61,6 +61,16 @@ def test_manifest_figures_equal_a_recomputation_from_the_stored_rewards(agreed):
         assert got["ci95"] == pytest.approx([mean - half, mean + half], abs=1e-9)
         assert got["likely_noise"] == (mean - half <= 0)  # the documented rule
         assert (lang in m["likely_noise"]["languages"]) == got["likely_noise"]
+    # the native pass is work of its own: other scoring prompts, other log-probs (a key that
+    # missed the prompts once reused the cross-lingual pass, and every tau came out 1)
+    for c in cands:
+        if c["lang"] == "en":
+            assert c["reward_native"] == pytest.approx(c["reward"], abs=1e-5)
+        else:
+            assert abs(c["reward_native"] - c["reward"]) > 1e-6, c
+    work = v.parent / ".work"
+    shards = len(list((work / "generate").glob("*.done")))
+    assert shards and len(list((work / "logp").glob("*.done"))) == 2 * 2 * shards
     # English has no directive: the same scoring prompt in both passes, so the same order
     assert figures["languages"]["en"]["mean_tau"] == pytest.approx(1.0, abs=1e-9)
     assert "en" not in m["likely_noise"]["languages"]

@@ -91,6 +91,21 @@ def test_keys_follow_inputs_and_identity():
     assert WordCount().key(Shard(0, rows, upstream="gen-key")) != base
 
 
+def test_a_log_prob_key_sees_every_scoring_prompt():
+    """Two shards of the same samples whose scoring prompts differ only in their last row (a
+    column's str() shows its first five values: a key made from it would not see the row)."""
+    from icr_data.shards import digest
+    from icr_data.stages import LogprobStage
+
+    stage = LogprobStage(role="policy", model="m", model_key="k", tokenizer_from=("m",))
+    rows = Dataset.from_dict({"prompt_id": ["p"] * 8, "lang": ["de"] * 8,
+                              "sample_idx": list(range(8)), "response": ["r"] * 8,
+                              "scoring_prompt": ["x"] * 8})  # fmt: skip
+    other = rows.map(lambda r, i: {"scoring_prompt": "y" if i == 7 else "x"}, with_indices=True)
+    assert stage.key(Shard(0, rows, "gen")) != stage.key(Shard(0, other, "gen"))
+    assert digest({"c": rows["scoring_prompt"]}) == digest({"c": ["x"] * 8})
+
+
 def test_in_memory_runs_leave_nothing_behind(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     outs, report = run_once(WordCount(), [Shard(0, candidates())])
