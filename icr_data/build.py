@@ -422,7 +422,8 @@ def native_rewards(logp_policy: list[float], logp_ref: list[float], beta: float)
     return [beta * (p - r) for p, r in zip(logp_policy, logp_ref)]
 
 
-def identical_version(dataset_dir: Path, tables: dict[str, Dataset], manifest: dict) -> str | None:
+def identical_version(dataset_dir: Path, tables: dict[str, Dataset | list[Path]],
+                      manifest: dict) -> str | None:  # fmt: skip
     """The latest version of the dataset if its pairs and candidates hold the same rows as
     `tables` and its recipe (but for `store`) and models are this manifest's; else None."""
     import pyarrow as pa
@@ -440,7 +441,10 @@ def identical_version(dataset_dir: Path, tables: dict[str, Dataset], manifest: d
         if how(store.read_manifest(latest)) != how(manifest):
             return None
         for config, ds in tables.items():
-            if not store.read_table(latest, config).data.table.equals(ds.data.table):
+            if isinstance(ds, list):  # files copied whole: their names are digests of their bytes
+                if [f.name for f in ds] != [f.name for f in store.config_files(latest, config)]:
+                    return None
+            elif not store.read_table(latest, config).data.table.equals(ds.data.table):
                 return None
     except (OSError, ValueError, pa.ArrowException, store.StoreError):
         return None  # an unreadable latest version is not "the same"
@@ -473,15 +477,19 @@ def merge(plan: Plan, version: str | None = None, timings: dict | None = None,
 
 
 def write_paired(dataset_dir: Path, candidates: Dataset, pairing, manifest_for, name: str | None,
-                 if_changed: bool) -> tuple[Path, dict, str | None]:  # fmt: skip
+                 if_changed: bool, candidate_files: list[Path] | None = None,
+                 ) -> tuple[Path, dict, str | None]:  # fmt: skip
     """Pair `candidates` (PairStage) and write both as a new version of `dataset_dir`, with the
     manifest `manifest_for(pairs, pair_stats)` gives: (path, manifest, the latest earlier version
     holding the same content or None). With `if_changed` and such a version, nothing is written
-    and the path and manifest are that version's. build.merge and derive's new versions share it."""
+    and the path and manifest are that version's. With `candidate_files` (another version's
+    candidates, unchanged) those files are the version's candidates, copied, and `candidates`
+    need hold only the columns pairing and the manifest read. build.merge and derive's new
+    versions share it."""
     stage = PairStage(pairing=pairing)
     pairs = stage.run(candidates)
     manifest = manifest_for(pairs, stage.pair_stats)
-    tables = {"pairs": pairs, "candidates": candidates}
+    tables = {"pairs": pairs, "candidates": candidate_files or candidates}
     same = identical_version(dataset_dir, tables, manifest)
     if same and if_changed:
         return dataset_dir / same, store.read_manifest(dataset_dir / same), same

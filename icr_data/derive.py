@@ -177,7 +177,10 @@ def repair(
 ) -> tuple[Path, dict]:  # fmt: skip
     """Pair the parent's scored candidates again under new pairing settings (nothing regenerated
     or rescored); write and return a new version."""
+    import pyarrow.parquet as pq
+
     from icr_data.config import RecipeError, validate_pairing
+    from icr_data.pairs import READS
 
     if name is not None:
         store.check_version_name(name)
@@ -189,19 +192,26 @@ def repair(
         validate_pairing(recipe.pairing, "icr-data pair")
     except RecipeError as e:
         raise DeriveError(str(e)) from None
-    candidates = store.read_table(version_dir, "candidates")
+    # the candidates are reused as they are: their files are copied, and only what pairing and
+    # the manifest read is decoded
+    files = store.config_files(version_dir, "candidates")
+    present = pq.read_schema(files[0]).names
+    candidates = store.read_table(version_dir, "candidates",
+                                  [c for c in (*READS, "reward_native") if c in present])  # fmt: skip
     return write_child(version_dir, parent_manifest, recipe, candidates, parent_manifest["models"], {},
                        {"operation": "pair", "reused": ["candidates (responses and scores)"]}, name,
-                       if_changed, console)  # fmt: skip
+                       if_changed, console, candidate_files=files)  # fmt: skip
 
 
 def write_child(
     version_dir: Path, parent_manifest: dict, recipe: Recipe, candidates: Dataset, model_ids: dict,
     timings: dict, derived: dict, name: str | None, if_changed: bool = False, console=None,
+    candidate_files: list[Path] | None = None,
 ) -> tuple[Path, dict]:  # fmt: skip
     """Pair `candidates` under `recipe` and write them as a new version whose parent is the given
-    one. When the latest version already holds this content, say so; with `if_changed`, write
-    nothing and return that version."""
+    one (with `candidate_files`, the parent's candidates, copied; build.write_paired). When the
+    latest version already holds this content, say so; with `if_changed`, write nothing and
+    return that version."""
     from icr_data.agreement import candidate_agreement
     from icr_data.build import write_paired
     from icr_data.manifest import make_manifest, margin_summary
@@ -229,7 +239,7 @@ def write_child(
 
     dataset_dir = version_dir.parent
     path, manifest, same = write_paired(dataset_dir, candidates, recipe.pairing, manifest_for,
-                                        name, if_changed)  # fmt: skip
+                                        name, if_changed, candidate_files)  # fmt: skip
     if same:
         from icr_data.console import stderr_console
 

@@ -137,13 +137,6 @@ def _write_lines(f, lines) -> None:
             f.write(memoryview(data)[at[0] : at[-1]])
 
 
-def _pair_files(version_dir: Path) -> list[Path]:
-    files = sorted((version_dir / "data" / "pairs").glob("*.parquet"))
-    if not files:  # as store.read_table says it
-        raise store.StoreError(f"{version_dir}: no Parquet files for config 'pairs'")
-    return files
-
-
 def _pair_batches(files: list[Path], columns: list[str], batch_rows: int):
     """The pairs' `columns` as polars frames of at most `batch_rows` rows, the last message's
     content in place of each conversation column (prompt, chosen, rejected)."""
@@ -195,7 +188,7 @@ def export(
     if fmt == "trl":
         pairs = store.read_table(version_dir, "pairs")
     else:
-        files = _pair_files(version_dir)
+        files = store.config_files(version_dir, "pairs")
     if ref_logps and (why := ref_logps_refusal(manifest)):
         raise ExportError(f"--ref-logps refused: {why}")
     targets = {"trl": ["train.parquet"], "llamafactory": [f"{name}.jsonl", "dataset_info.json"],

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import os
 import platform
 from pathlib import Path
 
@@ -90,9 +91,10 @@ def margin_summary(
 ) -> tuple[dict, dict]:
     """Per-language counts and margin quantiles, computed with polars."""
     counts, margins = {}, {}
-    p_df = pl.from_arrow(prompts.data.table).select("lang")
-    c_df = pl.from_arrow(candidates.data.table).select("lang")
-    m_df = pl.from_arrow(pairs.data.table).select("lang", "margin") if len(pairs) else None
+    # only the columns read are converted (a whole candidates table would be copied)
+    p_df = pl.from_arrow(prompts.data.table.select(["lang"]))
+    c_df = pl.from_arrow(candidates.data.table.select(["lang"]))
+    m_df = pl.from_arrow(pairs.data.table.select(["lang", "margin"])) if len(pairs) else None
     for lang in langs:
         counts[lang] = {
             "prompts": p_df.filter(pl.col("lang") == lang).height,
@@ -246,18 +248,36 @@ def translation(recipe: Recipe, model_ids: dict) -> dict | None:
 
 
 def hardware() -> dict:
-    import torch
+    """The machine that wrote the version. torch is asked only when this process loaded it (a
+    build, a rescore): a re-pairing never does, and importing it would cost seconds."""
+    import sys
 
+    torch = sys.modules.get("torch")
+    if torch is None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            torch_version = version("torch")
+        except PackageNotFoundError:
+            torch_version = None
+        threads = (
+            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        )
+        return {"machine": platform.machine(), "python": platform.python_version(),
+                "torch": torch_version, "cpu_threads": threads, "cpu": _cpu()}  # fmt: skip
     out = {"machine": platform.machine(), "python": platform.python_version(),
-           "torch": torch.__version__, "cpu_threads": torch.get_num_threads()}  # fmt: skip
+           "torch": torch.__version__, "cpu_threads": torch.get_num_threads(), "cpu": _cpu()}  # fmt: skip
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name(0)
+    return out
+
+
+def _cpu() -> str:
     try:
-        out["cpu"] = next(
+        return next(
             line.split(":", 1)[1].strip()
             for line in Path("/proc/cpuinfo").read_text().splitlines()
             if line.startswith("model name")
         )
     except (OSError, StopIteration):
-        out["cpu"] = platform.processor()
-    if torch.cuda.is_available():
-        out["gpu"] = torch.cuda.get_device_name(0)
-    return out
+        return platform.processor()

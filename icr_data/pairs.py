@@ -308,11 +308,14 @@ def _first_counts(reason: np.ndarray, names, k: int | None = None) -> dict[str, 
     return {names[c - 1]: int(n) for f, c, n in sorted(zip(first, codes, counts))}
 
 
+READS = ("prompt_id", "lang", "instruction", "sample_idx", "response", "reward", "response_tokens",
+         "finish_reason", "lid_lang", "judge_reward")  # fmt: skip
+"""The candidates' columns make_pairs reads (those present); it never sees the others."""
+
+
 def _columns(candidates: Dataset) -> pa.Table:
     """The columns the stage reads, as Arrow (an indices mapping applied), nothing copied else."""
-    wanted = ["prompt_id", "lang", "instruction", "sample_idx", "response", "reward",
-              "response_tokens", "finish_reason", "lid_lang", "judge_reward"]  # fmt: skip
-    present = [c for c in wanted if c in candidates.column_names]
+    present = [c for c in READS if c in candidates.column_names]
     return candidates.select_columns(present).with_format("arrow")[:]
 
 

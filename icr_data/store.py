@@ -34,7 +34,7 @@ from pathlib import Path
 from datasets import Dataset
 
 from icr_data.errors import IcrError
-from icr_data.files import atomic_write, new_dir_mode
+from icr_data.files import atomic_write, new_dir_mode, new_file_mode
 
 VERSION_RE = re.compile(r"^v(\d+)$")
 DATASET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -175,10 +175,24 @@ def _write_parquet(ds: Dataset, folder: Path) -> str:
     return name
 
 
+def _copy_parquet(files: list[Path], folder: Path) -> list[str]:
+    """Copy a config's Parquet files from another version, bytes and content-addressed names
+    unchanged (a version reused whole: nothing is decoded); return the names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for f in files:
+        if f.is_symlink():
+            raise StoreError(f"{f} is a symbolic link; a version's files are its own")
+        shutil.copyfile(f, folder / f.name)
+        os.chmod(folder / f.name, new_file_mode())
+        names.append(f.name)
+    return names
+
+
 def write_version(
     store: str | Path,
     dataset: str,
-    tables: dict[str, Dataset],
+    tables: dict[str, Dataset | list[Path]],
     manifest: dict,
     render_card: Callable[[dict], str],
     name: str | None = None,
@@ -186,7 +200,8 @@ def write_version(
     """Write a complete new version and return its folder.
 
     `manifest` gets `version` set; `render_card(manifest)` gives README.md. With `name` given,
-    an existing version of that name is an error; without it the next free v<N> is used.
+    an existing version of that name is an error; without it the next free v<N> is used. A table
+    given as a list of Parquet files (another version's config_files) is copied as it is.
     """
     check_dataset_name(dataset)
     if name is not None:
@@ -212,9 +227,10 @@ def write_version(
         raise StoreError(f"cannot write to {dataset_dir}: {e.strerror}") from None
     try:
         manifest["files"] = {
-            config: [f"data/{config}/{_write_parquet(ds, tmp / 'data' / config)}"]
+            config: [f"data/{config}/{n}" for n in _copy_parquet(ds, tmp / "data" / config)]
+            if isinstance(ds, list) else [f"data/{config}/{_write_parquet(ds, tmp / 'data' / config)}"]
             for config, ds in tables.items()
-        }
+        }  # fmt: skip
         for _ in range(1000):
             version = name or next_version(dataset_dir)
             manifest["version"] = version
@@ -291,12 +307,24 @@ def local_recipe(version_dir: str | Path, manifest: dict | None = None) -> dict:
     return (manifest if manifest is not None else read_manifest(version_dir))["recipe"]
 
 
-def read_table(version_dir: str | Path, config: str) -> Dataset:
-    """One config of a version, read directly from its Parquet files."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+def config_files(version_dir: str | Path, config: str) -> list[Path]:
+    """The Parquet files of one config of a version, in order."""
     files = sorted((Path(version_dir) / "data" / config).glob("*.parquet"))
     if not files:
         raise StoreError(f"{version_dir}: no Parquet files for config {config!r}")
-    return Dataset(pa.concat_tables([pq.read_table(f) for f in files]))
+    return files
+
+
+def read_table(version_dir: str | Path, config: str, columns: list[str] | None = None) -> Dataset:
+    """One config of a version, read directly from its Parquet files (only `columns`, if given:
+    the others are never decoded)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = config_files(version_dir, config)
+    table = pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
+    # The files' names are digests of their bytes, so they (and the columns read) identify the
+    # content. Without a fingerprint, datasets makes one by pickling and hashing the whole table:
+    # seconds and several GB at a million candidates.
+    ident = json.dumps([[f.name for f in files], columns])
+    return Dataset(table, fingerprint=hashlib.sha256(ident.encode()).hexdigest()[:16])

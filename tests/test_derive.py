@@ -93,6 +93,28 @@ def test_repair_reuses_candidates_and_records_parent(v1):
     assert "| fr |" in (v2 / "README.md").read_text()
 
 
+def test_repair_copies_the_candidate_files_and_pairs_as_the_whole_table_would(v1):
+    """pair decodes only the columns pairing reads and copies the candidates' Parquet as it is:
+    the new version's file has the parent's bytes, and its pairs are those of make_pairs on the
+    whole table."""
+    from icr_data.config import PairingConfig
+    from icr_data.pairs import make_pairs
+
+    pairing = {"rule": "max_min", "length_control": True}
+    v2, manifest = repair(v1, pairing)
+    (a,), (b,) = store.config_files(v1, "candidates"), store.config_files(v2, "candidates")
+    assert a.name == b.name and a.read_bytes() == b.read_bytes() and not b.is_symlink()
+    assert manifest["files"]["candidates"] == [f"data/candidates/{b.name}"]
+    cfg = PairingConfig(**manifest["pairing"]["settings"])
+    whole = store.read_table(v1, "candidates")
+    expected, stats = make_pairs(whole, cfg)
+    assert store.read_table(v2, "pairs").to_list() == expected.to_list() and len(expected)
+    assert manifest["pairing"]["alphas"] == stats.alphas
+    partial = store.read_table(v1, "candidates", ["lang", "reward"])
+    assert partial.column_names == ["lang", "reward"]
+    assert partial.to_dict() == whole.select_columns(["lang", "reward"]).to_dict()
+
+
 def test_cli_pair_refuses_unknown_filter(v1):
     r = subprocess.run([sys.executable, "-m", "icr_data.cli", "pair", str(v1), "--filters", "truncted"],
                        capture_output=True, text=True)  # fmt: skip
