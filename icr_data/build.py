@@ -484,9 +484,14 @@ def write_paired(dataset_dir: Path, candidates: Dataset, pairing, manifest_for, 
     holding the same content or None). With `if_changed` and such a version, nothing is written
     and the path and manifest are that version's. With `candidate_files` (another version's
     candidates, unchanged) those files are the version's candidates, copied, and `candidates`
-    need hold only the columns pairing and the manifest read. build.merge and derive's new
-    versions share it."""
-    stage = PairStage(pairing=pairing)
+    need hold only the columns pairing and the manifest read: responses and instructions are
+    read from the files a row group at a time. build.merge and derive's new versions share it."""
+    from icr_data.pairs import ParquetTexts
+
+    texts = None
+    if candidate_files:
+        texts = {c: ParquetTexts(candidate_files, c) for c in ("response", "instruction")}
+    stage = PairStage(pairing=pairing, texts=texts)
     pairs = stage.run(candidates)
     manifest = manifest_for(pairs, stage.pair_stats)
     tables = {"pairs": pairs, "candidates": candidate_files or candidates}

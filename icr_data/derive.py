@@ -193,11 +193,11 @@ def repair(
     except RecipeError as e:
         raise DeriveError(str(e)) from None
     # the candidates are reused as they are: their files are copied, and only what pairing and
-    # the manifest read is decoded
+    # the manifest read is decoded (responses and instructions a row group at a time, in pairing)
     files = store.config_files(version_dir, "candidates")
     present = pq.read_schema(files[0]).names
-    candidates = store.read_table(version_dir, "candidates",
-                                  [c for c in (*READS, "reward_native") if c in present])  # fmt: skip
+    wanted = [c for c in (*READS, "reward_native") if c not in ("response", "instruction")]
+    candidates = store.read_table(version_dir, "candidates", [c for c in wanted if c in present])
     return write_child(version_dir, parent_manifest, recipe, candidates, parent_manifest["models"], {},
                        {"operation": "pair", "reused": ["candidates (responses and scores)"]}, name,
                        if_changed, console, candidate_files=files)  # fmt: skip

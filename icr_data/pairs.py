@@ -30,6 +30,7 @@ repetitive response), so the result is the one the per-row definitions above giv
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 from dataclasses import dataclass, field
 
@@ -93,11 +94,13 @@ def repeated_ngram_ratio(text: str, n: int) -> float:
 WHITESPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
               "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")  # fmt: skip
 """Every character str.split() and str.strip() treat as whitespace (str.isspace)."""
-_NARROW_WS = np.zeros(256, dtype=bool)
-_NARROW_WS[[ord(c) for c in WHITESPACE if ord(c) < 0x80]] = True
+_NARROW_RANGES = ((9, 13), (0x1C, 0x1F), (32, 32))
+"""The one-byte whitespace of WHITESPACE, as byte ranges (compared, not looked up, per byte)."""
+assert {chr(b) for lo, hi in _NARROW_RANGES for b in range(lo, hi + 1)} == {
+    c for c in WHITESPACE if ord(c) < 0x80
+}
 _WIDE_WS = [c.encode() for c in WHITESPACE if ord(c) >= 0x80]
-_WIDE_LEAD = np.zeros(256, dtype=bool)
-_WIDE_LEAD[[w[0] for w in _WIDE_WS]] = True
+_WIDE_LEADS = sorted({w[0] for w in _WIDE_WS})
 _BATCH_ROWS = 4096
 _REASONS = ("truncated", "empty", "duplicate", "repetition", "off_target")
 _PAIR_REASONS = ("no_separation", "chosen_eq_rejected", "tie", "judge_disagrees",
@@ -136,8 +139,14 @@ def _utf8(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 def _words(offsets: np.ndarray, data: np.ndarray):
     """Words as str.split() cuts them: start byte positions, the row of each word, and a mask of
     the bytes inside words."""
-    ws = _NARROW_WS[data]
-    lead = np.flatnonzero(_WIDE_LEAD[data])
+    # comparisons, not a table lookup per byte: numpy runs them several bytes at a time
+    ws = np.zeros(len(data), bool)
+    for lo, hi in _NARROW_RANGES:
+        ws |= (data == lo) if lo == hi else (data >= lo) & (data <= hi)
+    lead = np.zeros(len(data), bool)
+    for b in _WIDE_LEADS:
+        lead |= data == b
+    lead = np.flatnonzero(lead)
     if len(lead):
         padded = np.concatenate([data, np.zeros(2, np.uint8)])
         for seq in _WIDE_WS:
@@ -150,7 +159,10 @@ def _words(offsets: np.ndarray, data: np.ndarray):
     start[1:] &= ws[:-1]
     start[first] = word[first]
     starts = np.flatnonzero(start)
-    return starts, np.searchsorted(offsets, starts, side="right") - 1, word
+    before = np.zeros(len(data) + 1, np.int64)  # words starting before each byte
+    np.cumsum(start, out=before[1:])
+    per_row = before[offsets[1:]] - before[offsets[:-1]]
+    return starts, np.repeat(np.arange(len(per_row)), per_row), word
 
 
 _KEY = 0x9E3779B1
@@ -178,7 +190,10 @@ def _word_hashes(data: np.ndarray, starts: np.ndarray, word: np.ndarray) -> np.n
     part += np.uint32(1)
     part *= word
     part *= power
-    return np.add.reduceat(part, starts) * inverse[starts]  # each word's sum shifted to 0
+    total = np.zeros(len(part) + 1, np.uint32)  # sums mod 2**32: part is 0 between words
+    np.cumsum(part, out=total[1:])
+    ends = np.append(starts[1:], len(part))
+    return (total[ends] - total[starts]) * inverse[starts]  # each word's sum shifted to 0
 
 
 def _repetitive(nw: np.ndarray, row: np.ndarray, wh: np.ndarray, n: int, limit: float):
@@ -208,41 +223,126 @@ def _repetitive(nw: np.ndarray, row: np.ndarray, wh: np.ndarray, n: int, limit: 
     return check & (bound > limit)
 
 
-def _text_features(responses: pa.ChunkedArray, cfg: PairingConfig, need_words: bool):
-    """Per row: the number of words, and whether repeated_ngram_ratio exceeds repetition_max."""
+class Texts:
+    """A string column of the candidates, read as pairing needs it: in batches of consecutive
+    rows, and rows by position. In memory (an Arrow column) or still in a version's Parquet files
+    (ParquetTexts), so that a re-pairing never holds every response at once."""
+
+    def __init__(self, column: pa.ChunkedArray):
+        self.column = column
+        self.bounds = np.cumsum([0] + [len(c) for c in column.chunks])
+
+    def __len__(self) -> int:
+        return int(self.bounds[-1])
+
+    def part(self, k: int) -> pa.Array:
+        return self.column.chunk(k)
+
+    def batches(self, rows: int):
+        """(first row, array) of every `rows` consecutive rows, in order."""
+        for k in range(len(self.bounds) - 1):
+            part = self.part(k)
+            for lo in range(0, len(part), rows):
+                yield int(self.bounds[k]) + lo, part.slice(lo, rows)
+
+    def take(self, idx: np.ndarray) -> pa.Array:
+        """The rows at positions `idx`, in that order; each part holding one is read once (a
+        chunked take would first join every chunk into one copy of the column)."""
+        idx = np.asarray(idx, np.int64)
+        order = np.argsort(idx, kind="stable")
+        which = np.searchsorted(self.bounds, idx[order], side="right") - 1
+        pieces = []
+        for k in np.unique(which):
+            local = idx[order][which == k] - self.bounds[k]
+            pieces.append(self.part(int(k)).take(pa.array(local)))
+        if not pieces:
+            return pa.array([], self.column.type)
+        joined = pa.concat_arrays(pieces)
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        return joined.take(pa.array(inverse))
+
+
+class ParquetTexts(Texts):
+    """One string column of Parquet files, read a row group at a time."""
+
+    def __init__(self, files: list, name: str):
+        import pyarrow.parquet as pq
+
+        self.files, self.name = [pq.ParquetFile(f) for f in files], name
+        self.groups = [(f, g) for f in self.files for g in range(f.num_row_groups)]
+        sizes = [f.metadata.row_group(g).num_rows for f, g in self.groups]
+        self.bounds = np.cumsum([0] + sizes)
+        self.column = pa.chunked_array([], self.files[0].schema_arrow.field(name).type)
+
+    def part(self, k: int) -> pa.Array:
+        f, g = self.groups[k]
+        return f.read_row_group(g, columns=[self.name]).column(0).combine_chunks()
+
+
+def _batch_features(lo: int, arr: pa.Array, cfg: PairingConfig, need_words: bool, check_rep: bool):
+    """(first row, words, repetitive, characters) of one batch of responses."""
+    length = pc.utf8_length(arr).to_numpy(zero_copy_only=False)
+    if not need_words:
+        return lo, np.zeros(len(arr), np.int64), np.zeros(len(arr), bool), length
+    offsets, data = _utf8(arr)
+    starts, row, word = _words(offsets, data)
+    words = np.bincount(row, minlength=len(arr))
+    rep = np.zeros(len(arr), bool)
+    if check_rep:
+        wh = _word_hashes(data, starts, word)
+        maybe = np.flatnonzero(_repetitive(words, row, wh, cfg.repetition_ngram,
+                                           cfg.repetition_max))  # fmt: skip
+        for i, text in zip(maybe, arr.take(pa.array(maybe)).to_pylist()):
+            rep[i] = repeated_ngram_ratio(text, cfg.repetition_ngram) > cfg.repetition_max
+    return lo, words, rep, length
+
+
+def _text_features(responses: Texts, cfg: PairingConfig, need_words: bool):
+    """Per row: the number of words, whether repeated_ngram_ratio exceeds repetition_max, and
+    the length in characters. Batches run on threads (numpy and Arrow release the GIL), at most
+    a few in flight."""
+    from concurrent.futures import ThreadPoolExecutor
+
     count = len(responses)
     nw = np.zeros(count, np.int64)
     rep = np.zeros(count, bool)
-    if not need_words:
-        return nw, rep
+    length = np.zeros(count, np.int64)
     check_rep = "repetition" in cfg.filters
-    for lo in range(0, count, _BATCH_ROWS):
-        arr = responses.slice(lo, _BATCH_ROWS).combine_chunks()
-        offsets, data = _utf8(arr)
-        starts, row, word = _words(offsets, data)
-        words = np.bincount(row, minlength=len(arr))
-        nw[lo : lo + len(arr)] = words
-        if check_rep:
-            wh = _word_hashes(data, starts, word)
-            maybe = np.flatnonzero(_repetitive(words, row, wh, cfg.repetition_ngram,
-                                               cfg.repetition_max))  # fmt: skip
-            for i, text in zip(maybe, arr.take(pa.array(maybe)).to_pylist()):
-                rep[lo + i] = repeated_ngram_ratio(text, cfg.repetition_ngram) > cfg.repetition_max
-    return nw, rep
+    workers = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                         else os.cpu_count() or 1))  # fmt: skip
+
+    def store(result) -> None:
+        lo, w, r, n = result
+        nw[lo : lo + len(w)], rep[lo : lo + len(w)], length[lo : lo + len(w)] = w, r, n
+
+    with ThreadPoolExecutor(workers) as pool:
+        pending = []
+        for lo, arr in responses.batches(_BATCH_ROWS):
+            pending.append(pool.submit(_batch_features, lo, arr, cfg, need_words, check_rep))
+            if len(pending) >= 2 * workers:
+                store(pending.pop(0).result())
+        for f in pending:
+            store(f.result())
+    return nw, rep, length
 
 
-def _text_classes(responses: pa.ChunkedArray, row: np.ndarray, group: np.ndarray, nw: np.ndarray):
+def _text_classes(responses: Texts, row: np.ndarray, group: np.ndarray, nw: np.ndarray):
     """Per candidate (in the order of `row`, its table row): the position of the first candidate
     of its prompt with the same normalised text. Only candidates sharing a prompt and a word count
-    are compared, as Python strings."""
+    are compared, by a 128-bit digest of their normalised text, a chunk of texts at a time."""
     pos = np.arange(len(row))
     frame = pl.DataFrame({"pos": pos, "g": group, "nw": nw})
     suspects = frame.filter(pl.len().over("g", "nw") > 1)["pos"].to_numpy()
     cls = pos.copy()
     if len(suspects):
-        texts = responses.take(pa.array(row[suspects])).to_pylist()
-        same = pl.DataFrame({"pos": suspects, "g": group[suspects],
-                             "norm": [normalise(t) for t in texts]})  # fmt: skip
+        suspects = suspects[np.argsort(row[suspects], kind="stable")]  # in file order
+        digests = []
+        for lo in range(0, len(suspects), 8 * _BATCH_ROWS):
+            texts = responses.take(row[suspects[lo : lo + 8 * _BATCH_ROWS]]).to_pylist()
+            digests += [hashlib.blake2b(normalise(t).encode(), digest_size=16).digest()
+                        for t in texts]  # fmt: skip
+        same = pl.DataFrame({"pos": suspects, "g": group[suspects], "norm": digests})
         cls[suspects] = same.select(pl.col("pos").min().over("g", "norm"))["pos"].to_numpy()
     return cls
 
@@ -326,14 +426,16 @@ def _messages(role: str, content: pa.Array) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32)), turn)
 
 
-def _pairs_table(table: pa.Table, chosen: np.ndarray, rejected: np.ndarray, margin: np.ndarray):
+def _pairs_table(table: pa.Table, texts: dict[str, Texts], chosen: np.ndarray,
+                 rejected: np.ndarray, margin: np.ndarray):  # fmt: skip
     c, r = pa.array(chosen, pa.int64()), pa.array(rejected, pa.int64())
     col = {name: table.column(name) for name in table.column_names}
+    both = texts["response"].take(np.concatenate([chosen, rejected]))
     cols = {
         "prompt_id": col["prompt_id"].take(c), "lang": col["lang"].take(c),
-        "prompt": _messages("user", col["instruction"].take(c).combine_chunks()),
-        "chosen": _messages("assistant", col["response"].take(c).combine_chunks()),
-        "rejected": _messages("assistant", col["response"].take(r).combine_chunks()),
+        "prompt": _messages("user", texts["instruction"].take(chosen)),
+        "chosen": _messages("assistant", both.slice(0, len(chosen))),
+        "rejected": _messages("assistant", both.slice(len(chosen))),
         "chosen_reward": col["reward"].take(c), "rejected_reward": col["reward"].take(r),
         "margin": pa.array(margin, pa.float64()),
         "chosen_tokens": col["response_tokens"].take(c),
@@ -375,7 +477,11 @@ def _select(rule, adjusted, reward, starts, sizes, cfg, rng):
     return prompt[order], chosen[order], rejected[order]
 
 
-def make_pairs(candidates: Dataset, cfg: PairingConfig) -> tuple[Dataset, PairStats]:
+def make_pairs(
+    candidates: Dataset, cfg: PairingConfig, texts: dict[str, Texts] | None = None
+) -> tuple[Dataset, PairStats]:
+    """Pairs and their statistics. `texts` may give the response and instruction columns
+    (Texts), so that `candidates` need not hold them; the result is the same."""
     stats = PairStats()
     rule = RULES.get(cfg.rule)
     if rule is None:
@@ -384,6 +490,9 @@ def make_pairs(candidates: Dataset, cfg: PairingConfig) -> tuple[Dataset, PairSt
     table = _columns(candidates)
     if table.num_rows == 0:
         return _empty_pairs(), stats
+    given = texts or {}
+    texts = {name: given[name] if name in given else Texts(table.column(name))
+             for name in ("response", "instruction")}  # fmt: skip
     null = pa.nulls(table.num_rows, pa.string())
     keys = pl.from_arrow(pa.table({
         "lang": table.column("lang"), "prompt_id": table.column("prompt_id"),
@@ -409,11 +518,12 @@ def make_pairs(candidates: Dataset, cfg: PairingConfig) -> tuple[Dataset, PairSt
     g_start = np.flatnonzero(new)
     lang = keys["lang_id"].to_numpy()
     g_lang = lang[g_start]
-    responses = table.column("response")
+    responses = texts["response"]
 
     # 1. candidate filters: the first that applies is the reason
-    nw, rep = _text_features(responses, cfg, bool(filters & {"empty", "duplicate", "repetition",
-                                                              "chosen_eq_rejected"}))  # fmt: skip
+    nw, rep, chars = _text_features(responses, cfg, bool(filters & {"empty", "duplicate",
+                                                                     "repetition",
+                                                                     "chosen_eq_rejected"}))  # fmt: skip
     nw, rep = nw[row], rep[row]
     trunc = keys["truncated"].to_numpy() & ("truncated" in filters)
     empty = (nw == 0) & ("empty" in filters)
@@ -453,7 +563,7 @@ def make_pairs(candidates: Dataset, cfg: PairingConfig) -> tuple[Dataset, PairSt
     if cfg.length_unit == "tokens":
         length = table.column("response_tokens").to_numpy()[row[pos]].astype(np.float64)
     else:
-        length = pc.utf8_length(responses).to_numpy()[row[pos]].astype(np.float64)
+        length = chars[row[pos]].astype(np.float64)
     if "judge_reward" in table.column_names:
         judge = table.column("judge_reward").to_numpy(zero_copy_only=False)[row[pos]]
         judge = np.asarray(judge, dtype=np.float64)  # None -> nan
@@ -542,8 +652,15 @@ def make_pairs(candidates: Dataset, cfg: PairingConfig) -> tuple[Dataset, PairSt
         out_m.append(margin)
     if not out_c or not sum(len(c) for c in out_c):
         return _empty_pairs(), stats
-    out = _pairs_table(table, np.concatenate(out_c), np.concatenate(out_r), np.concatenate(out_m))
-    return Dataset(out, info=DatasetInfo(features=PAIR_FEATURES)), stats
+    chosen, rejected, margin = (np.concatenate(x) for x in (out_c, out_r, out_m))
+    out = _pairs_table(table, texts, chosen, rejected, margin)
+    # the pairs are these rows of these candidates under this config: a fingerprint for datasets
+    # without its default, which pickles the whole table to hash it
+    ident = hashlib.sha256(f"{candidates._fingerprint}\x1f{cfg}".encode())
+    for x in (chosen, rejected, margin):
+        ident.update(x.tobytes())
+    return Dataset(out, info=DatasetInfo(features=PAIR_FEATURES),
+                   fingerprint=ident.hexdigest()[:16]), stats  # fmt: skip
 
 
 def _empty_pairs() -> Dataset:

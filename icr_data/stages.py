@@ -341,6 +341,8 @@ class PairStage(Stage):
                                           "rejected_sample_idx")  # fmt: skip
 
     pairing: PairingConfig | None = None
+    texts: dict | None = field(default=None, repr=False, compare=False)
+    """Response and instruction columns read lazily (pairs.Texts), when `rows` lacks them."""
     pair_stats: PairStats | None = field(default=None, repr=False, compare=False)
 
     def identity(self) -> dict:
@@ -349,7 +351,7 @@ class PairStage(Stage):
     def run(self, rows: Dataset, advance: Advance | None = None) -> Dataset:
         from icr_data.pairs import make_pairs
 
-        pairs, self.pair_stats = make_pairs(rows, self.pairing)
+        pairs, self.pair_stats = make_pairs(rows, self.pairing, self.texts)
         if advance:
             advance(len(rows))
         return pairs

@@ -408,3 +408,51 @@ def test_reads_a_dataset_with_an_indices_mapping():
     want, _ = reference_pairs(ds.to_list(), PairingConfig())
     got, _ = make_pairs(ds, PairingConfig())
     assert got.to_list() == want
+
+
+def test_equal_words_hash_equal_wherever_they_stand():
+    """The repetition screen counts distinct word n-grams by hash: a word must hash the same at
+    every position (sums kept mod 2**32; an exact 64-bit sum made equal long words differ)."""
+    import pyarrow as pa
+
+    from icr_data.pairs import _utf8, _word_hashes, _words
+
+    text = "wonderful x wonderful yy wonderful\u3000marvellous marvellous"
+    offsets, data = _utf8(pa.array(["", text, "  wonderful  "]))
+    starts, row, word = _words(offsets, data)
+    hashes = _word_hashes(data, starts, word)
+    words = [w for t in ["", text, "  wonderful  "] for w in t.split()]
+    assert row.tolist() == [1] * 7 + [2]
+    by_word = defaultdict(set)
+    for w, h in zip(words, hashes.tolist()):
+        by_word[w].add(h)
+    assert {w: len(h) for w, h in by_word.items()} == dict.fromkeys(by_word, 1)
+    assert len({next(iter(h)) for h in by_word.values()}) == len(by_word)
+
+
+def test_texts_read_from_parquet_row_groups_pair_as_in_memory(tmp_path):
+    """A re-pairing reads responses and instructions from the version's files a row group at a
+    time (ParquetTexts); the pairs and stats are those of the whole table in memory."""
+    import pyarrow.parquet as pq
+
+    from icr_data.pairs import ParquetTexts, Texts
+
+    table = random_table(21)
+    ds = Dataset.from_list(table)
+    half = len(ds) // 2
+    files = []
+    for k, part in enumerate((ds.data.table.slice(0, half), ds.data.table.slice(half))):
+        files.append(tmp_path / f"part-{k}.parquet")
+        pq.write_table(part, files[-1], row_group_size=7)
+    lazy = {c: ParquetTexts(files, c) for c in ("response", "instruction")}
+    assert len(lazy["response"].bounds) > 4  # several row groups in each file
+    idx = np.array([len(ds) - 1, 0, 8, 8, half + 1, 7])
+    assert lazy["response"].take(idx).to_pylist() == [table[i]["response"] for i in idx]
+    assert Texts(ds.data.table.column("response")).take(idx).to_pylist() == [
+        table[i]["response"] for i in idx
+    ]
+    for cfg in (PairingConfig(), PairingConfig(rule="threshold", threshold=0.5)):
+        want, want_stats = make_pairs(ds, cfg)
+        got, stats = make_pairs(ds.remove_columns(["response", "instruction"]), cfg, lazy)
+        assert got.to_list() == want.to_list() and len(want)
+        assert stats == want_stats
