@@ -137,6 +137,18 @@ def _write_lines(f, lines) -> None:
             f.write(memoryview(data)[at[0] : at[-1]])
 
 
+def _copy_row_groups(files: list[Path], target: str) -> None:
+    """One Parquet file holding `files`' rows, schema and metadata (the datasets features), read
+    and written a row group at a time."""
+    import pyarrow.parquet as pq
+
+    sources = [pq.ParquetFile(f) for f in files]
+    with pq.ParquetWriter(target, sources[0].schema_arrow) as writer:
+        for source in sources:
+            for g in range(source.num_row_groups):
+                writer.write_table(source.read_row_group(g))
+
+
 def _pair_batches(files: list[Path], columns: list[str], batch_rows: int):
     """The pairs' `columns` as polars frames of at most `batch_rows` rows, the last message's
     content in place of each conversation column (prompt, chosen, rejected)."""
@@ -185,10 +197,9 @@ def export(
         store.inside(out / f"{name}.jsonl", out, "--out file")  # a manifest's names stay in --out
     except store.StoreError as e:
         raise ExportError(str(e)) from None
-    if fmt == "trl":
+    files = store.config_files(version_dir, "pairs")
+    if fmt == "trl" and ref_logps:
         pairs = store.read_table(version_dir, "pairs")
-    else:
-        files = store.config_files(version_dir, "pairs")
     if ref_logps and (why := ref_logps_refusal(manifest)):
         raise ExportError(f"--ref-logps refused: {why}")
     targets = {"trl": ["train.parquet"], "llamafactory": [f"{name}.jsonl", "dataset_info.json"],
@@ -201,24 +212,25 @@ def export(
     except OSError as e:
         raise ExportError(f"cannot create {out}: {e.strerror}") from None
 
-    if fmt == "trl":
-        table = pairs
-        if ref_logps:
-            from icr_data.chat import render_prompt
+    if fmt == "trl" and not ref_logps:  # the pairs as they are, a row group at a time
+        atomic_write(out / "train.parquet", lambda tmp: _copy_row_groups(files, tmp))
+        return [out / "train.parquet"]
+    if fmt == "trl":  # with --ref-logps: the text TRL tokenizes, and the version's log-probs
+        from icr_data.chat import render_prompt
 
-            tok, eot = _eot_text(store.local_recipe(version_dir, manifest))  # this machine's paths
-            columns = ("prompt_id", "lang", "chosen_sample_idx", "rejected_sample_idx")
-            found = version_ref.pair_logps(version_dir, {c: pairs[c] for c in columns})
-            if isinstance(found, str):
-                raise ExportError(f"--ref-logps refused: {found}")
-            chosen, rejected = found
-            table = pairs.map(
-                lambda r: {"prompt": render_prompt(tok, _text(r["prompt"])),
-                           "chosen": _text(r["chosen"]) + eot, "rejected": _text(r["rejected"]) + eot},
-                remove_columns=["prompt", "chosen", "rejected"],
-            )  # fmt: skip
-            table = table.add_column("ref_chosen_logps", chosen)
-            table = table.add_column("ref_rejected_logps", rejected)
+        tok, eot = _eot_text(store.local_recipe(version_dir, manifest))  # this machine's paths
+        columns = ("prompt_id", "lang", "chosen_sample_idx", "rejected_sample_idx")
+        found = version_ref.pair_logps(version_dir, {c: pairs[c] for c in columns})
+        if isinstance(found, str):
+            raise ExportError(f"--ref-logps refused: {found}")
+        chosen, rejected = found
+        table = pairs.map(
+            lambda r: {"prompt": render_prompt(tok, _text(r["prompt"])),
+                       "chosen": _text(r["chosen"]) + eot, "rejected": _text(r["rejected"]) + eot},
+            remove_columns=["prompt", "chosen", "rejected"],
+        )  # fmt: skip
+        table = table.add_column("ref_chosen_logps", chosen)
+        table = table.add_column("ref_rejected_logps", rejected)
         atomic_write(out / "train.parquet", lambda tmp: table.to_parquet(tmp))
         return [out / "train.parquet"]
 
