@@ -115,11 +115,12 @@ from datasets import Dataset
 from icr_data.executor import run_once
 from icr_data.stages import LangIdStage, Shard
 t = pq.read_table(glob.glob(sys.argv[1] + '/data/candidates/*.parquet')[0], columns=['lang', 'response'])
-rows = Dataset(t)
-languages = tuple(sorted(set(rows['lang'])))
+rows = Dataset(t, fingerprint='bench')  # datasets would otherwise pickle the table to hash it
+languages = tuple(sorted(set(t.column('lang').unique().to_pylist())))
 t0 = time.perf_counter()
 if sys.argv[2] == 'stage':
-    run_once(LangIdStage(languages=languages), [Shard(0, rows)])
+    # keyed by the work that made the rows, as a build keys it (else the key hashes every text)
+    run_once(LangIdStage(languages=languages), [Shard(0, rows, 'synthetic-generation')])
     texts = len(rows)
 else:  # one text at a time, one thread, on an evenly spaced sample: the baseline
     from lingua import IsoCode639_1, LanguageDetectorBuilder

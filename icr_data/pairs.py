@@ -365,25 +365,27 @@ def _extreme_lengths(reward, length, alphas, pick_max: bool) -> np.ndarray:
         2
     )
     keep = ~beaten
-    width = int(keep.sum(1).max())
-    order = np.argsort(~keep, axis=1, kind="stable")[:, :width]
-    rows = np.arange(len(r))[:, None]
-    rk, lk = reward[rows, order], length[rows, order]
-    live = keep[rows, order]
+    count = keep.sum(1)
+    order = np.argsort(~keep, axis=1, kind="stable")  # the kept first, in their order
     out = np.empty((len(r), len(alphas)))
-    best = np.empty((len(r), len(alphas)))
-    for a0 in range(0, len(alphas), 128):
-        a = alphas[a0 : a0 + 128]
-        b = best[:, a0 : a0 + 128]
-        o = out[:, a0 : a0 + 128]
-        b[:] = rk[:, :1] - a * lk[:, :1]
-        o[:] = lk[:, :1]
-        for c in range(1, width):
-            v = rk[:, c : c + 1] - a * lk[:, c : c + 1]
-            better = (v > b) if pick_max else (v < b)
-            better &= live[:, c : c + 1]
-            np.copyto(b, v, where=better)
-            np.copyto(o, np.broadcast_to(lk[:, c : c + 1], o.shape), where=better)
+    for width in np.unique(count):  # prompts with as many kept: no padding to the widest
+        which = np.flatnonzero(count == width)
+        cols = order[which, :width]
+        rk, lk = reward[which[:, None], cols], length[which[:, None], cols]
+        part = np.empty((len(which), len(alphas)))
+        best = np.empty((len(which), len(alphas)))
+        for a0 in range(0, len(alphas), 128):
+            a = alphas[a0 : a0 + 128]
+            b = best[:, a0 : a0 + 128]
+            o = part[:, a0 : a0 + 128]
+            b[:] = rk[:, :1] - a * lk[:, :1]
+            o[:] = lk[:, :1]
+            for c in range(1, width):
+                v = rk[:, c : c + 1] - a * lk[:, c : c + 1]
+                better = (v > b) if pick_max else (v < b)
+                np.copyto(b, v, where=better)
+                np.copyto(o, np.broadcast_to(lk[:, c : c + 1], o.shape), where=better)
+        out[which] = part
     return out
 
 
