@@ -258,9 +258,13 @@ class Texts:
         if not pieces:
             return pa.array([], self.column.type)
         joined = pa.concat_arrays(pieces)
+        pieces.clear()  # at most two copies of the rows taken are alive at once
         inverse = np.empty_like(order)
         inverse[order] = np.arange(len(order))
-        return joined.take(pa.array(inverse))
+        out = joined.take(pa.array(inverse))
+        del joined
+        pa.default_memory_pool().release_unused()  # hand freed buffers back to the system
+        return out
 
 
 class ParquetTexts(Texts):
