@@ -9,7 +9,8 @@ For each size it writes a synthetic version the way a build lays one out (5 lang
 per prompt, responses of 200-2,000 characters of words of their language, rewards with a length
 trend, 5% truncated and 5% off-target), then runs, each in its own process under /usr/bin/time:
 - the I/O floor: read the candidates' Parquet and write a pairs-sized Parquet with pyarrow;
-- `icr-data pair V --strategy max_min` and `--strategy threshold --threshold 2.5`;
+- `icr-data pair V --strategy max_min` (twice: the second run reuses the text features the
+  first kept, as a re-pairing of a built version does) and `--strategy threshold --threshold 2.5`;
 - language ID of every candidate through the build's stage (lingua, its threads), and the same
   detector one text at a time on one thread over an evenly spaced sample (--lid-sample, 20,000
   by default: the whole 1M would take half an hour); both report texts per second of detection;
@@ -168,6 +169,8 @@ def run_size(n: int, root: Path, lid_sample: int, threshold_up_to: int) -> dict:
     run("I/O floor", [sys.executable, "-c", FLOOR, str(version), str(root / "floor.parquet")])
     run("pair max_min", [*cli, "pair", str(version), "--strategy", "max_min"])
     paired = version.parent / "v2"
+    # the first pairing kept the text features in the dataset's work folder; a build keeps them too
+    run("pair max_min, again", [*cli, "pair", str(version), "--strategy", "max_min"])
     if n <= threshold_up_to:
         run("pair threshold", [*cli, "pair", str(version), "--strategy", "threshold",
                                "--threshold", "2.5"])  # fmt: skip
@@ -197,6 +200,9 @@ def targets(sizes: list[int], results: dict, growth_pair: tuple[int, int] | None
     s, mb = times["pair max_min"]
     at = "" if big == 1_000_000 else f" (measured at {big:,}; the target is stated for 1,000,000)"
     lines.append(f"pair max_min within 3x the I/O floor and under 2 GB peak RSS{at}: "
+                 f"{s / floor:.1f}x, {mb:,.0f} MB: {verdict(s / floor <= 3 and mb < 2048)}")  # fmt: skip
+    s, mb = times["pair max_min, again"]
+    lines.append(f"  the same, pairing the version again (text features kept by the first): "
                  f"{s / floor:.1f}x, {mb:,.0f} MB: {verdict(s / floor <= 3 and mb < 2048)}")  # fmt: skip
     if growth_pair:
         a, b = growth_pair

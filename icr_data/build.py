@@ -15,11 +15,13 @@ recompute nothing).
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from datasets import Dataset, concatenate_datasets
 from rich.console import Console
 
@@ -488,10 +490,12 @@ def write_paired(dataset_dir: Path, candidates: Dataset, pairing, manifest_for, 
     read from the files a row group at a time. build.merge and derive's new versions share it."""
     from icr_data.pairs import ParquetTexts
 
-    texts = None
+    texts, features, kept = None, {}, None
     if candidate_files:
         texts = {c: ParquetTexts(candidate_files, c) for c in ("response", "instruction")}
-    stage = PairStage(pairing=pairing, texts=texts)
+        kept = load_text_features(dataset_dir, candidate_files, pairing)
+        features = kept or {}
+    stage = PairStage(pairing=pairing, texts=texts, features=features)
     pairs = stage.run(candidates)
     manifest = manifest_for(pairs, stage.pair_stats)
     tables = {"pairs": pairs, "candidates": candidate_files or candidates}
@@ -500,7 +504,44 @@ def write_paired(dataset_dir: Path, candidates: Dataset, pairing, manifest_for, 
         return dataset_dir / same, store.read_manifest(dataset_dir / same), same
     path = store.write_version(dataset_dir.parent, dataset_dir.name, tables, manifest, render_card,
                                name=name)  # fmt: skip
+    if features and not kept:  # for the next pairing of these candidates
+        save_text_features(dataset_dir, store.config_files(path, "candidates"), pairing, features)
     return path, manifest, same
+
+
+def _text_features_key(candidate_files: list[Path], pairing) -> str:
+    """The candidates' files are named by digests of their bytes: with the repetition settings
+    and the code that computes them, they are what the text features depend on."""
+    from icr_data import pairs
+
+    code = Path(pairs.__file__).read_bytes()
+    return digest({"stage": "textfeatures", "candidates": [f.name for f in candidate_files],
+                   "repetition": [pairing.repetition_ngram, pairing.repetition_max],
+                   "code": hashlib.sha256(code).hexdigest()})  # fmt: skip
+
+
+def load_text_features(dataset_dir: Path, candidate_files: list[Path], pairing) -> dict | None:
+    """The text features (pairs.FEATURES) an earlier pairing of these candidates kept, or None."""
+    work, key = WorkDir(dataset_dir / ".work"), _text_features_key(candidate_files, pairing)
+    if not work.done("textfeatures", key):
+        return None
+    table = work.load("textfeatures", key).data.table
+    return {c: table.column(c).to_numpy() for c in table.column_names}
+
+
+def save_text_features(dataset_dir: Path, candidate_files: list[Path], pairing, features: dict):
+    """Keep a pairing's text features in the dataset's work folder; a failure to write them only
+    costs the next pairing the time to compute them again."""
+    import pyarrow as pa
+
+    work, key = WorkDir(dataset_dir / ".work"), _text_features_key(candidate_files, pairing)
+    try:
+        table = pa.table({k: np.asarray(v) for k, v in features.items()})
+        work.save("textfeatures", key, Dataset(table, fingerprint=key[:16]),
+                  {"stage": "textfeatures", "candidates": [f.name for f in candidate_files]})  # fmt: skip
+    except OSError as e:
+        stderr_console().print(f"[yellow]warning:[/] could not keep the text features for the "
+                               f"next pairing ({e.strerror or e})", highlight=False)  # fmt: skip
 
 
 def make_executor(kind: str, work, console: Console, progress, address: str | None, ray_cfg):

@@ -302,17 +302,16 @@ def _batch_features(lo: int, arr: pa.Array, cfg: PairingConfig, need_words: bool
     return lo, words, rep, length
 
 
-def _text_features(responses: Texts, cfg: PairingConfig, need_words: bool):
-    """Per row: the number of words, whether repeated_ngram_ratio exceeds repetition_max, and
-    the length in characters. Batches run on threads (numpy and Arrow release the GIL), at most
-    a few in flight."""
+def _text_features(responses: Texts, cfg: PairingConfig, need_words: bool, check_rep: bool):
+    """Per row: the number of words, whether repeated_ngram_ratio exceeds repetition_max (when
+    `check_rep`), and the length in characters. Batches run on threads (numpy and Arrow release
+    the GIL), at most a few in flight."""
     from concurrent.futures import ThreadPoolExecutor
 
     count = len(responses)
     nw = np.zeros(count, np.int64)
     rep = np.zeros(count, bool)
     length = np.zeros(count, np.int64)
-    check_rep = "repetition" in cfg.filters
     workers = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                          else os.cpu_count() or 1))  # fmt: skip
 
@@ -483,11 +482,22 @@ def _select(rule, adjusted, reward, starts, sizes, cfg, rng):
     return prompt[order], chosen[order], rejected[order]
 
 
+FEATURES = ("words", "repetitive", "chars", "same_text")
+"""What pairing computes from the response texts alone (given repetition_ngram and
+repetition_max): per table row, the number of words, whether repeated_ngram_ratio exceeds
+repetition_max, the length in characters; per candidate in pairing order, the position of the
+first candidate of its prompt with the same normalised text. Kept by a caller, they spare a
+re-pairing of the same candidates its most expensive step."""
+
+
 def make_pairs(
-    candidates: Dataset, cfg: PairingConfig, texts: dict[str, Texts] | None = None
-) -> tuple[Dataset, PairStats]:
+    candidates: Dataset, cfg: PairingConfig, texts: dict[str, Texts] | None = None,
+    features: dict | None = None,
+) -> tuple[Dataset, PairStats]:  # fmt: skip
     """Pairs and their statistics. `texts` may give the response and instruction columns
-    (Texts), so that `candidates` need not hold them; the result is the same."""
+    (Texts), so that `candidates` need not hold them; the result is the same. `features` (see
+    FEATURES): those of an earlier run on the same candidates with the same repetition settings,
+    used as they are; or an empty dict, which is filled with every feature."""
     stats = PairStats()
     rule = RULES.get(cfg.rule)
     if rule is None:
@@ -527,17 +537,23 @@ def make_pairs(
     responses = texts["response"]
 
     # 1. candidate filters: the first that applies is the reason
-    nw, rep, chars = _text_features(responses, cfg, bool(filters & {"empty", "duplicate",
-                                                                     "repetition",
-                                                                     "chosen_eq_rejected"}))  # fmt: skip
+    need_words = bool(filters & {"empty", "duplicate", "repetition", "chosen_eq_rejected"})
+    need_cls = bool(filters & {"duplicate", "chosen_eq_rejected"})
+    if features and all(len(features.get(k, ())) == len(row) for k in FEATURES):
+        nw, rep, chars, cls = (np.asarray(features[k]) for k in FEATURES)
+    else:
+        fill = features is not None  # an empty dict: compute every feature, for the caller
+        nw, rep, chars = _text_features(responses, cfg, need_words or fill,
+                                        "repetition" in filters or fill)  # fmt: skip
+        cls = _text_classes(responses, row, group, nw[row]) if need_cls or fill else None
+        if fill:
+            features.clear()
+            features.update(zip(FEATURES, (nw, rep, chars, cls)))
     nw, rep = nw[row], rep[row]
     trunc = keys["truncated"].to_numpy() & ("truncated" in filters)
     empty = (nw == 0) & ("empty" in filters)
     off = keys["off"].to_numpy() & ("off_target" in filters)
     rep &= "repetition" in filters
-    cls = None
-    if filters & {"duplicate", "chosen_eq_rejected"}:
-        cls = _text_classes(responses, row, group, nw)
     dup = np.zeros(len(row), bool)
     if "duplicate" in filters:
         passes = ~(trunc | empty | rep | off)

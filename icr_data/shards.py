@@ -116,7 +116,8 @@ class WorkDir:
 
         data = self._paths(stage, key)[0]
         try:
-            return Dataset(pq.read_table(data))
+            # named by its key: datasets would otherwise pickle the table to fingerprint it
+            return Dataset(pq.read_table(data), fingerprint=key[:16])
         except (OSError, pa.ArrowException) as e:
             raise StoreError(f"work file {data} cannot be read ({e}); delete it and its .done "
                              "marker, then run again") from None  # fmt: skip

@@ -343,6 +343,9 @@ class PairStage(Stage):
     pairing: PairingConfig | None = None
     texts: dict | None = field(default=None, repr=False, compare=False)
     """Response and instruction columns read lazily (pairs.Texts), when `rows` lacks them."""
+    features: dict | None = field(default=None, repr=False, compare=False)
+    """Text features kept from an earlier pairing of the same rows, or an empty dict to fill
+    (pairs.make_pairs)."""
     pair_stats: PairStats | None = field(default=None, repr=False, compare=False)
 
     def identity(self) -> dict:
@@ -351,7 +354,7 @@ class PairStage(Stage):
     def run(self, rows: Dataset, advance: Advance | None = None) -> Dataset:
         from icr_data.pairs import make_pairs
 
-        pairs, self.pair_stats = make_pairs(rows, self.pairing, self.texts)
+        pairs, self.pair_stats = make_pairs(rows, self.pairing, self.texts, self.features)
         if advance:
             advance(len(rows))
         return pairs

@@ -222,3 +222,34 @@ def test_pairing_again_the_same_way_is_said_and_if_changed_writes_nothing(v1, ca
     assert f"{first.name} already holds this content: nothing written" in r.stderr
     assert Path(r.stdout.strip().splitlines()[-1]) == first
     assert store.versions(v1.parent)[-1] == first.name
+
+
+def test_pairing_again_reuses_the_text_features_the_build_kept(v1, monkeypatch):
+    """The build keeps what pairing computes from the texts (words, repetition, lengths, equal
+    texts) in the dataset's work folder, keyed by the candidates' content and the repetition
+    settings. A re-pairing uses it without touching the text; new repetition settings compute
+    it again; either way the pairs are those of the whole table."""
+    from icr_data import pairs as pairs_module
+    from icr_data.build import load_text_features
+    from icr_data.config import PairingConfig
+
+    files = store.config_files(v1, "candidates")
+    recipe_pairing = PairingConfig(**store.read_manifest(v1)["pairing"]["settings"])
+    kept = load_text_features(v1.parent, files, recipe_pairing)
+    assert kept is not None and set(kept) == set(pairs_module.FEATURES)
+    whole = store.read_table(v1, "candidates")
+    assert kept["chars"].tolist() == [len(t) for t in whole["response"]]
+    assert kept["words"].tolist() == [len(t.split()) for t in whole["response"]]
+
+    def never(*a, **k):
+        raise AssertionError("the text features were computed again")
+
+    pairing = {"rule": "top_bottom", "k": 2, "filters": ["empty", "duplicate", "repetition"]}
+    cfg = PairingConfig(**{**vars(recipe_pairing), **pairing})
+    expected, _ = pairs_module.make_pairs(whole, cfg)
+    monkeypatch.setattr(pairs_module, "_text_features", never)
+    v2, manifest = repair(v1, pairing)
+    assert manifest["pairing"]["settings"] == vars(cfg)
+    assert store.read_table(v2, "pairs").to_list() == expected.to_list() and len(expected)
+    with pytest.raises(AssertionError, match="computed again"):
+        repair(v1, {**pairing, "repetition_max": 0.9})
