@@ -302,6 +302,12 @@ def _batch_features(lo: int, arr: pa.Array, cfg: PairingConfig, need_words: bool
     return lo, words, rep, length
 
 
+def _workers() -> int:
+    """Threads for pairing's numpy work: the cores this process may use, at most 4."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(4, cores or 1))
+
+
 def _text_features(responses: Texts, cfg: PairingConfig, need_words: bool, check_rep: bool):
     """Per row: the number of words, whether repeated_ngram_ratio exceeds repetition_max (when
     `check_rep`), and the length in characters. Batches run on threads (numpy and Arrow release
@@ -312,8 +318,7 @@ def _text_features(responses: Texts, cfg: PairingConfig, need_words: bool, check
     nw = np.zeros(count, np.int64)
     rep = np.zeros(count, bool)
     length = np.zeros(count, np.int64)
-    workers = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                         else os.cpu_count() or 1))  # fmt: skip
+    workers = _workers()
 
     def store(result) -> None:
         lo, w, r, n = result
@@ -596,17 +601,30 @@ def make_pairs(
     prompt_ids = table.column("prompt_id")
     pos_lang = g_lang[group[pos]]
     _, first_of = np.unique(pos_lang, return_index=True)
-    for k in pos_lang[np.sort(first_of)]:  # languages in order of their first prompt that pairs
+    order = pos_lang[np.sort(first_of)]  # languages in order of their first prompt that pairs
+
+    def prompts_of(k):
+        """A language's candidates (positions into pos) and its prompts' starts and sizes."""
+        at = np.flatnonzero(pos_lang == k)
+        grp = group[pos[at]]
+        starts = np.flatnonzero(np.r_[True, grp[1:] != grp[:-1]])
+        return at, starts, np.diff(np.r_[starts, len(grp)])
+
+    def alpha_of(k):  # numpy releases the GIL: languages run on threads
+        at, starts, sizes = prompts_of(k)
+        return choose_alpha(reward[at], length[at], starts, sizes, alphas)
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(_workers()) as pool:
+        chosen_alphas = dict(zip(order.tolist(), pool.map(alpha_of, order)))
+    for k in order:
         name = langs[k]
         funnel = stats.funnel[name]
-        at = np.flatnonzero(pos_lang == k)
+        at, starts, sizes = prompts_of(k)
         mine = pos[at]
         r, ln, jr = reward[at], length[at], judge[at]
-        grp = group[mine]
-        new = np.r_[True, grp[1:] != grp[:-1]]
-        starts = np.flatnonzero(new)
-        sizes = np.diff(np.r_[starts, len(grp)])
-        best, mean = choose_alpha(r, ln, starts, sizes, alphas)
+        best, mean = chosen_alphas[int(k)]
         alpha = float(alphas[best])
         stats.alphas[name] = alpha
         stats.mean_length_diff[name] = {

@@ -176,15 +176,20 @@ def _write_parquet(ds: Dataset, folder: Path) -> str:
 
 
 def _copy_parquet(files: list[Path], folder: Path) -> list[str]:
-    """Copy a config's Parquet files from another version, bytes and content-addressed names
-    unchanged (a version reused whole: nothing is decoded); return the names."""
+    """A config's Parquet files from another version, bytes and content-addressed names
+    unchanged (a version reused whole: nothing is decoded); return the names. A file is a hard
+    link to the other version's where the filesystem allows (no version's file is ever written
+    again, and removing one version leaves the other whole), else a copy."""
     folder.mkdir(parents=True, exist_ok=True)
     names = []
     for f in files:
         if f.is_symlink():
             raise StoreError(f"{f} is a symbolic link; a version's files are its own")
-        shutil.copyfile(f, folder / f.name)
-        os.chmod(folder / f.name, new_file_mode())
+        try:
+            os.link(f, folder / f.name)
+        except OSError:  # another filesystem, or one without hard links
+            shutil.copyfile(f, folder / f.name)
+            os.chmod(folder / f.name, new_file_mode())
         names.append(f.name)
     return names
 
