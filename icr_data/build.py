@@ -443,7 +443,7 @@ def identical_version(dataset_dir: Path, tables: dict[str, Dataset | list[Path]]
         if how(store.read_manifest(latest)) != how(manifest):
             return None
         for config, ds in tables.items():
-            if isinstance(ds, list):  # files copied whole: their names are digests of their bytes
+            if isinstance(ds, list):  # files reused whole: their names are digests of their bytes
                 if [f.name for f in ds] != [f.name for f in store.config_files(latest, config)]:
                     return None
             elif not store.read_table(latest, config).data.table.equals(ds.data.table):
@@ -485,7 +485,7 @@ def write_paired(dataset_dir: Path, candidates: Dataset, pairing, manifest_for, 
     manifest `manifest_for(pairs, pair_stats)` gives: (path, manifest, the latest earlier version
     holding the same content or None). With `if_changed` and such a version, nothing is written
     and the path and manifest are that version's. With `candidate_files` (another version's
-    candidates, unchanged) those files are the version's candidates, copied, and `candidates`
+    candidates, unchanged) those files are the version's candidates (linked or copied), and `candidates`
     need hold only the columns pairing and the manifest read: responses and instructions are
     read from the files a row group at a time. build.merge and derive's new versions share it."""
     from icr_data.pairs import ParquetTexts

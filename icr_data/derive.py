@@ -192,7 +192,7 @@ def repair(
         validate_pairing(recipe.pairing, "icr-data pair")
     except RecipeError as e:
         raise DeriveError(str(e)) from None
-    # the candidates are reused as they are: their files are copied, and only what pairing and
+    # the candidates are reused as they are: their files are linked or copied, and only what pairing and
     # the manifest read is decoded (responses and instructions a row group at a time, in pairing)
     files = store.config_files(version_dir, "candidates")
     present = pq.read_schema(files[0]).names
@@ -209,7 +209,7 @@ def write_child(
     candidate_files: list[Path] | None = None,
 ) -> tuple[Path, dict]:  # fmt: skip
     """Pair `candidates` under `recipe` and write them as a new version whose parent is the given
-    one (with `candidate_files`, the parent's candidates, copied; build.write_paired). When the
+    one (with `candidate_files`, the parent's candidates, linked or copied; build.write_paired). When the
     latest version already holds this content, say so; with `if_changed`, write nothing and
     return that version."""
     from icr_data.agreement import candidate_agreement

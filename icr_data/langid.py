@@ -45,10 +45,11 @@ def default_workers() -> int:
         except ValueError:
             raise ValueError(f"${WORKERS_ENV} must be a whole number, got {env!r}") from None
         return max(1, n)
-    return _cores()
+    return cores()
 
 
-def _cores() -> int:
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS has one)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -79,7 +80,7 @@ def identify(
         return [None] * len(texts), [0.0] * len(texts)
     detector = _detector(tuple(codes.values()))
     workers = workers or default_workers()
-    if 1 < workers != _cores():  # lingua's pool reads it at its first parallel call; default: cores
+    if 1 < workers != cores():  # lingua's pool reads it at its first parallel call; default: cores
         os.environ.setdefault("RAYON_NUM_THREADS", str(workers))
     top: list[tuple[str | None, float]] = []
     for start in range(0, len(texts), CHUNK):  # a dataset's column is read a chunk at a time

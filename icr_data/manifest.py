@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-import os
 import platform
 from pathlib import Path
 
@@ -251,23 +250,22 @@ def hardware() -> dict:
     """The machine that wrote the version. torch is asked only when this process loaded it (a
     build, a rescore): a re-pairing never does, and importing it would cost seconds."""
     import sys
+    from importlib.metadata import PackageNotFoundError, version
+
+    from icr_data.langid import cores
 
     torch = sys.modules.get("torch")
-    if torch is None:
-        from importlib.metadata import PackageNotFoundError, version
-
+    if torch is not None:
+        torch_version, threads = torch.__version__, torch.get_num_threads()
+    else:
         try:
             torch_version = version("torch")
         except PackageNotFoundError:
             torch_version = None
-        threads = (
-            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        )
-        return {"machine": platform.machine(), "python": platform.python_version(),
-                "torch": torch_version, "cpu_threads": threads, "cpu": _cpu()}  # fmt: skip
+        threads = cores()
     out = {"machine": platform.machine(), "python": platform.python_version(),
-           "torch": torch.__version__, "cpu_threads": torch.get_num_threads(), "cpu": _cpu()}  # fmt: skip
-    if torch.cuda.is_available():
+           "torch": torch_version, "cpu_threads": threads, "cpu": _cpu()}  # fmt: skip
+    if torch is not None and torch.cuda.is_available():
         out["gpu"] = torch.cuda.get_device_name(0)
     return out
 

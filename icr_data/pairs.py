@@ -30,8 +30,8 @@ repetitive response), so the result is the one the per-row definitions above giv
 from __future__ import annotations
 
 import hashlib
-import os
 import random
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,6 +41,7 @@ import pyarrow.compute as pc
 from datasets import Dataset, DatasetInfo, Features, List, Value
 
 from icr_data.config import PairingConfig, RecipeError
+from icr_data.langid import cores
 from icr_data.pairing_rules import FILTERS, RULES  # noqa: F401 - the registry, re-exported here
 
 PAIR_COLUMNS = [
@@ -250,10 +251,11 @@ class Texts:
         chunked take would first join every chunk into one copy of the column)."""
         idx = np.asarray(idx, np.int64)
         order = np.argsort(idx, kind="stable")
-        which = np.searchsorted(self.bounds, idx[order], side="right") - 1
+        ordered = idx[order]
+        which = np.searchsorted(self.bounds, ordered, side="right") - 1
         pieces = []
         for k in np.unique(which):
-            local = idx[order][which == k] - self.bounds[k]
+            local = ordered[which == k] - self.bounds[k]
             pieces.append(self.part(int(k)).take(pa.array(local)))
         if not pieces:
             return pa.array([], self.column.type)
@@ -304,16 +306,13 @@ def _batch_features(lo: int, arr: pa.Array, cfg: PairingConfig, need_words: bool
 
 def _workers() -> int:
     """Threads for pairing's numpy work: the cores this process may use, at most 4."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(4, cores or 1))
+    return max(1, min(4, cores()))
 
 
 def _text_features(responses: Texts, cfg: PairingConfig, need_words: bool, check_rep: bool):
     """Per row: the number of words, whether repeated_ngram_ratio exceeds repetition_max (when
     `check_rep`), and the length in characters. Batches run on threads (numpy and Arrow release
     the GIL), at most a few in flight."""
-    from concurrent.futures import ThreadPoolExecutor
-
     count = len(responses)
     nw = np.zeros(count, np.int64)
     rep = np.zeros(count, bool)
@@ -613,8 +612,6 @@ def make_pairs(
     def alpha_of(k):  # numpy releases the GIL: languages run on threads
         at, starts, sizes = prompts_of(k)
         return choose_alpha(reward[at], length[at], starts, sizes, alphas)
-
-    from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(_workers()) as pool:
         chosen_alphas = dict(zip(order.tolist(), pool.map(alpha_of, order)))

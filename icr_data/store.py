@@ -206,7 +206,7 @@ def write_version(
 
     `manifest` gets `version` set; `render_card(manifest)` gives README.md. With `name` given,
     an existing version of that name is an error; without it the next free v<N> is used. A table
-    given as a list of Parquet files (another version's config_files) is copied as it is.
+    given as a list of Parquet files (another version's config_files) is linked or copied as it is.
     """
     check_dataset_name(dataset)
     if name is not None:
