@@ -33,6 +33,7 @@ import hashlib
 import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -92,17 +93,7 @@ def repeated_ngram_ratio(text: str, n: int) -> float:
     return 1.0 - len(set(grams)) / len(grams)
 
 
-WHITESPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
-              "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")  # fmt: skip
-"""Every character str.split() and str.strip() treat as whitespace (str.isspace)."""
-_NARROW_RANGES = ((9, 13), (0x1C, 0x1F), (32, 32))
-"""The one-byte whitespace of WHITESPACE, as byte ranges (compared, not looked up, per byte)."""
-assert {chr(b) for lo, hi in _NARROW_RANGES for b in range(lo, hi + 1)} == {
-    c for c in WHITESPACE if ord(c) < 0x80
-}
-_WIDE_WS = [c.encode() for c in WHITESPACE if ord(c) >= 0x80]
-_WIDE_LEADS = sorted({w[0] for w in _WIDE_WS})
-_BATCH_ROWS = 4096
+_BATCH_ROWS = 32768
 _REASONS = ("truncated", "empty", "duplicate", "repetition", "off_target")
 _PAIR_REASONS = ("no_separation", "chosen_eq_rejected", "tie", "judge_disagrees",
                  "below_min_margin")  # fmt: skip
@@ -127,106 +118,9 @@ def _rng(cfg: PairingConfig, lang: str, prompt_id: str) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
-# ------------------------------------------------------------------------------- text, in bytes
-def _utf8(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets, bytes) of a string array: row r is data[offsets[r]:offsets[r + 1]]."""
-    arr = arr.cast(pa.large_string())
-    _, offsets, data = arr.buffers()
-    offsets = np.frombuffer(offsets, dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
-    data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
-    return offsets - offsets[0], data[offsets[0] : offsets[-1]]
-
-
-def _words(offsets: np.ndarray, data: np.ndarray):
-    """Words as str.split() cuts them: start byte positions, the row of each word, and a mask of
-    the bytes inside words."""
-    # comparisons, not a table lookup per byte: numpy runs them several bytes at a time
-    ws = np.zeros(len(data), bool)
-    for lo, hi in _NARROW_RANGES:
-        ws |= (data == lo) if lo == hi else (data >= lo) & (data <= hi)
-    lead = np.zeros(len(data), bool)
-    for b in _WIDE_LEADS:
-        lead |= data == b
-    lead = np.flatnonzero(lead)
-    if len(lead):
-        padded = np.concatenate([data, np.zeros(2, np.uint8)])
-        for seq in _WIDE_WS:
-            hit = lead[np.logical_and.reduce([padded[lead + k] == b for k, b in enumerate(seq)])]
-            for k in range(len(seq)):
-                ws[hit + k] = True
-    word = ~ws
-    first = offsets[:-1][offsets[:-1] < offsets[1:]]  # each non-empty row's first byte
-    start = word.copy()
-    start[1:] &= ws[:-1]
-    start[first] = word[first]
-    starts = np.flatnonzero(start)
-    before = np.zeros(len(data) + 1, np.int64)  # words starting before each byte
-    np.cumsum(start, out=before[1:])
-    per_row = before[offsets[1:]] - before[offsets[:-1]]
-    return starts, np.repeat(np.arange(len(per_row)), per_row), word
-
-
-_KEY = 0x9E3779B1
-_POWERS: list[np.ndarray] = []
-
-
-def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """_KEY ** i and its inverse ** i, mod 2**32, for i < n (tables grown as needed)."""
-    if not _POWERS or len(_POWERS[0]) < n:
-        size = max(n, 2 * len(_POWERS[0]) if _POWERS else 1 << 20)
-        _POWERS[:] = [
-            np.concatenate([[1], np.cumprod(np.full(size - 1, key, np.uint32), dtype=np.uint32)])
-            .astype(np.uint32)
-            for key in (_KEY, pow(_KEY, -1, 2**32))
-        ]  # fmt: skip
-    return _POWERS[0][:n], _POWERS[1][:n]
-
-
-def _word_hashes(data: np.ndarray, starts: np.ndarray, word: np.ndarray) -> np.ndarray:
-    """A 32-bit polynomial hash of each word's bytes (equal words, equal hashes)."""
-    if not len(starts):
-        return np.zeros(0, np.uint32)
-    power, inverse = _powers(len(data))
-    part = data.astype(np.uint32)
-    part += np.uint32(1)
-    part *= word
-    part *= power
-    total = np.zeros(len(part) + 1, np.uint32)  # sums mod 2**32: part is 0 between words
-    np.cumsum(part, out=total[1:])
-    ends = np.append(starts[1:], len(part))
-    return (total[ends] - total[starts]) * inverse[starts]  # each word's sum shifted to 0
-
-
-def _repetitive(nw: np.ndarray, row: np.ndarray, wh: np.ndarray, n: int, limit: float):
-    """Rows whose share of repeated word n-grams may exceed `limit`: a superset (hash collisions
-    only add rows), each to be confirmed by repeated_ngram_ratio."""
-    check = nw >= 2 * n
-    if not check.any():
-        return np.zeros(len(nw), bool)
-    grams = nw - n + 1
-    last = len(wh) - n + 1
-    gram = wh[:last].astype(np.uint64)
-    for k in range(1, n):
-        gram *= np.uint64(0x100000001B3)
-        gram += wh[k : last + k]
-    r = row[:last]
-    valid = (r == row[n - 1 :]) & check[r]
-    gram, r = gram[valid], r[valid]
-    size = np.where(check, 1 << np.ceil(np.log2(np.maximum(4 * grams, 1))).astype(np.int64), 0)
-    base = np.concatenate([[0], np.cumsum(size)[:-1]])
-    slot = base[r] + ((gram >> np.uint64(20)) & (size[r] - 1).astype(np.uint64)).astype(np.int64)
-    table = np.full(int(size.sum()), -1, np.int64)
-    idx = np.arange(len(gram))
-    table[slot] = idx
-    distinct = np.bincount(r[table[slot] == idx], minlength=len(nw))  # <= distinct n-grams
-    with np.errstate(divide="ignore", invalid="ignore"):
-        bound = 1.0 - distinct / grams
-    return check & (bound > limit)
-
-
 class Texts:
-    """A string column of the candidates, read as pairing needs it: in batches of consecutive
-    rows, and rows by position. In memory (an Arrow column) or still in a version's Parquet files
+    """A string column of the candidates, read as pairing needs it: in units of consecutive rows,
+    and rows by position. In memory (an Arrow column) or still in a version's Parquet files
     (ParquetTexts), so that a re-pairing never holds every response at once."""
 
     def __init__(self, column: pa.ChunkedArray):
@@ -239,26 +133,32 @@ class Texts:
     def part(self, k: int) -> pa.Array:
         return self.column.chunk(k)
 
-    def batches(self, rows: int):
-        """(first row, array) of every `rows` consecutive rows, in order."""
+    def units(self, rows: int):
+        """(first row, a function returning the array) of consecutive units of at most `rows`
+        rows covering every row in order; the function may run on another thread."""
         for k in range(len(self.bounds) - 1):
             part = self.part(k)
             for lo in range(0, len(part), rows):
-                yield int(self.bounds[k]) + lo, part.slice(lo, rows)
+                yield int(self.bounds[k]) + lo, lambda part=part, lo=lo: part.slice(lo, rows)
 
     def take(self, idx: np.ndarray) -> pa.Array:
         """The rows at positions `idx`, in that order; each part holding one is read once (a
-        chunked take would first join every chunk into one copy of the column)."""
+        chunked take would first join every chunk into one copy of the column), parts on threads."""
         idx = np.asarray(idx, np.int64)
         order = np.argsort(idx, kind="stable")
         ordered = idx[order]
         which = np.searchsorted(self.bounds, ordered, side="right") - 1
-        pieces = []
-        for k in np.unique(which):
-            local = ordered[which == k] - self.bounds[k]
-            pieces.append(self.part(int(k)).take(pa.array(local)))
-        if not pieces:
+        ks = np.unique(which)
+        if not len(ks):
             return pa.array([], self.column.type)
+        cuts = np.searchsorted(which, ks, side="left").tolist() + [len(which)]
+
+        def piece(i: int) -> pa.Array:
+            local = ordered[cuts[i] : cuts[i + 1]] - self.bounds[ks[i]]
+            return self.part(int(ks[i])).take(pa.array(local))
+
+        with ThreadPoolExecutor(min(_workers(), len(ks))) as pool:
+            pieces = list(pool.map(piece, range(len(ks))))
         joined = pa.concat_arrays(pieces)
         pieces.clear()  # at most two copies of the rows taken are alive at once
         inverse = np.empty_like(order)
@@ -275,33 +175,44 @@ class ParquetTexts(Texts):
     def __init__(self, files: list, name: str):
         import pyarrow.parquet as pq
 
-        self.files, self.name = [pq.ParquetFile(f) for f in files], name
-        self.groups = [(f, g) for f in self.files for g in range(f.num_row_groups)]
-        sizes = [f.metadata.row_group(g).num_rows for f, g in self.groups]
+        opened, self.name = [pq.ParquetFile(f) for f in files], name
+        self.groups = [(Path(f), p.metadata, g) for f, p in zip(files, opened)
+                       for g in range(p.num_row_groups)]  # fmt: skip
+        sizes = [meta.row_group(g).num_rows for _, meta, g in self.groups]
         self.bounds = np.cumsum([0] + sizes)
-        self.column = pa.chunked_array([], self.files[0].schema_arrow.field(name).type)
+        self.column = pa.chunked_array([], opened[0].schema_arrow.field(name).type)
 
     def part(self, k: int) -> pa.Array:
-        f, g = self.groups[k]
-        return f.read_row_group(g, columns=[self.name]).column(0).combine_chunks()
+        """Row group k, through a reader of its own (parts are read on several threads)."""
+        import pyarrow.parquet as pq
+
+        path, meta, g = self.groups[k]
+        reader = pq.ParquetFile(path, metadata=meta)
+        return reader.read_row_group(g, columns=[self.name]).column(0).combine_chunks()
+
+    def units(self, rows: int):
+        """A row group each, read by the function (so on the thread that scans it)."""
+        for k in range(len(self.bounds) - 1):
+            yield int(self.bounds[k]), lambda k=k: self.part(k)
 
 
-def _batch_features(lo: int, arr: pa.Array, cfg: PairingConfig, need_words: bool, check_rep: bool):
-    """(first row, words, repetitive, characters) of one batch of responses."""
-    length = pc.utf8_length(arr).to_numpy(zero_copy_only=False)
+def _unit_features(lo: int, fetch, cfg: PairingConfig, need_words: bool, check_rep: bool):
+    """(first row, words, repetitive, characters, normalised-text key) of one unit of responses
+    (textscan.scan; repetition confirmed by repeated_ngram_ratio where the screen flags it)."""
+    arr = fetch()
     if not need_words:
-        return lo, np.zeros(len(arr), np.int64), np.zeros(len(arr), bool), length
-    offsets, data = _utf8(arr)
-    starts, row, word = _words(offsets, data)
-    words = np.bincount(row, minlength=len(arr))
+        length = pc.utf8_length(arr).to_numpy(zero_copy_only=False)
+        zeros = np.zeros(len(arr), np.int64)
+        return lo, zeros, np.zeros(len(arr), bool), length, zeros.astype(np.uint64)
+    from icr_data import textscan  # numba: imported when texts are first scanned
+
+    words, length, maybe, key = textscan.scan(arr, cfg.repetition_ngram, cfg.repetition_max)
     rep = np.zeros(len(arr), bool)
     if check_rep:
-        wh = _word_hashes(data, starts, word)
-        maybe = np.flatnonzero(_repetitive(words, row, wh, cfg.repetition_ngram,
-                                           cfg.repetition_max))  # fmt: skip
+        maybe = np.flatnonzero(maybe)
         for i, text in zip(maybe, arr.take(pa.array(maybe)).to_pylist()):
             rep[i] = repeated_ngram_ratio(text, cfg.repetition_ngram) > cfg.repetition_max
-    return lo, words, rep, length
+    return lo, words, rep, length, key
 
 
 def _workers() -> int:
@@ -311,42 +222,50 @@ def _workers() -> int:
 
 def _text_features(responses: Texts, cfg: PairingConfig, need_words: bool, check_rep: bool):
     """Per row: the number of words, whether repeated_ngram_ratio exceeds repetition_max (when
-    `check_rep`), and the length in characters. Batches run on threads (numpy and Arrow release
-    the GIL), at most a few in flight."""
+    `check_rep`), the length in characters and a key of the normalised text (equal texts, equal
+    keys). Units are read and scanned on threads (the scan and Arrow release the GIL), at most
+    a few in flight."""
     count = len(responses)
     nw = np.zeros(count, np.int64)
     rep = np.zeros(count, bool)
     length = np.zeros(count, np.int64)
+    key = np.zeros(count, np.uint64)
     workers = _workers()
+    if need_words:  # compiled (or loaded from numba's cache) here, not by each thread at once
+        from icr_data import textscan
+
+        textscan.scan(pa.array([], pa.string()), cfg.repetition_ngram, cfg.repetition_max)
 
     def store(result) -> None:
-        lo, w, r, n = result
-        nw[lo : lo + len(w)], rep[lo : lo + len(w)], length[lo : lo + len(w)] = w, r, n
+        lo, *values = result
+        for out, v in zip((nw, rep, length, key), values):
+            out[lo : lo + len(v)] = v
 
     with ThreadPoolExecutor(workers) as pool:
         pending = []
-        for lo, arr in responses.batches(_BATCH_ROWS):
-            pending.append(pool.submit(_batch_features, lo, arr, cfg, need_words, check_rep))
+        for lo, fetch in responses.units(_BATCH_ROWS):
+            pending.append(pool.submit(_unit_features, lo, fetch, cfg, need_words, check_rep))
             if len(pending) >= 2 * workers:
                 store(pending.pop(0).result())
         for f in pending:
             store(f.result())
-    return nw, rep, length
+    return nw, rep, length, key
 
 
-def _text_classes(responses: Texts, row: np.ndarray, group: np.ndarray, nw: np.ndarray):
+def _text_classes(responses: Texts, row: np.ndarray, group: np.ndarray, key: np.ndarray):
     """Per candidate (in the order of `row`, its table row): the position of the first candidate
-    of its prompt with the same normalised text. Only candidates sharing a prompt and a word count
-    are compared, by a 128-bit digest of their normalised text, a chunk of texts at a time."""
+    of its prompt with the same normalised text. Only candidates sharing a prompt and a key of
+    their normalised text (textscan) are compared, by a 128-bit digest of that text, a chunk of
+    texts at a time."""
     pos = np.arange(len(row))
-    frame = pl.DataFrame({"pos": pos, "g": group, "nw": nw})
-    suspects = frame.filter(pl.len().over("g", "nw") > 1)["pos"].to_numpy()
+    frame = pl.DataFrame({"pos": pos, "g": group, "key": key})
+    suspects = frame.filter(pl.len().over("g", "key") > 1)["pos"].to_numpy()
     cls = pos.copy()
     if len(suspects):
         suspects = suspects[np.argsort(row[suspects], kind="stable")]  # in file order
         digests = []
-        for lo in range(0, len(suspects), 8 * _BATCH_ROWS):
-            texts = responses.take(row[suspects[lo : lo + 8 * _BATCH_ROWS]]).to_pylist()
+        for lo in range(0, len(suspects), _BATCH_ROWS):
+            texts = responses.take(row[suspects[lo : lo + _BATCH_ROWS]]).to_pylist()
             digests += [hashlib.blake2b(normalise(t).encode(), digest_size=16).digest()
                         for t in texts]  # fmt: skip
         same = pl.DataFrame({"pos": suspects, "g": group[suspects], "norm": digests})
@@ -354,60 +273,12 @@ def _text_classes(responses: Texts, row: np.ndarray, group: np.ndarray, nw: np.n
     return cls
 
 
-# ------------------------------------------------------------------------------ length control
+# -------------------------------------------------------------------------- prompts as matrices
 def _padded(starts: np.ndarray, sizes: np.ndarray):
     """(size, prompts of that size, (prompts, size) matrix of positions), one per size."""
     for n in np.unique(sizes):
         which = np.flatnonzero(sizes == n)
         yield int(n), which, starts[which][:, None] + np.arange(n)
-
-
-def _extreme_lengths(reward, length, alphas, pick_max: bool) -> np.ndarray:
-    """(prompts, alphas): the length of the first best (or worst) of reward - alpha * length."""
-    # a candidate that another, earlier one matches or beats in both reward and length (for
-    # every alpha >= 0) is never the first best: drop it, columns of the kept shifted left
-    r, ln = (reward, length) if pick_max else (-reward, -length)
-    earlier = np.tril(np.ones((r.shape[1],) * 2, dtype=bool), -1)  # [i, j]: j before i
-    beaten = ((r[:, None, :] >= r[:, :, None]) & (ln[:, None, :] <= ln[:, :, None]) & earlier).any(
-        2
-    )
-    keep = ~beaten
-    count = keep.sum(1)
-    order = np.argsort(~keep, axis=1, kind="stable")  # the kept first, in their order
-    out = np.empty((len(r), len(alphas)))
-    for width in np.unique(count):  # prompts with as many kept: no padding to the widest
-        which = np.flatnonzero(count == width)
-        cols = order[which, :width]
-        rk, lk = reward[which[:, None], cols], length[which[:, None], cols]
-        part = np.empty((len(which), len(alphas)))
-        best = np.empty((len(which), len(alphas)))
-        for a0 in range(0, len(alphas), 128):
-            a = alphas[a0 : a0 + 128]
-            b = best[:, a0 : a0 + 128]
-            o = part[:, a0 : a0 + 128]
-            b[:] = rk[:, :1] - a * lk[:, :1]
-            o[:] = lk[:, :1]
-            for c in range(1, width):
-                v = rk[:, c : c + 1] - a * lk[:, c : c + 1]
-                better = (v > b) if pick_max else (v < b)
-                np.copyto(b, v, where=better)
-                np.copyto(o, np.broadcast_to(lk[:, c : c + 1], o.shape), where=better)
-        out[which] = part
-    return out
-
-
-def choose_alpha(reward, length, starts, sizes, alphas) -> tuple[int, np.ndarray]:
-    """Index into `alphas` minimising |mean length difference| of max/min pairs, the means; the
-    prompts' kept candidates are reward[starts[p] : starts[p] + sizes[p]] (and length)."""
-    total = np.zeros(len(alphas))
-    for _, _, at in _padded(starts, sizes):
-        step = max(1, min(2**18 // at.shape[1] ** 2, 2**22 // len(alphas)))  # blocks of MBs
-        for lo in range(0, len(at), step):
-            r, ln = reward[at[lo : lo + step]], length[at[lo : lo + step]]
-            diff = _extreme_lengths(r, ln, alphas, True) - _extreme_lengths(r, ln, alphas, False)
-            total += diff.sum(axis=0)  # whole numbers: exact in any order
-    mean = total / len(starts)
-    return int(np.argmin(np.abs(mean))), mean
 
 
 # ------------------------------------------------------------------------------------- the stage
@@ -547,9 +418,9 @@ def make_pairs(
         nw, rep, chars, cls = (np.asarray(features[k]) for k in FEATURES)
     else:
         fill = features is not None  # an empty dict: compute every feature, for the caller
-        nw, rep, chars = _text_features(responses, cfg, need_words or fill,
-                                        "repetition" in filters or fill)  # fmt: skip
-        cls = _text_classes(responses, row, group, nw[row]) if need_cls or fill else None
+        nw, rep, chars, key = _text_features(responses, cfg, need_words or fill,
+                                             "repetition" in filters or fill)  # fmt: skip
+        cls = _text_classes(responses, row, group, key[row]) if need_cls or fill else None
         if fill:
             features.clear()
             features.update(zip(FEATURES, (nw, rep, chars, cls)))
@@ -609,10 +480,13 @@ def make_pairs(
         starts = np.flatnonzero(np.r_[True, grp[1:] != grp[:-1]])
         return at, starts, np.diff(np.r_[starts, len(grp)])
 
-    def alpha_of(k):  # numpy releases the GIL: languages run on threads
+    def alpha_of(k):  # the compiled loop releases the GIL: languages run on threads
         at, starts, sizes = prompts_of(k)
         return choose_alpha(reward[at], length[at], starts, sizes, alphas)
 
+    from icr_data.length_control import choose_alpha  # numba: imported when first needed
+
+    choose_alpha([0.0], [0.0], [0], [1], alphas)  # compiled or loaded once, not on each thread
     with ThreadPoolExecutor(_workers()) as pool:
         chosen_alphas = dict(zip(order.tolist(), pool.map(alpha_of, order)))
     for k in order:

@@ -410,26 +410,6 @@ def test_reads_a_dataset_with_an_indices_mapping():
     assert got.to_list() == want
 
 
-def test_equal_words_hash_equal_wherever_they_stand():
-    """The repetition screen counts distinct word n-grams by hash: a word must hash the same at
-    every position (sums kept mod 2**32; an exact 64-bit sum made equal long words differ)."""
-    import pyarrow as pa
-
-    from icr_data.pairs import _utf8, _word_hashes, _words
-
-    text = "wonderful x wonderful yy wonderful\u3000marvellous marvellous"
-    offsets, data = _utf8(pa.array(["", text, "  wonderful  "]))
-    starts, row, word = _words(offsets, data)
-    hashes = _word_hashes(data, starts, word)
-    words = [w for t in ["", text, "  wonderful  "] for w in t.split()]
-    assert row.tolist() == [1] * 7 + [2]
-    by_word = defaultdict(set)
-    for w, h in zip(words, hashes.tolist()):
-        by_word[w].add(h)
-    assert {w: len(h) for w, h in by_word.items()} == dict.fromkeys(by_word, 1)
-    assert len({next(iter(h)) for h in by_word.values()}) == len(by_word)
-
-
 def test_texts_read_from_parquet_row_groups_pair_as_in_memory(tmp_path):
     """A re-pairing reads responses and instructions from the version's files a row group at a
     time (ParquetTexts); the pairs and stats are those of the whole table in memory."""
@@ -456,3 +436,24 @@ def test_texts_read_from_parquet_row_groups_pair_as_in_memory(tmp_path):
         got, stats = make_pairs(ds.remove_columns(["response", "instruction"]), cfg, lazy)
         assert got.to_list() == want.to_list() and len(want)
         assert stats == want_stats
+
+
+@pytest.mark.parametrize("step", [0.001, 0.25])
+def test_alpha_choice_matches_every_alpha_evaluated_at_exact_ties(step):
+    """The compiled choice of alpha (candidates pruned, one loop per prompt) against the whole
+    (candidates x alphas) matrix, on small whole rewards and lengths whose adjusted rewards tie
+    exactly at many alphas of the grid: the first best and first worst must be the same ones."""
+    from icr_data.length_control import choose_alpha
+
+    rng = np.random.default_rng(3)
+    alphas = np.arange(int(round(1 / step)) + 1) * step
+    for _ in range(30):
+        sizes = rng.integers(1, 9, rng.integers(1, 40))
+        starts = np.r_[0, np.cumsum(sizes)[:-1]]
+        reward = rng.integers(-4, 5, sizes.sum()).astype(float)
+        length = rng.integers(0, 9, sizes.sum()).astype(float)
+        groups = [(reward[s : s + n], length[s : s + n]) for s, n in zip(starts, sizes)]
+        want_k, want_mean = _choose_alpha(groups, alphas)
+        k, mean = choose_alpha(reward, length, starts, sizes, alphas)
+        assert k == want_k
+        np.testing.assert_allclose(mean, want_mean, rtol=1e-12, atol=0)  # sums of whole numbers
