@@ -511,10 +511,11 @@ def write_paired(dataset_dir: Path, candidates: Dataset, pairing, manifest_for, 
 
 def _text_features_key(candidate_files: list[Path], pairing) -> str:
     """The candidates' files are named by digests of their bytes: with the repetition settings
-    and the code that computes them, they are what the text features depend on."""
+    and the code that computes them (pairs.py, textscan.py), they are what the text features
+    depend on."""
     from icr_data import pairs
 
-    code = Path(pairs.__file__).read_bytes()
+    code = b"".join(Path(p).read_bytes() for p in (pairs.__file__, pairs.textscan_file()))
     return digest({"stage": "textfeatures", "candidates": [f.name for f in candidate_files],
                    "repetition": [pairing.repetition_ngram, pairing.repetition_max],
                    "code": hashlib.sha256(code).hexdigest()})  # fmt: skip
