@@ -11,7 +11,7 @@ trend, 5% truncated and 5% off-target), then runs, each in its own process under
 - the I/O floor: read the candidates' Parquet and write a pairs-sized Parquet with pyarrow;
 - `icr-data pair V --strategy max_min`, first with no text features kept, then again (reusing
   those the first kept, as every re-pairing of a built version does), and `--strategy threshold
-  --threshold 2.5`; the floor and these run --repeat times (3), the best of each kept;
+  --threshold 2.5`; the floor, these and the exports run --repeat times (3), the best kept;
 - language ID of every candidate through the build's stage (lingua, its threads), and, for the
   speed-up, the detector on an evenly spaced sample (--lid-sample, 20,000 texts) on every thread
   and on one, in turns, --repeat times, the best of each; rates are texts per second of detection;
@@ -158,8 +158,8 @@ def timed(args: list[str]) -> tuple[float, float, dict]:
 
 def run_size(n: int, root: Path, lid_sample: int, threshold_up_to: int, repeat: int) -> dict:
     """{command: (seconds, peak MB)} for one size, and the language-ID rates ("lid": texts/s).
-    The floor and the pairings run `repeat` times each, the best kept: this machine's own noise
-    (page faults, other jobs) moved single runs of the same command by 2x and more."""
+    The floor, the pairings and the exports run `repeat` times each, the best kept: this machine's
+    own noise (page faults, other jobs) moved single runs of the same command by 2x and more."""
     t0 = time.perf_counter()
     version = write_version(root / "store", n)
     print(f"{n:,}: version written in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
@@ -206,8 +206,9 @@ def run_size(n: int, root: Path, lid_sample: int, threshold_up_to: int, repeat: 
     lid["single"] = said["texts"] / said["one"]
     lid["single_texts"] = said["texts"]
     for fmt in ("trl", "llamafactory", "jsonl"):
-        run(f"export {fmt}", [*cli, "export", str(paired), "--format", fmt, "--out",
-                              str(root / f"export-{fmt}")])  # fmt: skip
+        out_dir = root / f"export-{fmt}"
+        run(f"export {fmt}", [*cli, "export", str(paired), "--format", fmt, "--out", str(out_dir)],
+            repeat, lambda out_dir=out_dir: shutil.rmtree(out_dir, ignore_errors=True))  # fmt: skip
     run("inspect", [*cli, "inspect", str(paired), "--store", str(root / "store")])
     return {"times": out, "lid": lid}
 

@@ -21,10 +21,12 @@ margin, chosen_tokens, rejected_tokens, chosen_sample_idx, rejected_sample_idx.
 `margin` is chosen_reward - rejected_reward (rewards before length control).
 
 It works on columns, never on rows: the candidates' Arrow table is read column by column, the
-responses in batches of bytes (word boundaries, lengths), prompts as (prompts, n) matrices of the
-candidates they keep, grouped by n; the pairs Dataset is built from Arrow arrays. Text is turned
-into Python strings only to confirm what a cheap screen flags (a possible duplicate, a possibly
-repetitive response), so the result is the one the per-row definitions above give.
+responses a unit of rows at a time by one compiled pass over their bytes (textscan.py: words,
+characters, a repetition screen, a key of the normalised text), alpha by a compiled loop per
+prompt (length_control.py), prompts as (prompts, n) matrices of the candidates they keep, grouped
+by n; the pairs Dataset is built from Arrow arrays. Text is turned into Python strings only to
+confirm what a screen flags (texts of a prompt with equal keys, a possibly repetitive response),
+so the result is the one the per-row definitions above give.
 """
 
 from __future__ import annotations
@@ -183,11 +185,13 @@ class ParquetTexts(Texts):
         self.column = pa.chunked_array([], opened[0].schema_arrow.field(name).type)
 
     def part(self, k: int) -> pa.Array:
-        """Row group k, through a reader of its own (parts are read on several threads)."""
+        """Row group k, through a reader of its own (parts are read on several threads), the file
+        memory-mapped (versions are never written again; measured faster than reads into
+        buffers: benchmarks/dataplane.py)."""
         import pyarrow.parquet as pq
 
         path, meta, g = self.groups[k]
-        reader = pq.ParquetFile(path, metadata=meta)
+        reader = pq.ParquetFile(path, metadata=meta, memory_map=True)
         return reader.read_row_group(g, columns=[self.name]).column(0).combine_chunks()
 
     def units(self, rows: int):

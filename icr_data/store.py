@@ -327,7 +327,7 @@ def read_table(version_dir: str | Path, config: str, columns: list[str] | None =
     import pyarrow.parquet as pq
 
     files = config_files(version_dir, config)
-    table = pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
+    table = pa.concat_tables([pq.read_table(f, columns=columns, memory_map=True) for f in files])
     # The files' names are digests of their bytes, so they (and the columns read) identify the
     # content. Without a fingerprint, datasets makes one by pickling and hashing the whole table:
     # seconds and several GB at a million candidates.
