@@ -5,8 +5,12 @@ For every alpha of the grid and every prompt, the max/min pair is the first best
 worst of reward - alpha * length, computed as numpy computes it (alpha * length rounded, then the
 difference; no fused multiply-add). A candidate that an earlier one matches or beats in both
 reward and length is never the first best for any alpha >= 0 (rounding is monotone), so each
-prompt first drops those, for the best and for the worst; the rest is a loop over the grid that
-numba compiles (cached) and runs without the GIL, so languages run on threads.
+prompt first drops those, for the best and for the worst. The first best then changes only where
+two of the rest cross: the grid is evaluated wherever rounding could decide an order, and once
+for each stretch between crossings (_add_extremes). Lengths are characters
+or tokens, whole numbers, so the sums are exact. numba compiles the loops (cached) and runs them
+without the GIL, so languages run on threads. tests/test_pairs_columnar.py checks the choice
+against every alpha evaluated.
 """
 
 from __future__ import annotations
@@ -35,30 +39,105 @@ def _front(reward, length, s, n, best, out_r, out_l):
     return w
 
 
+TOL = 1e-9
+"""Two adjusted rewards closer than this (relative to their terms' sizes) at an alpha are "not
+clear": rounding (about 1e-16 relative) could order them either way there, so that alpha is
+evaluated as numpy would; farther apart, the exact order is the rounded one."""
+
+
+@numba.njit(nogil=True, cache=True)
+def _first_extreme(fr, fl, m, a, best):
+    """The length of the first best (or worst) of fr - a * fl over the m kept, rounded as numpy
+    rounds it."""
+    top, top_len = fr[0] - a * fl[0], fl[0]
+    for c in range(1, m):
+        v = fr[c] - a * fl[c]
+        if (v > top) if best else (v < top):
+            top, top_len = v, fl[c]
+    return top_len
+
+
+@numba.njit(nogil=True, cache=True)
+def _clear(fr, fl, m, a):
+    """Whether every two of the m kept are ordered at alpha a by more than TOL."""
+    for i in range(m):
+        for j in range(i + 1, m):
+            d = (fr[i] - fr[j]) - a * (fl[i] - fl[j])
+            scale = abs(fr[i]) + abs(fr[j]) + a * (abs(fl[i]) + abs(fl[j])) + 1.0
+            if not abs(d) > TOL * scale:
+                return False
+    return True
+
+
+@numba.njit(nogil=True, cache=True)
+def _set(fr, fl, m, alphas, k, best, sign, steps, prev):
+    """Evaluate alphas[k]; record the change from `prev` at k; return the length."""
+    v = _first_extreme(fr, fl, m, alphas[k], best)
+    steps[k] += sign * (v - prev)
+    return v
+
+
+@numba.njit(nogil=True, cache=True)
+def _add_extremes(fr, fl, m, alphas, best, sign, steps, cuts):
+    """steps[k] += sign * the change at k of the first best (worst) length over the grid.
+
+    The grid is cut at the first point at or after each crossing of two of the m kept. Within a
+    stretch between cuts no two cross (a point exactly at a crossing is never clear), so their
+    order, and the first best, is fixed; where every pair is clear at both ends of a stretch it
+    is clear inside it (the gaps and TOL's bound are linear in alpha), and one evaluation stands
+    for the stretch. Ends that are not clear are evaluated alone and the stretch shrinks."""
+    k_all = len(alphas)
+    if m == 1:
+        steps[0] += sign * fl[0]
+        return
+    nc = 0
+    for i in range(m):
+        for j in range(i + 1, m):
+            if fl[i] != fl[j]:
+                x = (fr[i] - fr[j]) / (fl[i] - fl[j])
+                if alphas[0] <= x <= alphas[k_all - 1]:
+                    cuts[nc] = np.searchsorted(alphas, x)  # the first grid point >= x
+                    nc += 1
+    cuts[:nc].sort()
+    prev = 0.0
+    k = 0
+    for ci in range(nc + 1):
+        stop = cuts[ci] if ci < nc else k_all
+        if stop > k:  # the stretch k .. stop - 1
+            lo, hi = k, stop - 1
+            while lo <= hi and not _clear(fr, fl, m, alphas[lo]):
+                prev = _set(fr, fl, m, alphas, lo, best, sign, steps, prev)
+                lo += 1
+            if lo <= hi:
+                t = hi
+                while t > lo and not _clear(fr, fl, m, alphas[t]):
+                    t -= 1
+                prev = _set(fr, fl, m, alphas, lo, best, sign, steps, prev)  # holds to t
+                for u in range(t + 1, hi + 1):
+                    prev = _set(fr, fl, m, alphas, u, best, sign, steps, prev)
+            k = stop
+
+
 @numba.njit(nogil=True, cache=True)
 def _length_differences(reward, length, starts, sizes, alphas, total):
-    """total[k] += len(first best) - len(first worst) at alphas[k], summed over the prompts."""
+    """total[k] += len(first best) - len(first worst) at alphas[k], summed over the prompts, as
+    changes along the grid summed at the end (lengths are whole numbers: exact in any order)."""
     widest = 1
     for n in sizes:
         widest = max(widest, n)
     br, bl = np.empty(widest), np.empty(widest)
     wr, wl = np.empty(widest), np.empty(widest)
+    cuts = np.empty(widest * widest, np.int64)
+    steps = np.zeros(len(alphas))
     for p in range(len(starts)):
         nb = _front(reward, length, starts[p], sizes[p], True, br, bl)
         nw = _front(reward, length, starts[p], sizes[p], False, wr, wl)
-        for k in range(len(alphas)):
-            a = alphas[k]
-            top, top_len = br[0] - a * bl[0], bl[0]
-            for c in range(1, nb):
-                v = br[c] - a * bl[c]
-                if v > top:
-                    top, top_len = v, bl[c]
-            low, low_len = wr[0] - a * wl[0], wl[0]
-            for c in range(1, nw):
-                v = wr[c] - a * wl[c]
-                if v < low:
-                    low, low_len = v, wl[c]
-            total[k] += top_len - low_len  # whole numbers: exact in any order
+        _add_extremes(br, bl, nb, alphas, True, 1.0, steps, cuts)
+        _add_extremes(wr, wl, nw, alphas, False, -1.0, steps, cuts)
+    run = 0.0
+    for k in range(len(alphas)):
+        run += steps[k]
+        total[k] += run
 
 
 def choose_alpha(reward, length, starts, sizes, alphas) -> tuple[int, np.ndarray]:

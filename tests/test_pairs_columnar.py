@@ -457,3 +457,26 @@ def test_alpha_choice_matches_every_alpha_evaluated_at_exact_ties(step):
         k, mean = choose_alpha(reward, length, starts, sizes, alphas)
         assert k == want_k
         np.testing.assert_allclose(mean, want_mean, rtol=1e-12, atol=0)  # sums of whole numbers
+
+
+def test_alpha_choice_matches_every_alpha_evaluated_on_random_prompts():
+    """Rewards with a length trend and rounded rewards (many near and exact crossings), prompts of
+    1 to 10 candidates, grids of several steps: the same alpha and means as the full matrix."""
+    from icr_data.length_control import choose_alpha
+
+    rng = np.random.default_rng(11)
+    for trial in range(300):
+        alphas = (
+            np.arange(int(round(1 / [0.001, 0.01, 0.1][trial % 3])) + 1)
+            * [0.001, 0.01, 0.1][trial % 3]
+        )
+        sizes = rng.integers(1, 11, rng.integers(1, 30))
+        starts = np.r_[0, np.cumsum(sizes)[:-1]]
+        length = rng.integers(0, 2000 if trial % 2 else 40, sizes.sum()).astype(float)
+        noise = rng.normal(0, 1, sizes.sum())
+        reward = noise + 0.0004 * length if trial % 2 else np.round(3 * noise, 2)
+        groups = [(reward[s : s + n], length[s : s + n]) for s, n in zip(starts, sizes)]
+        want_k, want_mean = _choose_alpha(groups, alphas)
+        k, mean = choose_alpha(reward, length, starts, sizes, alphas)
+        assert k == want_k
+        np.testing.assert_allclose(mean, want_mean, rtol=1e-12, atol=0)  # sums of whole numbers
