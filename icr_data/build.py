@@ -515,7 +515,8 @@ def _text_features_key(candidate_files: list[Path], pairing) -> str:
     depend on."""
     from icr_data import pairs
 
-    code = b"".join(Path(p).read_bytes() for p in (pairs.__file__, pairs.textscan_file()))
+    here = Path(pairs.__file__)  # textscan.py found beside it, not imported (nor numba)
+    code = b"".join(p.read_bytes() for p in (here, here.with_name("textscan.py")))
     return digest({"stage": "textfeatures", "candidates": [f.name for f in candidate_files],
                    "repetition": [pairing.repetition_ngram, pairing.repetition_max],
                    "code": hashlib.sha256(code).hexdigest()})  # fmt: skip

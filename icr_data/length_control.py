@@ -7,10 +7,10 @@ difference; no fused multiply-add). A candidate that an earlier one matches or b
 reward and length is never the first best for any alpha >= 0 (rounding is monotone), so each
 prompt first drops those, for the best and for the worst. The first best then changes only where
 two of the rest cross: the grid is evaluated wherever rounding could decide an order, and once
-for each stretch between crossings (_add_extremes). Lengths are characters
-or tokens, whole numbers, so the sums are exact. numba compiles the loops (cached) and runs them
-without the GIL, so languages run on threads. tests/test_pairs_columnar.py checks the choice
-against every alpha evaluated.
+for each stretch between crossings (_add_extremes). Lengths are characters or tokens, whole
+numbers, so the sums are exact. numba compiles the loops (cached) and runs them without the GIL,
+so languages run on threads. tests/test_pairs_columnar.py checks the choice against every alpha
+evaluated.
 """
 
 from __future__ import annotations

@@ -219,11 +219,6 @@ def _unit_features(lo: int, fetch, cfg: PairingConfig, need_words: bool, check_r
     return lo, words, rep, length, key
 
 
-def textscan_file() -> str:
-    """The path of textscan.py, found without importing it (and numba)."""
-    return str(Path(__file__).with_name("textscan.py"))
-
-
 def _workers() -> int:
     """Threads for pairing's numpy work: the cores this process may use, at most 4."""
     return max(1, min(4, cores()))

@@ -438,45 +438,41 @@ def test_texts_read_from_parquet_row_groups_pair_as_in_memory(tmp_path):
         assert stats == want_stats
 
 
-@pytest.mark.parametrize("step", [0.001, 0.25])
-def test_alpha_choice_matches_every_alpha_evaluated_at_exact_ties(step):
-    """The compiled choice of alpha (candidates pruned, one loop per prompt) against the whole
-    (candidates x alphas) matrix, on small whole rewards and lengths whose adjusted rewards tie
-    exactly at many alphas of the grid: the first best and first worst must be the same ones."""
+def _alpha_as_every_alpha_evaluated(reward, length, sizes, alphas):
+    """The compiled choice of alpha (candidates pruned, the grid evaluated per stretch between
+    crossings) against the whole (candidates x alphas) matrix: the same index and means."""
     from icr_data.length_control import choose_alpha
 
+    starts = np.r_[0, np.cumsum(sizes)[:-1]]
+    groups = [(reward[s : s + n], length[s : s + n]) for s, n in zip(starts, sizes)]
+    want_k, want_mean = _choose_alpha(groups, alphas)
+    k, mean = choose_alpha(reward, length, starts, sizes, alphas)
+    assert k == want_k
+    np.testing.assert_allclose(mean, want_mean, rtol=1e-12, atol=0)  # sums of whole numbers
+
+
+@pytest.mark.parametrize("step", [0.001, 0.25])
+def test_alpha_choice_matches_every_alpha_evaluated_at_exact_ties(step):
+    """Small whole rewards and lengths, whose adjusted rewards tie exactly at many alphas of the
+    grid: the first best and first worst must be the same ones."""
     rng = np.random.default_rng(3)
     alphas = np.arange(int(round(1 / step)) + 1) * step
     for _ in range(30):
         sizes = rng.integers(1, 9, rng.integers(1, 40))
-        starts = np.r_[0, np.cumsum(sizes)[:-1]]
         reward = rng.integers(-4, 5, sizes.sum()).astype(float)
         length = rng.integers(0, 9, sizes.sum()).astype(float)
-        groups = [(reward[s : s + n], length[s : s + n]) for s, n in zip(starts, sizes)]
-        want_k, want_mean = _choose_alpha(groups, alphas)
-        k, mean = choose_alpha(reward, length, starts, sizes, alphas)
-        assert k == want_k
-        np.testing.assert_allclose(mean, want_mean, rtol=1e-12, atol=0)  # sums of whole numbers
+        _alpha_as_every_alpha_evaluated(reward, length, sizes, alphas)
 
 
-def test_alpha_choice_matches_every_alpha_evaluated_on_random_prompts():
+@pytest.mark.parametrize("step", [0.001, 0.01, 0.1])
+def test_alpha_choice_matches_every_alpha_evaluated_on_random_prompts(step):
     """Rewards with a length trend and rounded rewards (many near and exact crossings), prompts of
-    1 to 10 candidates, grids of several steps: the same alpha and means as the full matrix."""
-    from icr_data.length_control import choose_alpha
-
+    1 to 10 candidates."""
     rng = np.random.default_rng(11)
-    for trial in range(300):
-        alphas = (
-            np.arange(int(round(1 / [0.001, 0.01, 0.1][trial % 3])) + 1)
-            * [0.001, 0.01, 0.1][trial % 3]
-        )
+    alphas = np.arange(int(round(1 / step)) + 1) * step
+    for trial in range(100):
         sizes = rng.integers(1, 11, rng.integers(1, 30))
-        starts = np.r_[0, np.cumsum(sizes)[:-1]]
         length = rng.integers(0, 2000 if trial % 2 else 40, sizes.sum()).astype(float)
         noise = rng.normal(0, 1, sizes.sum())
         reward = noise + 0.0004 * length if trial % 2 else np.round(3 * noise, 2)
-        groups = [(reward[s : s + n], length[s : s + n]) for s, n in zip(starts, sizes)]
-        want_k, want_mean = _choose_alpha(groups, alphas)
-        k, mean = choose_alpha(reward, length, starts, sizes, alphas)
-        assert k == want_k
-        np.testing.assert_allclose(mean, want_mean, rtol=1e-12, atol=0)  # sums of whole numbers
+        _alpha_as_every_alpha_evaluated(reward, length, sizes, alphas)

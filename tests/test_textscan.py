@@ -101,3 +101,12 @@ def test_a_repeated_long_word_is_caught_wherever_it_stands():
     words, _, maybe, _ = scan(arr, 2, 0.3)
     assert words.tolist() == [0, len(text.split()), 1, len(text[3:].split())]
     assert maybe.tolist() == [False, True, False, True]
+
+
+def test_every_whitespace_character_and_no_other_ends_a_word():
+    """The kernel's own whitespace test against WHITESPACE (str.isspace), character by character
+    over the first 0x3100 code points (every whitespace lies below) and the planes' ends."""
+    chars = [chr(c) for c in [*range(1, 0x3100), 0xFFFD, 0x10FFFF] if not 0xD800 <= c < 0xE000]
+    words, chars_, _, _ = scan(pa.array([f"a{c}b" for c in chars]), 4, 0.5)
+    assert words.tolist() == [1 if c not in WHITESPACE else 2 for c in chars]
+    assert chars_.tolist() == [3] * len(chars)
