@@ -7,8 +7,8 @@ releases the GIL, so batches run on threads; it reads each byte once.
 
 Two of these are screens, confirmed in Python where they flag a text, so that results are exactly
 the per-row definitions':
-- repetition counts distinct n-grams by a 64-bit hash of their words: a collision can only lower
-  the count, so the screen flags a superset (pairs.repeated_ngram_ratio confirms);
+- repetition counts distinct n-grams by a hash of their words (32 bits kept): a collision can
+  only lower the count, so the screen flags a superset (pairs.repeated_ngram_ratio confirms);
 - texts with equal normalised text have equal keys: each word's key hashes its characters folded
   to lower case, keeping only the code points below U+0800 of each lower-cased character (Latin,
   Greek, Cyrillic, Armenian, Hebrew, Arabic...; the others weigh as nothing), with final sigma
@@ -76,8 +76,23 @@ def _is_space(c):
 
 
 @numba.njit(nogil=True, cache=True)
+def _char(data, i):
+    """(code point, bytes) of the multi-byte UTF-8 character starting at data[i]."""
+    b = data[i]
+    if b < 0xE0:
+        return (np.int64(b & 0x1F) << 6) | np.int64(data[i + 1] & 0x3F), 2
+    if b < 0xF0:
+        return ((np.int64(b & 0x0F) << 12) | (np.int64(data[i + 1] & 0x3F) << 6)
+                | np.int64(data[i + 2] & 0x3F)), 3  # fmt: skip
+    return ((np.int64(b & 0x07) << 18) | (np.int64(data[i + 1] & 0x3F) << 12)
+            | (np.int64(data[i + 2] & 0x3F) << 6) | np.int64(data[i + 3] & 0x3F)), 4  # fmt: skip
+
+
+@numba.njit(nogil=True, cache=True)
 def _scan(offsets, data, n, limit, low, high, high_fold, words, chars, maybe_rep, key):
-    """Fill words, chars, maybe_rep and key for the rows of (offsets, data)."""
+    """Fill words, chars, maybe_rep and key for the rows of (offsets, data). A row is read as
+    runs of whitespace and words, one tight loop each, ASCII through a table; the per-word work
+    (the key, the n-gram count) happens once at each word's end."""
     rows = len(offsets) - 1
     longest = 0
     for r in range(rows):
@@ -85,85 +100,97 @@ def _scan(offsets, data, n, limit, low, high, high_fold, words, chars, maybe_rep
     size = 8
     while size < longest + 2:
         size *= 2
-    table = np.zeros(2 * size, np.uint64)  # a row's n-gram hashes, open addressing
-    stamp = np.zeros(2 * size, np.int64)  # which row each slot holds (no clearing between rows)
+    # a row's distinct n-grams, open addressing; an entry is (row + 1) << 32 | 32 bits of the
+    # n-gram's hash, so rows need no clearing; a row has at most (bytes + 1) / 2 words, so the
+    # table is at most half full
+    table = np.zeros(size, np.uint64)
     ring = np.zeros(n, np.uint64)  # the last n words' hashes
     prime = np.uint64(0x100000001B3)
     spread = np.uint64(0x9E3779B97F4A7C15)
+    spread_n = np.uint64(1)
+    for _ in range(n):
+        spread_n *= spread
+    ascii = np.zeros(128, np.int64)  # -1: whitespace; else the folded character + 1
+    for b in range(128):
+        ascii[b] = -1 if _is_space(b) else low[b, 0] + 1
+    low32 = np.uint64(0xFFFFFFFF)
     for r in range(rows):
         lo, hi = offsets[r], offsets[r + 1]
         mask = 8
         while mask < hi - lo + 2:
             mask *= 2
-        mask = mask * 2 - 1  # at most a quarter full: a word has a byte and a space
+        mask -= 1
+        tag = np.uint64(r + 1) << np.uint64(32)
         nw = 0
         nc = 0
         distinct = 0
-        in_word = False
-        wh = np.uint64(0)  # the word's bytes, for repetition
-        wf = np.uint64(0)  # the word's folded characters, for the key
         row_key = np.uint64(0)
+        gram = np.uint64(0)  # sum of the last n words' hashes times spread ** (age)
         at = 0  # where the next word's hash goes in ring (the oldest is there)
         i = lo
-        while i <= hi:
-            if i < hi:
+        while True:
+            while i < hi:  # whitespace
                 b = data[i]
                 if b < 0x80:
-                    c = np.int64(b)
+                    if ascii[b] >= 0:
+                        break
                     step = 1
-                elif b < 0xE0:
-                    c = (np.int64(b & 0x1F) << 6) | np.int64(data[i + 1] & 0x3F)
-                    step = 2
-                elif b < 0xF0:
-                    c = ((np.int64(b & 0x0F) << 12) | (np.int64(data[i + 1] & 0x3F) << 6)
-                         | np.int64(data[i + 2] & 0x3F))  # fmt: skip
-                    step = 3
                 else:
-                    c = ((np.int64(b & 0x07) << 18) | (np.int64(data[i + 1] & 0x3F) << 12)
-                         | (np.int64(data[i + 2] & 0x3F) << 6) | np.int64(data[i + 3] & 0x3F))  # fmt: skip
-                    step = 4
+                    c, step = _char(data, i)
+                    if not _is_space(c):
+                        break
+                i += step
                 nc += 1
-                sp = _is_space(c)
-            else:  # the end of the text ends its last word
-                sp = True
-                step = 1
-            if not sp:
-                if not in_word:
-                    in_word = True
-                    wh = np.uint64(0)
-                    wf = np.uint64(0)
+            if i >= hi:
+                break
+            wh = np.uint64(0)  # the word's characters, for repetition
+            wf = np.uint64(0)  # its folded characters, for the key
+            while i < hi:  # a word
+                b = data[i]
+                if b < 0x80:
+                    t = ascii[b]
+                    if t < 0:
+                        break
+                    wh = wh * prime + np.uint64(b + 1)
+                    wf = wf * prime + np.uint64(t)
+                    i += 1
+                    nc += 1
+                    continue
+                c, step = _char(data, i)
+                if _is_space(c):
+                    break
                 wh = wh * prime + np.uint64(c + 1)
                 if c < 0x800:
                     if low[c, 0] >= 0:  # U+023A and U+023E lower above FOLD_LIMIT
                         wf = wf * prime + np.uint64(low[c, 0] + 1)
                     if low[c, 1] >= 0:  # U+0130 lowers to two
                         wf = wf * prime + np.uint64(low[c, 1] + 1)
-                else:
+                elif c >= high[0]:
                     x = np.searchsorted(high, c)
                     if x < len(high) and high[x] == c:
                         wf = wf * prime + np.uint64(high_fold[x] + 1)
-            elif in_word:
-                in_word = False
-                ring[at] = wh
-                at = at + 1 if at + 1 < n else 0
-                row_key = row_key * prime + _mix(wf)
-                nw += 1
-                if nw >= n:
-                    g = np.uint64(0)
-                    for k in range(n):
-                        g = g * spread + ring[at + k if at + k < n else at + k - n]
-                    g = _mix(g)
-                    slot = np.int64(g & np.uint64(mask))
-                    while True:
-                        if stamp[slot] != r + 1:
-                            stamp[slot] = r + 1
-                            table[slot] = g
-                            distinct += 1
-                            break
-                        if table[slot] == g:
-                            break
-                        slot = (slot + 1) & mask
-            i += step
+                i += step
+                nc += 1
+            row_key = row_key * prime + _mix(wf)
+            nw += 1
+            gram = gram * spread + wh
+            if nw > n:
+                gram -= ring[at] * spread_n  # the word n back leaves the n-gram
+            ring[at] = wh
+            at = at + 1 if at + 1 < n else 0
+            if nw >= n:
+                g = _mix(gram)
+                entry = tag | (g & low32)
+                slot = np.int64(g >> np.uint64(32)) & mask
+                while True:
+                    v = table[slot]
+                    if v == entry:
+                        break
+                    if v & ~low32 != tag:
+                        table[slot] = entry
+                        distinct += 1
+                        break
+                    slot = (slot + 1) & mask
         words[r] = nw
         chars[r] = nc
         key[r] = _mix(row_key + np.uint64(nw))
