@@ -488,7 +488,7 @@ def write_paired(dataset_dir: Path, candidates: Dataset, pairing, manifest_for, 
     candidates, unchanged) those files are the version's candidates (linked or copied), and `candidates`
     need hold only the columns pairing and the manifest read: responses and instructions are
     read from the files a row group at a time. build.merge and derive's new versions share it."""
-    from icr_data.pairs import ParquetTexts
+    from icr_data.textfeatures import ParquetTexts
 
     texts, features, kept = None, {}, None
     if candidate_files:
@@ -511,19 +511,20 @@ def write_paired(dataset_dir: Path, candidates: Dataset, pairing, manifest_for, 
 
 def _text_features_key(candidate_files: list[Path], pairing) -> str:
     """The candidates' files are named by digests of their bytes: with the repetition settings
-    and the code that computes them (pairs.py, textscan.py), they are what the text features
-    depend on."""
+    and the code that computes them (textfeatures.py, textscan.py; pairs.py orders the
+    candidates), they are what the text features depend on."""
     from icr_data import pairs
 
-    here = Path(pairs.__file__)  # textscan.py found beside it, not imported (nor numba)
-    code = b"".join(p.read_bytes() for p in (here, here.with_name("textscan.py")))
+    here = Path(pairs.__file__)  # the others found beside it, not imported (nor numba)
+    code = b"".join(here.with_name(name).read_bytes()
+                    for name in ("pairs.py", "textfeatures.py", "textscan.py"))  # fmt: skip
     return digest({"stage": "textfeatures", "candidates": [f.name for f in candidate_files],
                    "repetition": [pairing.repetition_ngram, pairing.repetition_max],
                    "code": hashlib.sha256(code).hexdigest()})  # fmt: skip
 
 
 def load_text_features(dataset_dir: Path, candidate_files: list[Path], pairing) -> dict | None:
-    """The text features (pairs.FEATURES) an earlier pairing of these candidates kept, or None."""
+    """The text features (textfeatures.FEATURES) an earlier pairing of these candidates kept, or None."""
     work, key = WorkDir(dataset_dir / ".work"), _text_features_key(candidate_files, pairing)
     if not work.done("textfeatures", key):
         return None

@@ -8,7 +8,8 @@ releases the GIL, so batches run on threads; it reads each byte once.
 Two of these are screens, confirmed in Python where they flag a text, so that results are exactly
 the per-row definitions':
 - repetition counts distinct n-grams by a hash of their words (32 bits kept): a collision can
-  only lower the count, so the screen flags a superset (pairs.repeated_ngram_ratio confirms);
+  only lower the count, so the screen flags a superset (textfeatures.repeated_ngram_ratio
+  confirms);
 - texts with equal normalised text have equal keys: each word's key hashes its characters folded
   to lower case, keeping only the code points below U+0800 of each lower-cased character (Latin,
   Greek, Cyrillic, Armenian, Hebrew, Arabic...; the others weigh as nothing), with final sigma

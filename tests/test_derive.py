@@ -247,7 +247,7 @@ def test_pairing_again_reuses_the_text_features_the_build_kept(v1, monkeypatch):
     pairing = {"rule": "top_bottom", "k": 2, "filters": ["empty", "duplicate", "repetition"]}
     cfg = PairingConfig(**{**vars(recipe_pairing), **pairing})
     expected, _ = pairs_module.make_pairs(whole, cfg)
-    monkeypatch.setattr(pairs_module, "_text_features", never)
+    monkeypatch.setattr(pairs_module, "text_features", never)
     v2, manifest = repair(v1, pairing)
     assert manifest["pairing"]["settings"] == vars(cfg)
     assert store.read_table(v2, "pairs").to_list() == expected.to_list() and len(expected)

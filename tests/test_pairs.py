@@ -6,7 +6,8 @@ import pytest
 from datasets import Dataset
 
 from icr_data.config import PairingConfig
-from icr_data.pairs import make_pairs, repeated_ngram_ratio
+from icr_data.pairs import make_pairs
+from icr_data.textfeatures import repeated_ngram_ratio
 
 ROOT = Path(__file__).resolve().parents[1]
 

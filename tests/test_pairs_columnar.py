@@ -415,7 +415,7 @@ def test_texts_read_from_parquet_row_groups_pair_as_in_memory(tmp_path):
     time (ParquetTexts); the pairs and stats are those of the whole table in memory."""
     import pyarrow.parquet as pq
 
-    from icr_data.pairs import ParquetTexts, Texts
+    from icr_data.textfeatures import ParquetTexts, Texts
 
     table = random_table(21)
     ds = Dataset.from_list(table)

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from icr_data.pairs import normalise, repeated_ngram_ratio
+from icr_data.textfeatures import normalise, repeated_ngram_ratio
 from icr_data.textscan import FOLD_EXCEPTIONS, FOLD_LIMIT, WHITESPACE, scan
 
 CODE_POINTS = [c for c in range(0x110000) if not 0xD800 <= c < 0xE000]
