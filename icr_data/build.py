@@ -512,10 +512,9 @@ def write_paired(dataset_dir: Path, candidates: Dataset, pairing, manifest_for, 
 def _text_features_key(candidate_files: list[Path], pairing) -> str:
     """The candidates' files are named by digests of their bytes: with the repetition settings
     and the code that computes them (textfeatures.py, textscan.py; pairs.py orders the
-    candidates), they are what the text features depend on."""
-    from icr_data import pairs
-
-    here = Path(pairs.__file__)  # the others found beside it, not imported (nor numba)
+    candidates), they are what the text features depend on. The files are read from
+    beside this module, not imported (numba stays unloaded)."""
+    here = Path(__file__)
     code = b"".join(here.with_name(name).read_bytes()
                     for name in ("pairs.py", "textfeatures.py", "textscan.py"))  # fmt: skip
     return digest({"stage": "textfeatures", "candidates": [f.name for f in candidate_files],
@@ -524,7 +523,8 @@ def _text_features_key(candidate_files: list[Path], pairing) -> str:
 
 
 def load_text_features(dataset_dir: Path, candidate_files: list[Path], pairing) -> dict | None:
-    """The text features (textfeatures.FEATURES) an earlier pairing of these candidates kept, or None."""
+    """The text features (textfeatures.FEATURES) an earlier pairing of these candidates kept, or
+    None."""
     work, key = WorkDir(dataset_dir / ".work"), _text_features_key(candidate_files, pairing)
     if not work.done("textfeatures", key):
         return None

@@ -342,7 +342,8 @@ class PairStage(Stage):
 
     pairing: PairingConfig | None = None
     texts: dict | None = field(default=None, repr=False, compare=False)
-    """Response and instruction columns read lazily (textfeatures.Texts), when `rows` lacks them."""
+    """Response and instruction columns read lazily (textfeatures.Texts) when `rows` lacks
+    them."""
     features: dict | None = field(default=None, repr=False, compare=False)
     """Text features kept from an earlier pairing of the same rows, or an empty dict to fill
     (pairs.make_pairs)."""
