@@ -51,11 +51,11 @@ def write_version(root: Path, n: int, seed: int = 0) -> Path:
     import numpy as np
     from datasets import Dataset
 
-    from icr_data.card import render_card
-    from icr_data.config import Recipe
-    from icr_data.manifest import make_manifest, margin_summary
-    from icr_data.pairs import PairStats, make_pairs
-    from icr_data.store import write_version as write
+    from icr_data.store.card import render_card
+    from icr_data.base.config import Recipe
+    from icr_data.store.manifest import make_manifest, margin_summary
+    from icr_data.pairing.pairs import PairStats, make_pairs
+    from icr_data.store.store import write_version as write
 
     rng = np.random.default_rng(seed)
     per_prompt = 10
@@ -116,9 +116,9 @@ LID = """
 import glob, json, sys, time
 import pyarrow.parquet as pq
 from datasets import Dataset
-from icr_data.executor import run_once
-from icr_data.langid import cores, identify
-from icr_data.stages import LangIdStage, Shard
+from icr_data.core.executor import run_once
+from icr_data.stages.langid import cores, identify
+from icr_data.stages.stages import LangIdStage, Shard
 t = pq.read_table(glob.glob(sys.argv[1] + '/data/candidates/*.parquet')[0], columns=['lang', 'response'])
 languages = tuple(sorted(set(t.column('lang').unique().to_pylist())))
 if sys.argv[2] == 'stage':

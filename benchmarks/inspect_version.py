@@ -1,4 +1,4 @@
-"""Speed of `icr-data inspect` on a million pairs: icr_data.inspection (polars) vs a pandas baseline.
+"""Speed of `icr-data inspect` on a million pairs: icr_data.commands.inspection (polars) vs a pandas baseline.
 
     python benchmarks/inspect_version.py               # 1,000,000 pairs, lengths in characters
     python benchmarks/inspect_version.py --pairs 200000 --length-unit tokens
@@ -9,7 +9,7 @@ characters, rewards that grow with length), then times, on the same files:
   (a) pandas baseline: pd.read_parquet of the columns needed, text lengths by a per-row .map over
       the message lists (pandas has no vectorised way into list<struct> columns), groupby
       quantiles/means, a per-language Pearson corr, nlargest/nsmallest, np.histogram per language;
-  (b) icr_data.inspection: a polars scan keeping only numbers (numeric_view), language_stats,
+  (b) icr_data.commands.inspection: a polars scan keeping only numbers (numeric_view), language_stats,
       top/bottom selection (select_pairs + with_texts), margin_histogram.
 Both compute the same statistics, and the script checks they agree. It prints seconds per step
 (reading steps run once; in-memory steps report the best of --repeats runs, on both sides),
@@ -88,7 +88,7 @@ def timed(t: dict, step: str, fn, repeats: int = 1):
 
 
 def run_polars(version: Path, unit: str, k: int, repeats: int) -> tuple[dict, dict]:
-    from icr_data import inspection as ins
+    from icr_data.commands import inspection as ins
 
     t, out = {}, {}
     lf = ins.scan_pairs(version)
@@ -176,7 +176,7 @@ def main() -> None:
         if not args.skip_baseline:
             ta, oa = run_pandas(version, args.length_unit, args.top, args.repeats)
         t0 = time.perf_counter()
-        from icr_data import inspection as ins
+        from icr_data.commands import inspection as ins
 
         ins.plot(ob["df"], ob["hist"], Path(tmp) / "plot.png", args.length_unit)
         plot_s = time.perf_counter() - t0

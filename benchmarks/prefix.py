@@ -71,8 +71,8 @@ def main() -> None:
     import torch
     from score import candidates, model_path
 
-    from icr_data.models import load_causal_lm, load_tokenizer
-    from icr_data.score import ScoreStats, sequence_logps
+    from icr_data.stages.models import load_causal_lm, load_tokenizer
+    from icr_data.stages.score import ScoreStats, sequence_logps
 
     with tempfile.TemporaryDirectory() as tmp:
         path = model_path(args.model, Path(tmp))

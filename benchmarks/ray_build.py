@@ -1,4 +1,4 @@
-"""A local build vs the same build through Ray (icr_data/ray_exec.py), and what Ray buys at scale.
+"""A local build vs the same build through Ray (icr_data/core/ray_exec.py), and what Ray buys at scale.
 
     python benchmarks/ray_build.py                          # 8 prompt ids x 5 languages = 40 prompts
     python benchmarks/ray_build.py --prompt-ids 10 --actors 2 --backend vllm
@@ -38,10 +38,10 @@ def files(folder: Path) -> dict[str, str]:
 def measure(args: argparse.Namespace) -> None:
     import ray
 
-    from icr_data.build import build
-    from icr_data.config import load_recipe
-    from icr_data.console import stderr_console
-    from icr_data.tiny import build_tiny_pair
+    from icr_data.commands.build import build
+    from icr_data.base.config import load_recipe
+    from icr_data.base.console import stderr_console
+    from icr_data.stages.tiny import build_tiny_pair
 
     work = Path(tempfile.mkdtemp(prefix="icr-ray-bench-"))
     policy, reference = build_tiny_pair(work / "models")

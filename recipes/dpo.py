@@ -6,11 +6,11 @@ LoRA or full, on one GPU or many.
     accelerate launch --config_file recipes/accelerate/deepspeed_zero3.yaml \
         recipes/dpo.py recipes/dpo_paper_round1.yaml --set grad_accum=1
 
-The config's keys are the fields of icr_data.train_config.TrainConfig (data.source, model,
+The config's keys are the fields of icr_data.base.train_config.TrainConfig (data.source, model,
 reference, output_dir, finetune, lora.*, beta, nll_weight, learning_rate, epochs, batch_size,
 grad_accum, ref_logps...); any other TRL DPOConfig argument goes under `trainer:` with its own
 name. What the recipe does (read the version, build the rows, build the trainer, write
-training.json) lives in icr_data/train.py, so `icr-data train CONFIG` runs the same thing from an
+training.json) lives in icr_data/commands/train.py, so `icr-data train CONFIG` runs the same thing from an
 installed package; this file is the entry point next to the configs (see docs/training.md).
 """
 

@@ -7,7 +7,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_pair(tmp_path_factory):
-    from icr_data.tiny import build_tiny_pair
+    from icr_data.stages.tiny import build_tiny_pair
 
     return build_tiny_pair(tmp_path_factory.mktemp("models"))
 
@@ -19,8 +19,8 @@ def build_tiny(tiny_pair):
     samples per prompt; returns the version folder."""
     from pathlib import Path
 
-    from icr_data.build import build
-    from icr_data.config import load_recipe
+    from icr_data.commands.build import build
+    from icr_data.base.config import load_recipe
 
     policy, reference = tiny_pair
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "demo_tiny.yaml"

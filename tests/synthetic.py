@@ -7,9 +7,9 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from icr_data.config import Recipe, load_recipe
-from icr_data.manifest import make_manifest, margin_summary
-from icr_data.pairs import PairingConfig, make_pairs
+from icr_data.base.config import Recipe, load_recipe
+from icr_data.store.manifest import make_manifest, margin_summary
+from icr_data.pairing.pairs import PairingConfig, make_pairs
 
 
 def tables(shift=0.0):

@@ -8,10 +8,12 @@ import pytest
 from datasets import Dataset
 from rich.console import Console
 
-from icr_data import reports, store
-from icr_data.agreement import candidate_agreement, judge_figures, noise_verdicts
-from icr_data.config import RecipeError, ScoringConfig, validate_scoring
-from icr_data.inspection import inspect_version
+from icr_data.commands import reports
+
+from icr_data.store import store
+from icr_data.stages.agreement import candidate_agreement, judge_figures, noise_verdicts
+from icr_data.base.config import RecipeError, ScoringConfig, validate_scoring
+from icr_data.commands.inspection import inspect_version
 
 
 def tau_by_definition(a: list[float], b: list[float]) -> float:
@@ -85,7 +87,7 @@ def test_manifest_figures_equal_a_recomputation_from_the_stored_rewards(agreed):
 
 
 def test_native_rewards_equal_a_native_rescore(agreed):
-    from icr_data.derive import rescore
+    from icr_data.commands.derive import rescore
 
     _, v = agreed
     cands = store.read_table(v, "candidates")
@@ -107,8 +109,8 @@ def test_native_rewards_equal_a_native_rescore(agreed):
 def test_the_native_pass_is_keyed_work_that_a_rerun_skips(agreed, tiny_pair):
     from pathlib import Path
 
-    from icr_data.build import build
-    from icr_data.config import load_recipe
+    from icr_data.commands.build import build
+    from icr_data.base.config import load_recipe
 
     store_dir, v = agreed
     policy, reference = tiny_pair

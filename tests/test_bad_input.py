@@ -9,14 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from icr_data import build as build_mod
-from icr_data import store
-from icr_data.build import build
-from icr_data.chat import TemplateError
-from icr_data.config import PromptsConfig, RecipeError, ScoringConfig, load_recipe
-from icr_data.languages import DIRECTIVE, LANGUAGES
-from icr_data.models import ModelError
-from icr_data.prompts import PromptError, load_prompts
+from icr_data.commands import build as build_mod
+from icr_data.store import store
+from icr_data.commands.build import build
+from icr_data.stages.chat import TemplateError
+from icr_data.base.config import PromptsConfig, RecipeError, ScoringConfig, load_recipe
+from icr_data.base.languages import DIRECTIVE, LANGUAGES
+from icr_data.stages.models import ModelError
+from icr_data.stages.prompts import PromptError, load_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "recipes" / "demo_tiny.yaml"
@@ -238,7 +238,7 @@ def test_recipe_values_refused_by_name(tmp_path, override, message):
 
 
 def test_unknown_or_absent_device_is_one_error():
-    from icr_data.models import pick_device
+    from icr_data.stages.models import pick_device
 
     with pytest.raises(ModelError, match="scoring.device: unknown device 'tpu9'"):
         pick_device("tpu9", "scoring.device")
@@ -294,7 +294,7 @@ def test_hub_id_without_network_names_the_key(tmp_path, tiny_pair, monkeypatch):
 
 
 def test_instruction_longer_than_the_context_names_the_row(tmp_path, tiny_pair, monkeypatch):
-    import icr_data.generate as generate
+    import icr_data.stages.generate as generate
 
     def no_engine(*a, **k):
         raise AssertionError("an engine was started")
@@ -339,7 +339,7 @@ def test_languages_without_prompts_are_warned_and_store_is_cwd_relative(
 ):
     from rich.console import Console
 
-    from icr_data.reports import summary_table
+    from icr_data.commands.reports import summary_table
 
     src = tmp_path / "p.jsonl"
     rows = [{"prompt_id": f"p{i}", "lang": "en", "instruction": f"Say {i}."} for i in range(2)]
@@ -386,7 +386,7 @@ def test_hub_id_unreachable_or_unknown_without_offline_flag(monkeypatch):
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import RepositoryNotFoundError
 
-    from icr_data.models import check_reachable
+    from icr_data.stages.models import check_reachable
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
@@ -415,7 +415,7 @@ def test_hub_id_unreachable_or_unknown_without_offline_flag(monkeypatch):
 def test_workdir_verifies_what_it_reuses(tmp_path, capsys):
     from datasets import Dataset
 
-    from icr_data.shards import WorkDir
+    from icr_data.store.shards import WorkDir
 
     work = WorkDir(tmp_path / ".work")
     work.save("generate", "k", Dataset.from_dict({"x": list(range(100))}), {"what": "test"})

@@ -11,9 +11,9 @@ import pytest
 from datasets import load_dataset
 from huggingface_hub import DatasetCard
 
-from icr_data import store
-from icr_data.build import build
-from icr_data.config import load_recipe
+from icr_data.store import store
+from icr_data.commands.build import build
+from icr_data.base.config import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "recipes" / "demo_tiny.yaml"
@@ -152,9 +152,9 @@ def test_demo_through_vllm_cli(tmp_path):
 def test_vllm_samples_do_not_depend_on_batch_order(tiny_pair):
     from transformers import AutoTokenizer
 
-    from icr_data.chat import prompt_token_ids
-    from icr_data.config import SamplingConfig
-    from icr_data.generate import VLLMBackend, prompt_seed
+    from icr_data.stages.chat import prompt_token_ids
+    from icr_data.base.config import SamplingConfig
+    from icr_data.stages.generate import VLLMBackend, prompt_seed
 
     tok = AutoTokenizer.from_pretrained(tiny_pair[0])
     cfg = SamplingConfig(n=3, max_tokens=10, dtype="float32")
@@ -202,10 +202,10 @@ def test_an_explicit_reward_model_gives_a_second_opinion(build_tiny, tiny_pair, 
     import torch
     from transformers import AutoTokenizer, LlamaForSequenceClassification
 
-    from icr_data.config import PairingConfig
-    from icr_data.executor import run_once
-    from icr_data.pairs import make_pairs
-    from icr_data.stages import RewardStage, Shard
+    from icr_data.base.config import PairingConfig
+    from icr_data.core.executor import run_once
+    from icr_data.pairing.pairs import make_pairs
+    from icr_data.stages.stages import RewardStage, Shard
 
     reference = str(tiny_pair[1])
     rm = tmp_path / "rm"

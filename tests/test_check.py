@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from icr_data.check import load_labelled, summarize, wilson
-from icr_data.config import ScoringConfig
-from icr_data.prompts import PromptError
+from icr_data.commands.check import load_labelled, summarize, wilson
+from icr_data.base.config import ScoringConfig
+from icr_data.stages.prompts import PromptError
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "recipes" / "data"
@@ -66,9 +66,9 @@ def test_summary_numbers():
 
 
 def test_reward_trained_on_the_pairs_ranks_them_all_and_the_swapped_pair_none(tiny_pair, tmp_path):
-    from icr_data.check import check_reward
-    from icr_data.train import train
-    from icr_data.train_config import load_train_config
+    from icr_data.commands.check import check_reward
+    from icr_data.commands.train import train
+    from icr_data.base.train_config import load_train_config
 
     policy, _ = tiny_pair
     pairs = _write(tmp_path / "pairs.jsonl", PAIRS)
@@ -95,7 +95,7 @@ def test_reward_trained_on_the_pairs_ranks_them_all_and_the_swapped_pair_none(ti
 
 
 def test_kendall_tau_and_mode_agreement():
-    from icr_data.agreement import kendall_tau, mode_agreement
+    from icr_data.stages.agreement import kendall_tau, mode_agreement
 
     assert kendall_tau([1, 2, 3], [10, 20, 30]) == 1.0
     assert kendall_tau([1, 2, 3], [3, 2, 1]) == -1.0
@@ -115,7 +115,7 @@ def test_a_language_whose_interval_includes_chance_is_flagged():
 
 
 def test_agreement_between_modes_on_the_tiny_pair(tiny_pair, tmp_path):
-    from icr_data.check import check_reward
+    from icr_data.commands.check import check_reward
 
     policy, reference = tiny_pair
     pairs = _write(tmp_path / "pairs.jsonl", PAIRS)

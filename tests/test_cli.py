@@ -7,8 +7,12 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from icr_data import cli, pairing_rules
-from icr_data.errors import IcrError
+from icr_data.base.config import FILTERS
+from icr_data.base.registry import PAIRING_RULES
+from icr_data import cli
+
+from icr_data.pairing import pairing_rules
+from icr_data.base.errors import IcrError
 
 
 def run(capsys, *args):
@@ -23,24 +27,24 @@ class OddError(IcrError):
 
 
 def test_an_icr_error_from_any_command_is_one_line_and_exit_2(capsys, monkeypatch, tmp_path):
-    import icr_data.derive
+    import icr_data.commands.derive
 
     def refuse(*a, **k):
         raise OddError("the [parent] version has no candidates")
 
-    monkeypatch.setattr(icr_data.derive, "repair", refuse)
+    monkeypatch.setattr(icr_data.commands.derive, "repair", refuse)
     code, out, err = run(capsys, "pair", str(tmp_path), "--strategy", "max_min")
     assert code == 2 and out == ""
     assert err == "error: the [parent] version has no candidates\n"  # brackets kept as text
 
 
 def test_the_same_through_typers_test_runner(monkeypatch, tmp_path):
-    import icr_data.export
+    import icr_data.commands.export
 
     def refuse(*a, **k):
         raise OddError("nothing to export")
 
-    monkeypatch.setattr(icr_data.export, "export", refuse)
+    monkeypatch.setattr(icr_data.commands.export, "export", refuse)
     r = CliRunner().invoke(cli.app, ["export", str(tmp_path), "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and r.output.strip().splitlines() == ["error: nothing to export"]
 
@@ -54,12 +58,12 @@ def test_a_real_error_class_without_monkeypatching(capsys, tmp_path):
 
 
 def test_other_exceptions_keep_their_traceback(monkeypatch, tmp_path):
-    import icr_data.derive
+    import icr_data.commands.derive
 
     def bug(*a, **k):
         raise KeyError("a bug, not a user error")
 
-    monkeypatch.setattr(icr_data.derive, "repair", bug)
+    monkeypatch.setattr(icr_data.commands.derive, "repair", bug)
     with pytest.raises(KeyError, match="a bug"):
         cli.main(["pair", str(tmp_path)])
 
@@ -67,10 +71,10 @@ def test_other_exceptions_keep_their_traceback(monkeypatch, tmp_path):
 def test_strategy_choices_are_the_registry(capsys, monkeypatch, tmp_path):
     code, _, err = run(capsys, "pair", str(tmp_path), "--strategy", "best_worst")
     assert code == 2
-    assert err.strip() == (f"error: --strategy must be one of {', '.join(pairing_rules.RULES)}, "
+    assert err.strip() == (f"error: --strategy must be one of {', '.join(PAIRING_RULES)}, "
                            "got 'best_worst'")  # fmt: skip
     monkeypatch.setitem(
-        pairing_rules.RULES, "best_worst", pairing_rules.Rule(pairing_rules.max_min)
+        PAIRING_RULES._entries, "best_worst", pairing_rules.Rule(pairing_rules.max_min)
     )
     code, _, err = run(capsys, "pair", str(tmp_path), "--strategy", "nope")
     assert code == 2 and "max_min, max_random, top_bottom, threshold, best_worst, got 'nope'" in err
@@ -82,8 +86,8 @@ def test_strategy_choices_are_the_registry(capsys, monkeypatch, tmp_path):
 def test_pair_help_lists_the_registry():
     r = CliRunner().invoke(cli.app, ["pair", "--help"], env={"COLUMNS": "300"})
     assert r.exit_code == 0
-    assert ", ".join(pairing_rules.RULES) in r.output
-    assert ",".join(pairing_rules.FILTERS) in r.output
+    assert ", ".join(PAIRING_RULES) in r.output
+    assert ",".join(FILTERS) in r.output
 
 
 def test_help_imports_nothing_heavy():
@@ -102,8 +106,8 @@ def test_export_formats_write_whole_files_only(capsys, tmp_path):
 
     from synthetic import tables
 
-    from icr_data import store
-    from icr_data.card import render_card
+    from icr_data.store import store
+    from icr_data.store.card import render_card
 
     t, m = tables()
     v1 = store.write_version(tmp_path / "s", "t", t, m, render_card)

@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from icr_data.config import PairingConfig, RecipeError, load_recipe
+from icr_data.base.config import FILTERS
+from icr_data.base.registry import PAIRING_RULES
+from icr_data.base.config import PairingConfig, RecipeError, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = """
@@ -22,14 +24,14 @@ def write(tmp_path, text):
 @pytest.mark.parametrize("recipe", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_recipe_loads(recipe):
     if recipe.name.startswith("dpo_"):  # training configs of the DPO recipe
-        from icr_data.train_config import load_train_config
+        from icr_data.base.train_config import load_train_config
 
         assert load_train_config(recipe).model
         return
     if recipe.name == "paper_round2.yaml":  # needs round 1's training record (test_train.py)
         return
     if recipe.name.startswith("eval_"):  # eval recipes (evaluation.py)
-        from icr_data.evaluation import load_eval
+        from icr_data.commands.evaluation import load_eval
 
         cfg = load_eval(recipe)
         assert cfg.judges and Path(cfg.prompts.source).is_file()
@@ -90,25 +92,25 @@ def test_unknown_language_refused(tmp_path):
 
 
 def test_pairing_rules_are_the_registry(tmp_path, monkeypatch):
-    """The rules a recipe accepts are exactly pairing_rules.RULES, read when the recipe is checked."""
-    from icr_data import pairing_rules
+    """The rules a recipe accepts are exactly PAIRING_RULES, read when the recipe is checked."""
+    from icr_data.pairing import pairing_rules
 
     with pytest.raises(RecipeError, match=r"\(did you mean 'max_min'\?\)"):
         load_recipe(write(tmp_path, BASE + "pairing: {rule: max_mn}\n"))
     path = write(tmp_path, BASE + "pairing: {rule: best_worst}\n")
     with pytest.raises(RecipeError) as e:
         load_recipe(path)
-    assert str(e.value).endswith(f"known: {', '.join(pairing_rules.RULES)}")
+    assert str(e.value).endswith(f"known: {', '.join(PAIRING_RULES)}")
     assert "unknown rule 'pairing.rule: best_worst'" in str(e.value)
     monkeypatch.setitem(
-        pairing_rules.RULES, "best_worst", pairing_rules.Rule(pairing_rules.max_min)
+        PAIRING_RULES._entries, "best_worst", pairing_rules.Rule(pairing_rules.max_min)
     )
     assert load_recipe(path).pairing.rule == "best_worst"
-    assert PairingConfig().filters == list(pairing_rules.FILTERS)
+    assert PairingConfig().filters == list(FILTERS)
 
 
 def test_unreadable_training_record_is_not_called_missing(tmp_path):
-    from icr_data.config import read_training_record
+    from icr_data.base.config import read_training_record
 
     with pytest.raises(RecipeError, match="training record not found"):
         read_training_record(tmp_path / "nope.json")

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from icr_data import store
+from icr_data.store import store
 
 ROOT = Path(__file__).resolve().parents[1]
 LANGS = ["en", "es", "de", "fr", "ru"]

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from icr_data import store
-from icr_data.derive import DeriveError, repair, rescore
+from icr_data.store import store
+from icr_data.commands.derive import DeriveError, repair, rescore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,7 +48,7 @@ def test_native_mode_uses_each_rows_own_instruction(v1):
 
 
 def test_cross_lingual_rescore_needs_english_rows(v1, tmp_path):
-    from icr_data.card import render_card
+    from icr_data.store.card import render_card
 
     m = store.read_manifest(v1)
     fr_only = store.read_table(v1, "candidates").filter(lambda r: r["lang"] == "fr")
@@ -79,7 +79,7 @@ def test_cli_rescore_with_beta(v1):
 
 
 def test_repair_reuses_candidates_and_records_parent(v1):
-    from icr_data.derive import repair
+    from icr_data.commands.derive import repair
 
     v2, manifest = repair(v1, {"rule": "top_bottom", "k": 2, "filters": ["empty"]})
     a, b = store.read_table(v1, "candidates"), store.read_table(v2, "candidates")
@@ -97,8 +97,8 @@ def test_repair_copies_the_candidate_files_and_pairs_as_the_whole_table_would(v1
     """pair decodes only the columns pairing reads and copies the candidates' Parquet as it is:
     the new version's file has the parent's bytes, and its pairs are those of make_pairs on the
     whole table."""
-    from icr_data.config import PairingConfig
-    from icr_data.pairs import make_pairs
+    from icr_data.base.config import PairingConfig
+    from icr_data.pairing.pairs import make_pairs
 
     pairing = {"rule": "max_min", "length_control": True}
     v2, manifest = repair(v1, pairing)
@@ -133,7 +133,7 @@ def test_cli_pair_refuses_unknown_filter(v1):
 
 KILL_AT_THIRD_SAVE = """
 import os, signal, sys
-from icr_data import shards
+from icr_data.store import shards
 from icr_data.cli import main
 
 real, calls = shards.WorkDir.save, []
@@ -187,8 +187,8 @@ def test_rescore_killed_mid_run_resumes_to_the_same_version(build_tiny, tiny_pai
 def test_versions_record_no_local_path_and_still_rescore(v1, tmp_path):
     """Built from models in a temporary folder: manifest.json and the card name them portably
     (file names, content hashes); the hidden local file lets this machine rescore and re-pair."""
-    from icr_data.derive import repair
-    from icr_data.publish import local_paths
+    from icr_data.commands.derive import repair
+    from icr_data.commands.publish import local_paths
 
     v2, _ = rescore(v1, scoring={"beta": 0.5})
     v3, _ = repair(v2, {"rule": "max_random"})
@@ -229,9 +229,9 @@ def test_pairing_again_reuses_the_text_features_the_build_kept(v1, monkeypatch):
     texts) in the dataset's work folder, keyed by the candidates' content and the repetition
     settings. A re-pairing uses it without touching the text; new repetition settings compute
     it again; either way the pairs are those of the whole table."""
-    from icr_data import pairs as pairs_module
-    from icr_data.build import load_text_features
-    from icr_data.config import PairingConfig
+    from icr_data.pairing import pairs as pairs_module
+    from icr_data.commands.build import load_text_features
+    from icr_data.base.config import PairingConfig
 
     files = store.config_files(v1, "candidates")
     recipe_pairing = PairingConfig(**store.read_manifest(v1)["pairing"]["settings"])

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from icr_data import store
-from icr_data.evaluation import EvalError, lineage, load_eval
-from icr_data.winrates import lc_win_rate, llm_win, normalise, parse_verdict, summarize
+from icr_data.store import store
+from icr_data.commands.evaluation import EvalError, lineage, load_eval
+from icr_data.commands.winrates import lc_win_rate, llm_win, normalise, parse_verdict, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,7 +116,7 @@ def test_bad_eval_recipes_are_one_line_before_any_model(tmp_path):
         load_eval(_recipe(tmp_path, judges=["bogus:m"]))
     with pytest.raises(EvalError, match="candidate and baseline are the same model"):
         load_eval(_recipe(tmp_path, baseline="builtin:tiny-policy"))
-    from icr_data.evaluation import evaluate
+    from icr_data.commands.evaluation import evaluate
 
     cfg = load_eval(_recipe(tmp_path), ["prompts.languages=[en, de, ru]"])
     with pytest.raises(EvalError, match="no prompts in ru"):
@@ -129,7 +129,7 @@ def test_eval_end_to_end_on_tiny_models_resumes_and_records(tmp_path, tiny_pair)
     reuses every answer."""
     from transformers import AutoTokenizer, LlamaForSequenceClassification
 
-    from icr_data.evaluation import evaluate, list_evals
+    from icr_data.commands.evaluation import evaluate, list_evals
 
     policy, reference = (str(p) for p in tiny_pair)
     rm_dir = tmp_path / "rm"
@@ -188,8 +188,8 @@ def test_eval_end_to_end_on_tiny_models_resumes_and_records(tmp_path, tiny_pair)
 def test_training_prompts_come_from_the_version_or_file_the_candidate_trained_on(tmp_path):
     from synthetic import tables
 
-    from icr_data.card import render_card
-    from icr_data.evaluation import EvalConfig, training_prompts
+    from icr_data.store.card import render_card
+    from icr_data.commands.evaluation import EvalConfig, training_prompts
 
     data, manifest = tables()
     version = store.write_version(tmp_path, "t", data, manifest, render_card)
@@ -207,7 +207,7 @@ def test_a_record_of_a_trained_candidate_names_its_version_and_flags_its_prompts
 ):
     import yaml
 
-    from icr_data.evaluation import evaluate
+    from icr_data.commands.evaluation import evaluate
 
     policy, reference = (str(p) for p in tiny_pair)
     version = build_tiny(tmp_path / "store", "sampling.max_tokens=8", "prompts.limit=2",

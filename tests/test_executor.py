@@ -9,9 +9,9 @@ from datasets import Dataset
 from rich.console import Console
 from rich.progress import Progress
 
-from icr_data.executor import LocalExecutor, MemoryWork, run_once, tasks
-from icr_data.shards import WorkDir
-from icr_data.stages import Shard, Stage, candidate_shards
+from icr_data.core.executor import LocalExecutor, MemoryWork, run_once, tasks
+from icr_data.store.shards import WorkDir
+from icr_data.stages.stages import Shard, Stage, candidate_shards
 
 
 @dataclass
@@ -94,8 +94,8 @@ def test_keys_follow_inputs_and_identity():
 def test_a_log_prob_key_sees_every_scoring_prompt():
     """Two shards of the same samples whose scoring prompts differ only in their last row (a
     column's str() shows its first five values: a key made from it would not see the row)."""
-    from icr_data.shards import digest
-    from icr_data.stages import LogprobStage
+    from icr_data.store.shards import digest
+    from icr_data.stages.stages import LogprobStage
 
     stage = LogprobStage(role="policy", model="m", model_key="k", tokenizer_from=("m",))
     rows = Dataset.from_dict({"prompt_id": ["p"] * 8, "lang": ["de"] * 8,
@@ -115,7 +115,7 @@ def test_in_memory_runs_leave_nothing_behind(tmp_path, monkeypatch):
 
 
 def test_language_id_reports_its_rate():
-    from icr_data.stages import LangIdStage
+    from icr_data.stages.stages import LangIdStage
 
     rows = Dataset.from_list([{"lang": "de", "response": "Das ist ein ganz normaler Satz."},
                               {"lang": "de", "response": "This one is written in English."},

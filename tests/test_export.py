@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from synthetic import tables
 
-from icr_data import store
-from icr_data.card import render_card
-from icr_data.export import _json_lines, export
+from icr_data.store import store
+from icr_data.store.card import render_card
+from icr_data.commands.export import _json_lines, export
 
 AWKWARD = [
     'a "quoted" word, a back\\slash and \\n written out',

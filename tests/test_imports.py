@@ -158,8 +158,9 @@ def _shortest_cycle(graph: dict[str, set[str]], members: set[str], start: str) -
 
 def test_walk_sees_every_kind_of_import():
     graph = import_graph()
-    assert "models" in graph and "errors" in graph["models"]  # `from icr_data.errors import ...`
-    assert "train" in graph and "models" in graph["train"]  # `from icr_data import models`
+    models, train = "stages.models", "commands.train"
+    assert models in graph and "base.errors" in graph[models]  # `from icr_data.base.errors import`
+    assert train in graph and models in graph[train]  # `from icr_data.stages import models`
 
 
 def test_the_import_graph_has_no_cycles():
@@ -229,3 +230,22 @@ def test_no_module_imports_another_modules_private_names():
                     and not node.attr.startswith("__")):  # fmt: skip
                 offences.append(f"{name}: {node.value.id}.{node.attr}")
     assert not offences, "\n".join(offences)
+
+
+LAYERS = ("base", "store", "core", "pairing", "stages", "commands", "cli")
+"""The package's floors, lowest first: a module imports only from its own floor or below."""
+
+
+def floor(module: str) -> int:
+    return LAYERS.index(module.split(".")[0]) if module != "__init__" else -1
+
+
+def test_every_module_sits_on_a_floor():
+    loose = [m for m in import_graph() if m != "__init__" and m.split(".")[0] not in LAYERS]
+    assert not loose, f"modules outside the layer folders {LAYERS}: {loose}"
+
+
+def test_imports_only_go_down():
+    up = sorted(f"{a} -> {b}" for a, deps in import_graph().items() for b in deps
+                if floor(b) > floor(a))  # fmt: skip
+    assert not up, "imports going up a floor:\n" + "\n".join(up)

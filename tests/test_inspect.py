@@ -10,13 +10,14 @@ from datasets import Dataset
 from PIL import Image
 from rich.console import Console
 
-from icr_data import inspection as ins
-from icr_data import reports, store
-from icr_data.card import render_card
+from icr_data.commands import inspection as ins
+from icr_data.commands import reports
+from icr_data.store import store
+from icr_data.store.card import render_card
 from icr_data.cli import main
-from icr_data.config import Recipe
-from icr_data.manifest import make_manifest, margin_summary
-from icr_data.pairs import PAIR_FEATURES, PairStats, empty_funnel
+from icr_data.base.config import Recipe
+from icr_data.store.manifest import make_manifest, margin_summary
+from icr_data.pairing.pairs import PAIR_FEATURES, PairStats, empty_funnel
 
 # de: margins 0.0 .. 1.0 in a shuffled order, so p10/p50/p90 are 0.1/0.5/0.9 exactly
 DE = [0.3, 1.0, 0.0, 0.7, 0.5, 0.1, 0.9, 0.2, 0.6, 0.4, 0.8]

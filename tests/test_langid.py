@@ -3,7 +3,7 @@
 import pytest
 from datasets import Dataset
 
-from icr_data.langid import add_lid, identify
+from icr_data.stages.langid import add_lid, identify
 
 SENTENCES = {
     "en": ["The weather is lovely today, so we are going for a walk in the park.",
@@ -53,7 +53,7 @@ def test_parallel_batches_equal_one_text_at_a_time(monkeypatch):
     one text at a time; scores to 1e-9 (lingua sums in threads, so last bits may differ)."""
     from lingua import IsoCode639_1, LanguageDetectorBuilder
 
-    from icr_data import langid
+    from icr_data.stages import langid
 
     monkeypatch.setattr(langid, "CHUNK", 4)  # 6 chunks
     texts = [t for ts in SENTENCES.values() for t in ts] + [
@@ -83,7 +83,7 @@ def test_parallel_batches_equal_one_text_at_a_time(monkeypatch):
 
 
 def test_worker_count_from_the_environment(monkeypatch):
-    from icr_data.langid import WORKERS_ENV, default_workers
+    from icr_data.stages.langid import WORKERS_ENV, default_workers
 
     monkeypatch.setenv(WORKERS_ENV, "1")
     assert default_workers() == 1

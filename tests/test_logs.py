@@ -7,9 +7,9 @@ import sys
 
 from datasets import Dataset
 
-from icr_data import logs
-from icr_data.config import SamplingConfig
-from icr_data.generate import RequestProgress, open_backend, sample
+from icr_data.base import logs
+from icr_data.base.config import SamplingConfig
+from icr_data.stages.generate import RequestProgress, open_backend, sample
 
 
 def test_generation_advances_per_prompt_not_per_chunk(tiny_pair):

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from icr_data import models, prepare
-from icr_data.models import ModelError, NotPrepared
+from icr_data.stages import models
+
+from icr_data.commands import prepare
+from icr_data.stages.models import ModelError, NotPrepared
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_TRAIN = ROOT / "recipes" / "dpo_demo_tiny.yaml"  # LoRA, 4 steps on the tiny reference
@@ -74,14 +76,14 @@ def test_prepare_builds_a_builtin_once_and_resolve_finds_it(cache):
 
 
 def test_a_killed_preparation_leaves_nothing_that_counts(cache, monkeypatch):
-    import icr_data.tiny
+    import icr_data.stages.tiny
 
     def killed(out_dir, seed=0):
         (Path(out_dir) / "tiny-policy").mkdir(parents=True)
         (Path(out_dir) / "tiny-policy" / "config.json").write_text("{}")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(icr_data.tiny, "build_tiny_pair", killed)
+    monkeypatch.setattr(icr_data.stages.tiny, "build_tiny_pair", killed)
     with pytest.raises(KeyboardInterrupt):
         prepare.ensure(["builtin:tiny-policy"])
     with pytest.raises(NotPrepared):
@@ -120,11 +122,11 @@ def test_plan_puts_what_a_training_starts_from_first(cache, tmp_path):
 
 def _old_trained_path(config: Path) -> Path:
     """The cache folder as trained_model computed it before resolving became pure."""
-    import icr_data.train
-    from icr_data.shards import digest
-    from icr_data.store import sha256_file
-    from icr_data.tiny import builtin_cache
-    from icr_data.train_config import load_train_config
+    import icr_data.commands.train
+    from icr_data.store.shards import digest
+    from icr_data.store.store import sha256_file
+    from icr_data.stages.tiny import builtin_cache
+    from icr_data.base.train_config import load_train_config
 
     cfg = load_train_config(config, need_output=False)
     src = Path(cfg.data.source)
@@ -135,7 +137,7 @@ def _old_trained_path(config: Path) -> Path:
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "output_dir"}
     settings["data"].pop("source")
     code = {
-        name: sha256_file(Path(icr_data.train.__file__).with_name(name))
+        name: sha256_file(Path(icr_data.commands.train.__file__).with_name(name))
         for name in ("train.py", "version_ref.py", "score.py", "chat.py")
     }
     code["trl"] = importlib.metadata.version("trl")  # the trainer's version is part of the key

@@ -5,9 +5,11 @@ from pathlib import Path
 import pytest
 from datasets import Dataset
 
-from icr_data.config import PairingConfig
-from icr_data.pairs import make_pairs
-from icr_data.textfeatures import repeated_ngram_ratio
+from icr_data.base.config import FILTERS
+from icr_data.base.registry import PAIRING_RULES
+from icr_data.base.config import PairingConfig
+from icr_data.pairing.pairs import make_pairs
+from icr_data.pairing.textfeatures import repeated_ngram_ratio
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -257,16 +259,16 @@ def test_no_pairs_gives_empty_dataset_with_columns():
 
 
 def test_a_rule_is_one_function_plus_one_registry_line(monkeypatch):
-    """A rule added to pairing_rules.RULES is run by make_pairs and accepted by the recipe check."""
-    from icr_data import pairing_rules
-    from icr_data.config import validate_pairing
+    """A rule added to PAIRING_RULES is run by make_pairs and accepted by the recipe check."""
+    from icr_data.pairing import pairing_rules
+    from icr_data.base.config import validate_pairing
 
     def second_best(adjusted, reward, cfg, rng):
         """the second best vs the worst"""
         order = sorted(range(len(adjusted)), key=lambda i: -adjusted[i])
         return [(order[1], order[-1])]
 
-    monkeypatch.setitem(pairing_rules.RULES, "second_best", pairing_rules.Rule(second_best))
+    monkeypatch.setitem(PAIRING_RULES._entries, "second_best", pairing_rules.Rule(second_best))
     validate_pairing(PairingConfig(rule="second_best"))
     pairs, stats = run(FIVE, length_control=False, rule="second_best")
     assert idx(pairs) == [("p", 4, 0)] and stats.funnel["en"]["pairs"] == 1
@@ -274,7 +276,7 @@ def test_a_rule_is_one_function_plus_one_registry_line(monkeypatch):
 
 
 def test_unknown_rule_is_refused_by_name():
-    from icr_data.config import RecipeError
+    from icr_data.base.config import RecipeError
 
     with pytest.raises(RecipeError, match="unknown pairing rule 'best'"):
         run(FIVE, rule="best")
@@ -313,7 +315,7 @@ def _research_selection(rows):
 
 
 def test_paper_exact_preset_is_the_research_selection_and_not_the_filtered_default():
-    from icr_data.config import load_recipe
+    from icr_data.base.config import load_recipe
 
     texts = {  # (reward, response, finish_reason, lid_lang) per sample
         ("p1", "de"): [(0.9, "Das ist eine sehr lange Antwort ohne Ende", "length", "de"),
@@ -353,7 +355,7 @@ def test_paper_exact_preset_is_the_research_selection_and_not_the_filtered_defau
 
 
 def test_paper_exact_refuses_settings_the_research_code_does_not_have(tmp_path):
-    from icr_data.config import RecipeError, load_recipe
+    from icr_data.base.config import RecipeError, load_recipe
 
     paper = ROOT / "recipes" / "paper_round1.yaml"
     with pytest.raises(RecipeError, match=r"needs 'pairing.filters: \[\]'"):
@@ -363,7 +365,7 @@ def test_paper_exact_refuses_settings_the_research_code_does_not_have(tmp_path):
 
 
 def test_no_correlation_on_two_pairs():
-    from icr_data.pairs import _corr
+    from icr_data.pairing.pairs import _corr
 
     assert _corr([1.0, 2.0], [3.0, 5.0]) is None
     assert _corr([1.0, 2.0, 3.0], [3.0, 5.0, 7.0]) == pytest.approx(1.0)

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from datasets import Dataset
 
-from icr_data.config import PairingConfig
-from icr_data.pairs import PAIR_FEATURES, make_pairs
+from icr_data.base.config import PairingConfig
+from icr_data.pairing.pairs import PAIR_FEATURES, make_pairs
 
 TOL = 1e-12
 
@@ -415,7 +415,7 @@ def test_texts_read_from_parquet_row_groups_pair_as_in_memory(tmp_path):
     time (ParquetTexts); the pairs and stats are those of the whole table in memory."""
     import pyarrow.parquet as pq
 
-    from icr_data.textfeatures import ParquetTexts, Texts
+    from icr_data.pairing.textfeatures import ParquetTexts, Texts
 
     table = random_table(21)
     ds = Dataset.from_list(table)
@@ -441,7 +441,7 @@ def test_texts_read_from_parquet_row_groups_pair_as_in_memory(tmp_path):
 def _alpha_as_every_alpha_evaluated(reward, length, sizes, alphas):
     """The compiled choice of alpha (candidates pruned, the grid evaluated per stretch between
     crossings) against the whole (candidates x alphas) matrix: the same index and means."""
-    from icr_data.length_control import choose_alpha
+    from icr_data.pairing.length_control import choose_alpha
 
     starts = np.r_[0, np.cumsum(sizes)[:-1]]
     groups = [(reward[s : s + n], length[s : s + n]) for s, n in zip(starts, sizes)]

@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 from synthetic import digest, tables
 
-from icr_data import export, publish, store
-from icr_data.card import render_card
+from icr_data.commands import export, publish
+
+from icr_data.store import store
+from icr_data.store.card import render_card
 from icr_data.cli import main
-from icr_data.files import atomic_write_text
+from icr_data.base.files import atomic_write_text
 
 
 def write(store_dir: Path, name: str | None = None, dataset: str = "t") -> Path:
@@ -62,7 +64,7 @@ def test_cli_build_refuses_a_bad_version_before_any_work(tmp_path, capsys, monke
 
 
 def test_rescore_and_repair_refuse_a_bad_name_first(tmp_path):
-    from icr_data.derive import repair, rescore
+    from icr_data.commands.derive import repair, rescore
 
     v1 = write(tmp_path / "store")
     for fn in (repair, rescore):
@@ -104,7 +106,7 @@ def test_export_names_from_a_manifest_stay_inside_out(tmp_path):
 
 
 def test_plot_inside_any_version_is_refused(tmp_path, capsys):
-    from icr_data import inspection as ins
+    from icr_data.commands import inspection as ins
 
     v1, v2 = write(tmp_path / "store"), write(tmp_path / "store")
     before = digest(v1), digest(v2)

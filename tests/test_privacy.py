@@ -11,12 +11,14 @@ from datasets import Dataset
 from huggingface_hub import DatasetCard
 from synthetic import tables
 
-from icr_data import publish, store
-from icr_data.card import render_card
+from icr_data.commands import publish
+
+from icr_data.store import store
+from icr_data.store.card import render_card
 from icr_data.cli import main
-from icr_data.config import Recipe
-from icr_data.manifest import make_manifest, margin_summary
-from icr_data.pairs import PairingConfig, make_pairs
+from icr_data.base.config import Recipe
+from icr_data.store.manifest import make_manifest, margin_summary
+from icr_data.pairing.pairs import PairingConfig, make_pairs
 
 LOAD_PLACEHOLDER = "<this folder or Hub repo>"  # the local card's load snippet (card.py)
 
@@ -214,7 +216,7 @@ def test_published_card_names_the_repo_cites_the_paper_and_states_limitations(tm
 
 
 def test_a_child_version_keeps_paths_relative_to_the_parents_recipe(project, tmp_path):
-    from icr_data.derive import repair
+    from icr_data.commands.derive import repair
 
     recipes, _ = project
     tabs, manifest, recipe = local_manifest(project, recipes)

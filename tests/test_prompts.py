@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from icr_data.config import PromptsConfig, ScoringConfig
-from icr_data.prompts import PromptError, load_prompts
+from icr_data.base.config import PromptsConfig, ScoringConfig
+from icr_data.stages.prompts import PromptError, load_prompts
 
 ROWS = [
     {"prompt_id": "p1", "lang": "de", "instruction": "Nenne drei Früchte."},

@@ -15,9 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 from synthetic import digest, overrides, recipe
 
-from icr_data import store
-from icr_data.build import build
-from icr_data.config import RayConfig, RecipeError
+from icr_data.store import store
+from icr_data.commands.build import build
+from icr_data.base.config import RayConfig, RecipeError
 
 ray = pytest.importorskip("ray")
 
@@ -156,7 +156,7 @@ def test_vllm_engine_in_a_ray_actor_samples_what_the_local_engine_samples(
 
 
 def test_pool_sizes_from_the_cluster():
-    from icr_data.ray_exec import Pool, RayError, plan_pool
+    from icr_data.core.ray_exec import Pool, RayError, plan_pool
 
     laptop = [{"CPU": 2.0}]
     assert plan_pool(RayConfig(), laptop, batches=4, gpus_wanted=1) == Pool(1, 0.0, 2.0, 1)
@@ -177,8 +177,8 @@ def test_pool_sizes_from_the_cluster():
 
 
 def test_a_fraction_of_a_gpu_takes_that_share_of_its_memory():
-    from icr_data.config import SamplingConfig
-    from icr_data.stages import GenerateStage
+    from icr_data.base.config import SamplingConfig
+    from icr_data.stages.stages import GenerateStage
 
     def engine(sampling, gpus):
         return GenerateStage("m", "m@x", sampling).for_worker(gpus).sampling
@@ -206,7 +206,7 @@ def test_ray_keys_in_the_recipe_are_checked(tmp_path, tiny_pair):
 
 
 def test_missing_ray_is_a_clear_error(monkeypatch):
-    from icr_data.ray_exec import RayError, connect
+    from icr_data.core.ray_exec import RayError, connect
 
     monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
     with pytest.raises(RayError, match=r"pip install 'icr-data\[ray\]'"):
@@ -214,7 +214,7 @@ def test_missing_ray_is_a_clear_error(monkeypatch):
 
 
 def test_ray_is_imported_only_when_used(tmp_path):
-    code = ("import sys, icr_data.cli, icr_data.build, icr_data.ray_exec; "
+    code = ("import sys, icr_data.cli, icr_data.commands.build, icr_data.core.ray_exec; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'ray'))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -7,11 +7,11 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM
 
-from icr_data.chat import ChatEncoder
-from icr_data.config import ScoringConfig
-from icr_data.models import ModelError
-from icr_data.score import sequence_logps
-from icr_data.stages import score_candidates as score
+from icr_data.stages.chat import ChatEncoder
+from icr_data.base.config import ScoringConfig
+from icr_data.stages.models import ModelError
+from icr_data.stages.score import sequence_logps
+from icr_data.stages.stages import score_candidates as score
 
 RESPONSES = [
     "",  # empty: only the end-of-turn token (or nothing) is scored
@@ -93,7 +93,7 @@ def test_score_columns_and_reward(models, tiny_pair, tokenizer):
 
 
 def test_mismatched_tokenizers_refused(tiny_pair, tmp_path):
-    from icr_data.tiny import build_model, build_tokenizer
+    from icr_data.stages.tiny import build_model, build_tokenizer
 
     other_tok = build_tokenizer(["completely different corpus text"] * 3, vocab_size=300)
     other = tmp_path / "other"
@@ -104,7 +104,7 @@ def test_mismatched_tokenizers_refused(tiny_pair, tmp_path):
 
 
 def test_token_budget_batches():
-    from icr_data.score import ScoreStats, plan_batches
+    from icr_data.stages.score import ScoreStats, plan_batches
 
     lengths = [10, 50, 20, 50, 5, 30]
     assert plan_batches(lengths, token_budget=100, max_batch_size=8) == [[1, 3], [5, 2, 0], [4]]
@@ -119,7 +119,7 @@ def test_token_budget_batches():
 
 
 def test_stats_count_real_and_padded_tokens(models, tokenizer):
-    from icr_data.score import ScoreStats
+    from icr_data.stages.score import ScoreStats
 
     enc = ChatEncoder(tokenizer)
     rows = [enc.encode("Hi", y) for y in RESPONSES]

@@ -1,4 +1,4 @@
-"""The compiled text pass pairing screens with (icr_data/textscan.py), against Python's own
+"""The compiled text pass pairing screens with (icr_data/pairing/textscan.py), against Python's own
 definitions: str.split() words, len() characters, the repeated n-gram share, normalised text."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from icr_data.textfeatures import normalise, repeated_ngram_ratio
-from icr_data.textscan import FOLD_EXCEPTIONS, FOLD_LIMIT, WHITESPACE, scan
+from icr_data.pairing.textfeatures import normalise, repeated_ngram_ratio
+from icr_data.pairing.textscan import FOLD_EXCEPTIONS, FOLD_LIMIT, WHITESPACE, scan
 
 CODE_POINTS = [c for c in range(0x110000) if not 0xD800 <= c < 0xE000]
 

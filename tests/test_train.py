@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from icr_data import store
-from icr_data.build import build
-from icr_data.config import load_recipe
-from icr_data.train import TrainError, load_pairs, train
-from icr_data.train_config import load_train_config
+from icr_data.store import store
+from icr_data.commands.build import build
+from icr_data.base.config import load_recipe
+from icr_data.commands.train import TrainError, load_pairs, train
+from icr_data.base.train_config import load_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,9 +35,9 @@ def _config(tmp_path, source, model, **kw) -> Path:
 
 def _accuracy(model_dir, reference, rows, tokenizer) -> float:
     """Implicit-reward accuracy on `rows`: log pi(c) - log ref(c) > log pi(r) - log ref(r)."""
-    from icr_data.chat import ChatEncoder
-    from icr_data.models import load_causal_lm
-    from icr_data.score import sequence_logps
+    from icr_data.stages.chat import ChatEncoder
+    from icr_data.stages.models import load_causal_lm
+    from icr_data.stages.score import sequence_logps
 
     enc = ChatEncoder(tokenizer)
     flat = [enc.encode(r["instruction"], r[k]) for r in rows for k in ("chosen", "rejected")]
@@ -109,8 +109,8 @@ def test_gradient_accumulation_matches_one_big_batch(version, tiny_pair, tmp_pat
 
 
 def test_lora_without_merge_is_an_adapter_and_no_model(version, tiny_pair, tmp_path):
-    from icr_data.config import RecipeError, RoundConfig, previous_model
-    from icr_data.prepare import trained_model
+    from icr_data.base.config import RecipeError, RoundConfig, previous_model
+    from icr_data.commands.prepare import trained_model
 
     policy, _ = tiny_pair
     path = _config(tmp_path, version, policy, finetune="lora", max_steps=1,
@@ -208,7 +208,7 @@ def test_one_step_is_the_hand_computed_dpo_nll_update(version, tiny_pair, tokeni
     import torch.nn.functional as F
     from transformers import AutoModelForCausalLM
 
-    from icr_data.chat import ChatEncoder
+    from icr_data.stages.chat import ChatEncoder
 
     policy, _ = tiny_pair
     beta, w, lr = 0.1, 0.5, 0.1
@@ -262,7 +262,7 @@ def native(version, tiny_pair):
     """The version rescored natively with the tiny policy as its scoring reference: its
     reference log-probs are then the training reference's (the policy's) under the training
     prompt."""
-    from icr_data.derive import rescore
+    from icr_data.commands.derive import rescore
 
     policy, reference = tiny_pair
     ok, _ = rescore(
@@ -423,7 +423,7 @@ def test_trl_trains_on_exported_version(version, tiny_pair, tokenizer, tmp_path)
     pytest.importorskip("trl")
     from datasets import load_dataset
 
-    from icr_data.export import export
+    from icr_data.commands.export import export
 
     (path,) = export(version, "trl", tmp_path / "trl")
     ds = load_dataset("parquet", data_files=str(path), split="train")
@@ -442,8 +442,8 @@ def test_ref_logps_export_is_what_trl_computes(version, native, tiny_pair, token
     from datasets import load_dataset
     from trl import DPOTrainer
 
-    from icr_data.derive import rescore
-    from icr_data.export import ExportError, export
+    from icr_data.commands.derive import rescore
+    from icr_data.commands.export import ExportError, export
 
     policy, reference = tiny_pair
     with pytest.raises(ExportError, match="scored in cross_lingual mode"):
@@ -473,7 +473,7 @@ def test_ref_logps_export_is_what_trl_computes(version, native, tiny_pair, token
 
 
 def test_llamafactory_and_jsonl_exports(version, tmp_path):
-    from icr_data.export import ExportError, export
+    from icr_data.commands.export import ExportError, export
 
     pairs = store.read_table(version, "pairs")
     out = tmp_path / "lf"
@@ -531,7 +531,7 @@ def test_round_two_generates_with_round_one_model(version, tiny_pair, tmp_path):
 
 
 def test_previous_without_a_record_is_refused(tmp_path):
-    from icr_data.config import RecipeError
+    from icr_data.base.config import RecipeError
 
     with pytest.raises(RecipeError, match="'models.generator' is 'previous' but 'round.previous'"):
         load_recipe(ROOT / "recipes/demo_tiny.yaml", ["models.generator=previous"])
@@ -541,7 +541,7 @@ def test_previous_without_a_record_is_refused(tmp_path):
 
 
 def test_shipped_training_configs_and_round_recipes_load():
-    from icr_data.config import RecipeError
+    from icr_data.base.config import RecipeError
 
     for name in ("dpo_paper_round1.yaml", "dpo_paper_round2.yaml"):
         cfg = load_train_config(ROOT / "recipes" / name)
@@ -581,7 +581,7 @@ def test_rounding_noise_is_not_a_ranking():
     count as pairs ranked right (it once logged an accuracy of 0.25)."""
     import torch
 
-    from icr_data.train import ranked_right
+    from icr_data.commands.train import ranked_right
 
     chosen = torch.tensor([1e-7, -1e-7, 0.0, 0.02, 3e-7], dtype=torch.float64)
     rejected = torch.tensor([0.0, 0.0, 0.0, 0.0, -2e-7], dtype=torch.float64)

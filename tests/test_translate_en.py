@@ -3,12 +3,12 @@ translations under the English instruction; pairs keep the original texts."""
 
 import pytest
 
-from icr_data import store
-from icr_data.config import SamplingConfig, ScoringConfig
-from icr_data.derive import rescore
-from icr_data.executor import run_once
-from icr_data.stages import Shard, score_candidates
-from icr_data.translate import english_requests, response_translator
+from icr_data.store import store
+from icr_data.base.config import SamplingConfig, ScoringConfig
+from icr_data.commands.derive import rescore
+from icr_data.core.executor import run_once
+from icr_data.stages.stages import Shard, score_candidates
+from icr_data.commands.translate import english_requests, response_translator
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_rescoring_in_translate_en_reuses_samples_and_translations(translated):
 
 
 def test_reference_logps_of_a_translate_en_version_are_refused(translated):
-    from icr_data.version_ref import refusal
+    from icr_data.store.version_ref import refusal
 
     why = refusal(store.read_manifest(translated), None, None)
     assert why.startswith(

@@ -12,9 +12,9 @@ pytest.importorskip("trl")
 
 from datasets import Dataset  # noqa: E402
 
-from icr_data.chat import ChatEncoder, render_prompt  # noqa: E402
-from icr_data.config import ScoringConfig  # noqa: E402
-from icr_data.stages import score_candidates as score  # noqa: E402
+from icr_data.stages.chat import ChatEncoder, render_prompt  # noqa: E402
+from icr_data.base.config import ScoringConfig  # noqa: E402
+from icr_data.stages.stages import score_candidates as score  # noqa: E402
 
 ROWS = [
     ("Name three fruits.", "Apple, kiwi and orange.", "I don't know."),

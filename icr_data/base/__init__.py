@@ -1,0 +1,1 @@
+"""Foundations: errors, files, the console, logs, languages, configs."""

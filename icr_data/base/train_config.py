@@ -1,0 +1,131 @@
+"""A DPO training config (the YAML that recipes/dpo.py and `train:CONFIG` model strings name):
+its settings and how it is read. No icr_data module it imports imports models or train, so
+models.py can read a config to name the model it trains (models.trained_path) without importing
+the training code; train.py re-exports these names.
+
+The top-level keys are the recipe's own (they map onto TRL's DPOConfig in train.dpo_args); any
+other TRL / transformers training argument passes through, under its own name, in `trainer:`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from icr_data.base.errors import IcrError
+
+
+class TrainError(IcrError):
+    """A training run that cannot start; the message names the file, row or option."""
+
+
+@dataclass
+class DataConfig:
+    source: str = ""
+    """A version folder (<store>/<dataset>/vN), a Hub dataset id, or a JSONL/Parquet file of pairs."""
+    revision: str | None = None
+    """Hub sources: the revision (a version tag such as v3, a branch or a commit)."""
+    config: str = "pairs"
+    split: str = "train"
+    languages: list[str] | None = None
+    """Train on these languages only; None: all."""
+    limit: int | None = None
+    """At most this many pairs (the first ones); None: all."""
+
+
+@dataclass
+class LoraSettings:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] | str = "all-linear"
+    merge: bool = True
+    """Also write the merged model (what vLLM and the scorer load); the adapter is always kept."""
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: str = ""
+    """The model to train (its starting weights): a folder, a Hub id or builtin:*."""
+    reference: str | None = None
+    """The DPO reference; None: the starting model (the usual choice)."""
+    chat_template: str | None = None
+    output_dir: str = ""
+    finetune: Literal["lora", "full"] = "lora"
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    beta: float = 0.1
+    nll_weight: float = 0.0
+    """Weight of the NLL term on chosen (mean per token); the paper trains DPO+NLL (e.g. 1.0)."""
+    learning_rate: float = 5e-7
+    epochs: int = 1
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (overrides epochs)."""
+    batch_size: int = 4
+    """Pairs per micro-batch, per process (TRL's per_device_train_batch_size)."""
+    grad_accum: int = 8
+    """Micro-batches per optimizer step: global batch = batch_size x grad_accum x processes (32
+    by default on one process; divide grad_accum by the number of GPUs to keep it)."""
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    max_length: int | None = None
+    """Drop (and count) pairs whose prompt + longer response exceeds this many tokens."""
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    """Weights of the trained model: auto or float32 = float32 weights (on CUDA, bf16 mixed
+    precision: TRL's `bf16`); bfloat16 or float16 = weights in that dtype."""
+    log_every: int = 1
+    """Print the step log every this many steps (every step is recorded in training.json)."""
+    save_every: int | None = None
+    """Write a checkpoint (output_dir/checkpoint-N, TRL's) every this many optimizer steps;
+    None: only the final model."""
+    ref_logps: Literal["auto", "version", "compute"] = "auto"
+    """Where the reference log-probs come from. auto: from the version's own scores when they are
+    the training reference's under the training prompt (native scoring, the same reference and
+    tokenizer, the end-of-turn token counted), else TRL computes them once before training;
+    version: from the version or refuse with the reason; compute: TRL computes them."""
+    trainer: dict = field(default_factory=dict)
+    """Other TRL DPOConfig / transformers TrainingArguments, under their own names (e.g.
+    gradient_checkpointing, optim, lr_scheduler_type, save_total_limit, report_to, deepspeed,
+    fsdp). A name the recipe sets from a key above is refused with that key's name."""
+
+    @property
+    def adapter_only(self) -> bool:
+        """LoRA without merge: the output is an adapter, no model vLLM or the scorer can load."""
+        return self.finetune == "lora" and not self.lora.merge
+
+
+def load_train_config(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = (), need_output: bool = True
+) -> TrainConfig:
+    import yaml
+
+    from icr_data.base.config import RecipeError, apply_override, from_dict, resolve_relative
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        for o in overrides:
+            apply_override(data, o)
+        cfg = from_dict(TrainConfig, data, where=str(path))
+    except OSError:
+        raise TrainError(f"training config not found: {path}") from None
+    except (yaml.YAMLError, RecipeError) as e:
+        raise TrainError(str(e)) from None
+    base = path.resolve().parent
+    cfg.data.source = resolve_relative(cfg.data.source, base)
+    for name in ("model", "reference", "chat_template", "output_dir"):
+        value = getattr(cfg, name)
+        if value and name in ("model", "reference") and value.startswith("train:"):
+            # a model another config trains: its config is named relative to this one
+            setattr(cfg, name, "train:" + resolve_relative(value.removeprefix("train:"), base))
+        elif value:
+            setattr(cfg, name, resolve_relative(value, base))
+    if not cfg.data.source or not cfg.model or (need_output and not cfg.output_dir):
+        raise TrainError(f"{path}: 'data.source', 'model' and 'output_dir' are required")
+    if cfg.batch_size < 1 or cfg.grad_accum < 1 or cfg.epochs < 1:
+        raise TrainError(f"{path}: 'batch_size', 'grad_accum' and 'epochs' must be >= 1")
+    return cfg

@@ -1,0 +1,1 @@
+"""The commands: each a plan of stages, or a reader of versions."""

@@ -1,0 +1,256 @@
+"""New versions from existing ones, without regenerating: rescore, or pair again.
+
+    icr-data score icr_store/demo/v1 --policy P --reference R [--mode native] [--beta 0.1]
+    icr-data pair icr_store/demo/v1 --strategy top_bottom --k 2 [--filters truncated,empty]
+
+The candidates of the parent version are read back (responses are never regenerated), scored
+under the new pair (rescore) or reused as they are (pair), paired, and written as a new version of
+the same dataset whose manifest names its parent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+from datasets import Dataset
+
+from icr_data.stages import models
+
+from icr_data.store import store
+from icr_data.base.config import Recipe, RecipeError, from_dict, validate_scoring
+from icr_data.base.errors import IcrError
+from icr_data.base.languages import scoring_prompt
+
+
+class DeriveError(IcrError):
+    """A derived version that cannot be made from its parent."""
+
+
+def parent_recipe(version_dir: Path) -> tuple[dict, Recipe]:
+    """The parent's manifest and its recipe: as this machine loaded it (the version's hidden local
+    file, with absolute paths), else the manifest's portable one (paths relative to the recipe's
+    folder, or names: give --policy/--reference where they no longer resolve)."""
+    manifest = store.read_manifest(version_dir)
+    recipe = store.local_recipe(version_dir, manifest)
+    return manifest, from_dict(Recipe, recipe, where=str(version_dir / "manifest.json"))
+
+
+def rescoring_prompts(candidates: Dataset, mode: str) -> list[str]:
+    """Scoring prompts for `mode`, using the English rows the candidates carry."""
+    english = {p: x for p, lang, x in zip(candidates["prompt_id"], candidates["lang"], candidates["instruction"]) if lang == "en"}  # fmt: skip
+    out = []
+    for p, lang, x in zip(candidates["prompt_id"], candidates["lang"], candidates["instruction"]):
+        if mode in ("cross_lingual", "translate_en") and p not in english:
+            raise DeriveError(
+                f"prompt_id {p} ({lang}) has no English candidates in this version, so its "
+                f"English instruction is unknown; {mode} rescoring needs English rows"
+            )
+        out.append(scoring_prompt(english.get(p, ""), x, lang, mode))
+    return out
+
+
+def rescore(
+    version: str | Path,
+    policy: str | None = None,
+    reference: str | None = None,
+    scoring: dict | None = None,
+    name: str | None = None,
+    console=None,
+    executor: str = "local",
+    address: str | None = None,
+    if_changed: bool = False,
+) -> tuple[Path, dict]:
+    """Score the parent's candidates under a (new) reward pair; write and return a new version.
+
+    The two log-prob passes run shard by shard through an executor, with their work kept under
+    the dataset's .work folder exactly as a build keeps it: a killed rescore resumes."""
+    from icr_data.commands import prepare
+    from icr_data.commands.build import CANDIDATE_COLUMNS, make_executor, native_rewards
+    from icr_data.base.console import progress_bar, stderr_console
+    from icr_data.stages.score import with_rewards
+    from icr_data.store.shards import WorkDir
+    from icr_data.stages.stages import dual_logit, logprob_stages
+
+    console = console or stderr_console()
+    if name is not None:
+        store.check_version_name(name)
+    version_dir = store.resolve_version(version)
+    parent_manifest, recipe = parent_recipe(version_dir)
+    if policy:
+        recipe.models.policy = policy
+    if reference:
+        recipe.models.reference = reference
+    if scoring:
+        recipe.scoring = dataclasses.replace(recipe.scoring, **scoring)
+        if recipe.scoring.mode != "cross_lingual":  # agreement compares cross_lingual with native
+            recipe.scoring.agreement = None
+        try:
+            validate_scoring(recipe.scoring, "icr-data score")
+        except RecipeError as e:
+            raise DeriveError(str(e)) from None
+    if name is not None and (version_dir.parent / name).exists():
+        raise store.StoreError(f"version {name} already exists at {version_dir.parent / name}; "
+                               "versions are immutable")  # fmt: skip
+    # the candidates' own checks first: they need no model
+    candidates = store.read_table(version_dir, "candidates")
+    candidates = candidates.remove_columns("scoring_prompt").add_column(
+        "scoring_prompt", rescoring_prompts(candidates, recipe.scoring.mode)
+    )
+    specs = {r: getattr(recipe.models, r) for r in ("policy", "reference")}
+    translating = (
+        recipe.scoring.mode == "translate_en" and "response_en" not in candidates.column_names
+    )
+    if translating:  # translate_en of a version without translations: the translator too
+        specs["translator"] = recipe.scoring.translator or recipe.models.generator
+    elif recipe.scoring.mode != "translate_en" and "response_en" in candidates.column_names:
+        candidates = candidates.remove_columns("response_en")
+    try:
+        prepare.ensure(list(specs.values()), console)
+        resolved = {r: models.resolve(spec, r) for r, spec in specs.items()}
+    except models.ModelError as e:
+        if (version_dir / store.LOCAL_FILE).is_file():
+            raise
+        raise DeriveError(f"{e} ({version_dir} records its models by name and content hash, "
+                          "not by this machine's paths: give --policy and --reference)") from None  # fmt: skip
+    ids = dict(parent_manifest["models"])
+    ids.update({r: models.identity(spec, resolved[r]) for r, spec in specs.items()})
+    passes = logprob_stages(resolved["policy"], resolved["reference"], ids, recipe.scoring,
+                            recipe.models.chat_template, models.pick_device(recipe.scoring.device))  # fmt: skip
+    t0 = time.perf_counter()
+    with progress_bar(console) as progress:
+        ex = make_executor(executor, WorkDir(version_dir.parent / ".work"), console, progress,
+                           address, recipe.ray)  # fmt: skip
+        if translating:  # reused when present: a translate_en version keeps its response_en
+            from icr_data.stages.stages import run_in_order
+            from icr_data.commands.translate import english_requests, response_translator, with_english
+
+            stage = response_translator(resolved["translator"], ids["translator"],
+                                        recipe.sampling, recipe.models.chat_template)  # fmt: skip
+            out, _ = run_in_order(ex, stage, english_requests(candidates), recipe.shard_prompts,
+                                  "translate (to English)")  # fmt: skip
+            candidates = with_english(candidates, out["response"])
+        scoring_rows = candidates
+        if recipe.scoring.mode == "translate_en":  # score the translations, keep the responses
+            scoring_rows = candidates.remove_columns("response").rename_column(
+                "response_en", "response"
+            )
+        logps, tokens, reports = dual_logit(ex, passes, scoring_rows, recipe.shard_prompts)
+        if recipe.scoring.agreement:  # the same passes under each sample's own instruction
+            native = candidates.remove_columns("scoring_prompt")
+            native = native.add_column("scoring_prompt", native["instruction"])
+            again, _, _ = dual_logit(ex, passes, native, recipe.shard_prompts)
+    scored = with_rewards(
+        candidates, tokens, logps["policy"], logps["reference"], recipe.scoring.beta
+    )
+    if "reward_native" in scored.column_names:  # the parent's, under its reward pair
+        scored = scored.remove_columns("reward_native")
+    if recipe.scoring.agreement:
+        beta = recipe.scoring.beta
+        scored = scored.add_column(
+            "reward_native", native_rewards(again["policy"], again["reference"], beta)
+        )
+    if "lid_lang" not in scored.column_names:
+        from icr_data.core.executor import run_once
+        from icr_data.stages.stages import LangIdStage, Shard
+
+        outs, _ = run_once(LangIdStage(languages=tuple(parent_manifest["counts"])),
+                           [Shard(0, scored)])  # fmt: skip
+        scored = scored.add_column("lid_lang", outs[0]["lid_lang"])
+        scored = scored.add_column("lid_score", outs[0]["lid_score"])
+    extra = ["judge_reward"] if "judge_reward" in scored.column_names else []  # kept as it was
+    extra += ["reward_native"] if recipe.scoring.agreement else []
+    columns = list(CANDIDATE_COLUMNS)
+    if recipe.scoring.mode == "translate_en":
+        columns.insert(columns.index("response") + 1, "response_en")
+    scored = scored.select_columns(columns + extra)
+    timings = {"score_s": round(time.perf_counter() - t0, 2),
+               "scoring_throughput": {r: reports[r].get("stats") for r in reports}}  # fmt: skip
+    path, manifest = write_child(version_dir, parent_manifest, recipe, scored, ids, timings,
+                                 {"operation": "rescore", "reused": ["candidates (responses)"]}, name,
+                                 if_changed, console)  # fmt: skip
+    return path, manifest
+
+
+def repair(
+    version: str | Path, pairing: dict | None = None, name: str | None = None,
+    if_changed: bool = False, console=None,
+) -> tuple[Path, dict]:  # fmt: skip
+    """Pair the parent's scored candidates again under new pairing settings (nothing regenerated
+    or rescored); write and return a new version."""
+    import pyarrow.parquet as pq
+
+    from icr_data.base.config import RecipeError, validate_pairing
+    from icr_data.pairing.pairs import READS
+
+    if name is not None:
+        store.check_version_name(name)
+    version_dir = store.resolve_version(version)
+    parent_manifest, recipe = parent_recipe(version_dir)
+    if pairing:
+        recipe.pairing = dataclasses.replace(recipe.pairing, **pairing)
+    try:
+        validate_pairing(recipe.pairing, "icr-data pair")
+    except RecipeError as e:
+        raise DeriveError(str(e)) from None
+    # the candidates are reused as they are: their files are linked or copied, and only what pairing and
+    # the manifest read is decoded (responses and instructions a row group at a time, in pairing)
+    files = store.config_files(version_dir, "candidates")
+    present = pq.read_schema(files[0]).names
+    wanted = [c for c in (*READS, "reward_native") if c not in ("response", "instruction")]
+    candidates = store.read_table(version_dir, "candidates", [c for c in wanted if c in present])
+    return write_child(version_dir, parent_manifest, recipe, candidates, parent_manifest["models"], {},
+                       {"operation": "pair", "reused": ["candidates (responses and scores)"]}, name,
+                       if_changed, console, candidate_files=files)  # fmt: skip
+
+
+def write_child(
+    version_dir: Path, parent_manifest: dict, recipe: Recipe, candidates: Dataset, model_ids: dict,
+    timings: dict, derived: dict, name: str | None, if_changed: bool = False, console=None,
+    candidate_files: list[Path] | None = None,
+) -> tuple[Path, dict]:  # fmt: skip
+    """Pair `candidates` under `recipe` and write them as a new version whose parent is the given
+    one (with `candidate_files`, the parent's candidates, linked or copied; build.write_paired). When the
+    latest version already holds this content, say so; with `if_changed`, write nothing and
+    return that version."""
+    from icr_data.stages.agreement import candidate_agreement
+    from icr_data.commands.build import write_paired
+    from icr_data.store.manifest import make_manifest, margin_summary
+
+    counts = parent_manifest["counts"]
+    prompts = Dataset.from_dict(
+        {"lang": [lang for lang, c in counts.items() for _ in range(c["prompts"])]}
+    )
+    rounds = [dict(r) for r in parent_manifest.get("rounds") or []]
+    if rounds:  # same round; a rescore changes its reward pair
+        rounds[-1]["reward"] = {
+            "policy": model_ids.get("policy"),
+            "reference": model_ids.get("reference"),
+        }
+
+    def manifest_for(pairs: Dataset, stats) -> dict:
+        new_counts, margins = margin_summary(pairs, candidates, prompts, list(counts))
+        manifest = make_manifest(recipe, model_ids, stats, new_counts, margins, timings,
+                                 parent=f"{parent_manifest['dataset']}/{parent_manifest['version']}",
+                                 rounds=rounds or None,
+                                 recipe_dir=store.local_info(version_dir).get("recipe_dir"),
+                                 mode_agreement=candidate_agreement(candidates))  # fmt: skip
+        manifest["derived"] = derived
+        return manifest
+
+    dataset_dir = version_dir.parent
+    path, manifest, same = write_paired(dataset_dir, candidates, recipe.pairing, manifest_for,
+                                        name, if_changed, candidate_files)  # fmt: skip
+    if same:
+        from icr_data.base.console import stderr_console
+
+        skip = (
+            "nothing written"
+            if if_changed
+            else "a new version is written anyway (--if-changed skips it)"
+        )
+        (console or stderr_console()).print(
+            f"{dataset_dir.name}/{same} already holds this content: {skip}"
+        )
+    return path, manifest

@@ -1,0 +1,1 @@
+"""The contract's executors: local and Ray."""

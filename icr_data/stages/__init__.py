@@ -1,0 +1,1 @@
+"""The stages and their backends: generation, scoring, language ID, models."""

@@ -1,0 +1,1 @@
+"""The store: versions, the manifest, the card, work folders."""
