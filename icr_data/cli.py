@@ -21,6 +21,7 @@ import typer
 from icr_data.base.console import progress_bar, stderr_console
 from icr_data.base.errors import IcrError
 from icr_data.base.config import FILTERS
+from icr_data.base.registry import EXPORT_FORMATS
 from icr_data.base.registry import PAIRING_RULES as RULES
 
 
@@ -327,8 +328,7 @@ def export(
         str,
         typer.Option(
             "--format",
-            help="trl: train.parquet in TRL's pair format. llamafactory: alpaca ranking JSONL and "
-            "its dataset_info.json entry. jsonl: flat pairs.jsonl.",
+            help=f"{', '.join(EXPORT_FORMATS.names())} (what each writes: docs/export.md).",
         ),
     ] = "trl",
     ref_logps: Annotated[
@@ -344,6 +344,7 @@ def export(
     """Write a version's pairs for an external trainer (TRL, LLaMA-Factory, plain JSONL)."""
     from icr_data.commands.export import export as run_export
 
+    EXPORT_FORMATS.check(format)  # one line, with the close name
     files = run_export(version_dir, format, out, ref_logps=ref_logps)
     for f in files:
         err.print(f"[green]wrote[/] {f}")

@@ -1,6 +1,7 @@
 """The JSON exports (llamafactory, jsonl) are streamed in batches, vectorised; each line must be
 exactly what json.dumps(row, ensure_ascii=False) writes for the row built from the pairs table
-one pair at a time (the export before it streamed), across batches and Parquet files."""
+one pair at a time (the export before it streamed), across batches and Parquet files. Formats
+are the registry's: one registered at run time is exported like the built-in ones."""
 
 import json
 import math
@@ -13,9 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from synthetic import tables
 
+from icr_data import cli
+from icr_data.base.files import atomic_write_text
+from icr_data.base.registry import EXPORT_FORMATS
+from icr_data.commands.export import ExportError, Format, _json_lines, export
 from icr_data.store import store
 from icr_data.store.card import render_card
-from icr_data.commands.export import _json_lines, export
 
 AWKWARD = [
     'a "quoted" word, a back\\slash and \\n written out',
@@ -130,3 +134,65 @@ def test_any_text_and_float_is_written_as_json_dumps_writes_it(values):
         json.dumps({"text": s, "input": "", "x": x}, ensure_ascii=False) + "\n" for s, x in values
     ]
     assert lines.to_pylist() == want
+
+
+def test_every_registered_format_is_a_format_of_its_name():
+    for name in EXPORT_FORMATS:
+        form = EXPORT_FORMATS.load(name)
+        assert isinstance(form, Format) and form.name == name
+
+
+def _write_toy(job):
+    """Question/answer lines (streamed by the Job's helper) and a line count written by hand."""
+    data = job.jsonl(f"{job.name}.toy.jsonl", {"q": "prompt", "a": "chosen", "note": None,
+                                               "margin": "margin"})  # fmt: skip
+    count = job.out / "count.txt"
+    atomic_write_text(count, f"{sum(1 for _ in data.open(encoding='utf-8'))}\n")
+    return [data, count]
+
+
+@pytest.fixture
+def toy():
+    """A format registered for one test only: one Format object plus one registry line."""
+    EXPORT_FORMATS.register("toy", Format("toy", writes=("{name}.toy.jsonl", "count.txt"),
+                                          write=_write_toy))  # fmt: skip
+    try:
+        yield
+    finally:
+        EXPORT_FORMATS.unregister("toy")
+
+
+def _cli(capsys, *args):
+    with pytest.raises(SystemExit) as e:
+        cli.main(list(args))
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+def test_a_registered_format_is_exported_through_the_cli(version, toy, capsys, tmp_path):
+    v, rows = version
+    out = tmp_path / "out"
+    code, stdout, err = _cli(capsys, "export", str(v), "--out", str(out), "--format", "toy")
+    assert code == 0, err
+    data, count = out / "t_v1.toy.jsonl", out / "count.txt"
+    assert stdout.splitlines() == [str(data), str(count)]
+    want = [{"q": r["prompt"][-1]["content"], "a": r["chosen"][-1]["content"], "note": "",
+             "margin": r["margin"]} for r in rows]  # fmt: skip
+    assert data.read_bytes() == "".join(json.dumps(w, ensure_ascii=False) + "\n"
+                                        for w in want).encode("utf-8")  # fmt: skip
+    assert count.read_text() == f"{len(rows)}\n"
+    # what export checks for every format: a file it writes is never overwritten ...
+    code, _, err = _cli(capsys, "export", str(v), "--out", str(out), "--format", "toy")
+    assert code == 2 and err.count("\n") == 1 and "t_v1.toy.jsonl already exists" in err
+    # ... --ref-logps only where the format carries it, and a misspelt name is one line
+    with pytest.raises(ExportError, match="--ref-logps applies to --format trl only"):
+        export(v, "toy", tmp_path / "ref", ref_logps=True)
+    code, _, err = _cli(capsys, "export", str(v), "--out", str(out), "--format", "tyo")
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("error: unknown 'export --format: tyo' (did you mean 'toy'?)")
+
+
+def test_an_unregistered_format_is_refused(version, tmp_path):
+    with pytest.raises(ExportError, match="unknown 'export --format: toy'; known: trl, "):
+        export(version[0], "toy", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

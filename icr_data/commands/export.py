@@ -25,18 +25,26 @@ else is refused with the reason. The rows are then written in TRL's standard tex
 (prompt = the rendered chat prompt, chosen/rejected = response + end-of-turn token) so TRL
 tokenizes exactly the span these numbers cover; TRL's conversational format would also count
 what the template emits after the end-of-turn token.
+
+Each format is one `Format` object (TRL, LLAMAFACTORY, JSONL below), named in
+base.registry.EXPORT_FORMATS; `export` checks what every format shares (the version, --out, the
+files it would write, --ref-logps) and hands the format a `Job`. A new format is one object plus
+one registry line (docs/export.md, "Adding a format").
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from icr_data.store import store, version_ref
 from icr_data.base.errors import IcrError
 from icr_data.base.files import atomic_write, atomic_write_text
+from icr_data.base.registry import EXPORT_FORMATS, RegistryError
+from icr_data.store import store, version_ref
 
-FORMATS = ("trl", "llamafactory", "jsonl")
+FORMATS = EXPORT_FORMATS  # the format names, iterated (the registry is the one list)
 
 
 class ExportError(IcrError):
@@ -178,83 +186,149 @@ def _write_jsonl(path: Path, files: list[Path], fields: dict, batch_rows: int) -
     atomic_write(path, write)
 
 
-def export(
-    version: str | Path, fmt: str, out: str | Path, ref_logps: bool = False,
-    batch_rows: int = BATCH_ROWS,
-) -> list[Path]:  # fmt: skip
-    """Write `version`'s pairs to `out` in `fmt`; return the files written. The JSON formats are
-    written `batch_rows` pairs at a time, as json.dumps(row, ensure_ascii=False) writes each."""
-    if fmt not in FORMATS:
-        raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    if ref_logps and fmt != "trl":
-        raise ExportError("--ref-logps applies to --format trl only (TRL reads those columns)")
-    version_dir = store.resolve_version(version)
-    manifest = store.read_manifest(version_dir)
-    out = Path(out)
-    name = f"{manifest['dataset']}_{manifest['version']}"
-    try:
-        store.refuse_inside_version(out, "--out")
-        store.inside(out / f"{name}.jsonl", out, "--out file")  # a manifest's names stay in --out
-    except store.StoreError as e:
-        raise ExportError(str(e)) from None
-    files = store.config_files(version_dir, "pairs")
-    if fmt == "trl" and ref_logps:
-        pairs = store.read_table(version_dir, "pairs")
-    if ref_logps and (why := ref_logps_refusal(manifest)):
-        raise ExportError(f"--ref-logps refused: {why}")
-    targets = {"trl": ["train.parquet"], "llamafactory": [f"{name}.jsonl", "dataset_info.json"],
-               "jsonl": ["pairs.jsonl"]}[fmt]  # fmt: skip
-    existing = [t for t in targets if t != "dataset_info.json" and (out / t).exists()]
-    if existing:
-        raise ExportError(f"{out / existing[0]} already exists; choose another --out")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ExportError(f"cannot create {out}: {e.strerror}") from None
+@dataclass(frozen=True)
+class Job:
+    """What a format writes from: one version's pairs, into one checked folder."""
 
-    if fmt == "trl" and not ref_logps:  # the pairs as they are, a row group at a time
-        atomic_write(out / "train.parquet", lambda tmp: _copy_row_groups(files, tmp))
-        return [out / "train.parquet"]
-    if fmt == "trl":  # with --ref-logps: the text TRL tokenizes, and the version's log-probs
-        from icr_data.stages.chat import render_prompt
+    version_dir: Path
+    manifest: dict
+    out: Path
+    """--out, existing; none of the format's `writes` files is in it yet."""
+    name: str
+    """<dataset>_<version>, for file names."""
+    files: list[Path]
+    """The pairs' Parquet files, in order."""
+    ref_logps: bool = False
+    """--ref-logps was given (only to a format with `ref_logps`, for a version it is right for)."""
+    batch_rows: int = BATCH_ROWS
 
-        tok, eot = _eot_text(store.local_recipe(version_dir, manifest))  # this machine's paths
-        columns = ("prompt_id", "lang", "chosen_sample_idx", "rejected_sample_idx")
-        found = version_ref.pair_logps(version_dir, {c: pairs[c] for c in columns})
-        if isinstance(found, str):
-            raise ExportError(f"--ref-logps refused: {found}")
-        chosen, rejected = found
-        table = pairs.map(
-            lambda r: {"prompt": render_prompt(tok, _text(r["prompt"])),
-                       "chosen": _text(r["chosen"]) + eot, "rejected": _text(r["rejected"]) + eot},
-            remove_columns=["prompt", "chosen", "rejected"],
-        )  # fmt: skip
-        table = table.add_column("ref_chosen_logps", chosen)
-        table = table.add_column("ref_rejected_logps", rejected)
-        atomic_write(out / "train.parquet", lambda tmp: table.to_parquet(tmp))
-        return [out / "train.parquet"]
+    def jsonl(self, file_name: str, fields: dict[str, str | None]) -> Path:
+        """Stream the pairs to out/file_name as JSON lines, `batch_rows` at a time, atomically:
+        `fields` maps each key to a pairs column (prompt, chosen, rejected: the last message's
+        text) or None (the empty string); bytes as json.dumps(row, ensure_ascii=False)."""
+        _write_jsonl(self.out / file_name, self.files, fields, self.batch_rows)
+        return self.out / file_name
 
-    if fmt == "jsonl":
-        fields = {c: c for c in ("prompt_id", "lang", "prompt", "chosen", "rejected",
-                                 "chosen_reward", "rejected_reward", "margin")}  # fmt: skip
-        _write_jsonl(out / "pairs.jsonl", files, fields, batch_rows)
-        return [out / "pairs.jsonl"]
 
+@dataclass(frozen=True)
+class Format:
+    """An export format, `icr-data export VERSION --format NAME --out DIR`; its name is an entry
+    of base.registry.EXPORT_FORMATS."""
+
+    name: str
+    writes: tuple[str, ...]
+    """The files it creates in --out ("{name}" stands for <dataset>_<version>); `export` refuses
+    to run if one exists."""
+    write: Callable[[Job], list[Path]]
+    """Writes them (atomically) and returns the paths written."""
+    updates: tuple[str, ...] = ()
+    """Files it updates in --out, keeping what else they hold (may exist)."""
+    ref_logps: bool = False
+    """Whether it can carry the reference log-probs (--ref-logps)."""
+
+    def targets(self, name: str) -> tuple[list[str], list[str]]:
+        """The file names of `writes` and `updates` for the version named `name`."""
+        return ([f.replace("{name}", name) for f in self.writes],
+                [f.replace("{name}", name) for f in self.updates])  # fmt: skip
+
+
+def _write_trl(job: Job) -> list[Path]:
+    path = job.out / "train.parquet"
+    if not job.ref_logps:  # the pairs as they are, a row group at a time
+        atomic_write(path, lambda tmp: _copy_row_groups(job.files, tmp))
+        return [path]
+    # with --ref-logps: the text TRL tokenizes, and the version's log-probs
+    from icr_data.stages.chat import render_prompt
+
+    pairs = store.read_table(job.version_dir, "pairs")
+    tok, eot = _eot_text(store.local_recipe(job.version_dir, job.manifest))  # this machine's paths
+    columns = ("prompt_id", "lang", "chosen_sample_idx", "rejected_sample_idx")
+    found = version_ref.pair_logps(job.version_dir, {c: pairs[c] for c in columns})
+    if isinstance(found, str):
+        raise ExportError(f"--ref-logps refused: {found}")
+    chosen, rejected = found
+    table = pairs.map(
+        lambda r: {"prompt": render_prompt(tok, _text(r["prompt"])),
+                   "chosen": _text(r["chosen"]) + eot, "rejected": _text(r["rejected"]) + eot},
+        remove_columns=["prompt", "chosen", "rejected"],
+    )  # fmt: skip
+    table = table.add_column("ref_chosen_logps", chosen)
+    table = table.add_column("ref_rejected_logps", rejected)
+    atomic_write(path, lambda tmp: table.to_parquet(tmp))
+    return [path]
+
+
+def _write_llamafactory(job: Job) -> list[Path]:
     fields = {"instruction": "prompt", "input": None, "chosen": "chosen",
               "rejected": "rejected", "lang": "lang", "prompt_id": "prompt_id"}  # fmt: skip
-    _write_jsonl(out / f"{name}.jsonl", files, fields, batch_rows)
-    info_path = out / "dataset_info.json"
+    data = job.jsonl(f"{job.name}.jsonl", fields)
+    info_path = job.out / "dataset_info.json"
     try:
         info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else {}
     except ValueError as e:
         raise ExportError(
             f"{info_path} exists but is not valid JSON ({e}); not touching it"
         ) from None
-    info[name] = {
-        "file_name": f"{name}.jsonl",
+    info[job.name] = {
+        "file_name": data.name,
         "ranking": True,
         "formatting": "alpaca",
         "columns": {"prompt": "instruction", "query": "input", "chosen": "chosen", "rejected": "rejected"},
     }  # fmt: skip
     atomic_write_text(info_path, json.dumps(info, indent=2, ensure_ascii=False) + "\n")
-    return [out / f"{name}.jsonl", info_path]
+    return [data, info_path]
+
+
+def _write_flat(job: Job) -> list[Path]:
+    columns = ("prompt_id", "lang", "prompt", "chosen", "rejected", "chosen_reward",
+               "rejected_reward", "margin")  # fmt: skip
+    return [job.jsonl("pairs.jsonl", {c: c for c in columns})]
+
+
+TRL = Format("trl", writes=("train.parquet",), write=_write_trl, ref_logps=True)
+LLAMAFACTORY = Format("llamafactory", writes=("{name}.jsonl",), write=_write_llamafactory,
+                      updates=("dataset_info.json",))  # fmt: skip
+JSONL = Format("jsonl", writes=("pairs.jsonl",), write=_write_flat)
+
+
+def _format(fmt: str) -> Format:
+    try:
+        return EXPORT_FORMATS.load(fmt)
+    except RegistryError as e:
+        raise ExportError(str(e)) from None
+
+
+def export(
+    version: str | Path, fmt: str, out: str | Path, ref_logps: bool = False,
+    batch_rows: int = BATCH_ROWS,
+) -> list[Path]:  # fmt: skip
+    """Write `version`'s pairs to `out` in the registered format `fmt`; return the files written.
+    The JSON formats are written `batch_rows` pairs at a time, as json.dumps(row,
+    ensure_ascii=False) writes each."""
+    form = _format(fmt)
+    if ref_logps and not form.ref_logps:
+        carry = [n for n in EXPORT_FORMATS if getattr(_format(n), "ref_logps", False)]
+        raise ExportError(f"--ref-logps applies to --format {', '.join(carry)} only (the "
+                          "formats whose trainers read those columns)")  # fmt: skip
+    version_dir = store.resolve_version(version)
+    manifest = store.read_manifest(version_dir)
+    out = Path(out)
+    name = f"{manifest['dataset']}_{manifest['version']}"
+    writes, updates = form.targets(name)
+    try:
+        store.refuse_inside_version(out, "--out")
+        for f in (*writes, *updates):  # a manifest's names stay in --out
+            store.inside(out / f, out, "--out file")
+    except store.StoreError as e:
+        raise ExportError(str(e)) from None
+    files = store.config_files(version_dir, "pairs")
+    if ref_logps and (why := ref_logps_refusal(manifest)):
+        raise ExportError(f"--ref-logps refused: {why}")
+    existing = [f for f in writes if (out / f).exists()]
+    if existing:
+        raise ExportError(f"{out / existing[0]} already exists; choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExportError(f"cannot create {out}: {e.strerror}") from None
+    return form.write(Job(version_dir, manifest, out, name, files, ref_logps, batch_rows))
