@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from icr_data.store import store
 from icr_data.commands.evaluation import EvalError, lineage, load_eval
 from icr_data.commands.winrates import lc_win_rate, llm_win, normalise, parse_verdict, summarize
+from icr_data.store import store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,8 +112,12 @@ def _recipe(tmp_path, **extra):
 
 
 def test_bad_eval_recipes_are_one_line_before_any_model(tmp_path):
-    with pytest.raises(EvalError, match="'bogus:m' is not llm:MODEL"):
+    with pytest.raises(EvalError, match=r"'bogus:m': unknown .*'judges: bogus'; known: llm"):
         load_eval(_recipe(tmp_path, judges=["bogus:m"]))
+    with pytest.raises(EvalError, match=r"'judges: implict' \(did you mean 'implicit'\?\)"):
+        load_eval(_recipe(tmp_path, judges=["implict:p,r"]))
+    with pytest.raises(EvalError, match="'implicit:p' is not implicit:POLICY,REFERENCE"):
+        load_eval(_recipe(tmp_path, judges=["implicit:p"]))
     with pytest.raises(EvalError, match="candidate and baseline are the same model"):
         load_eval(_recipe(tmp_path, baseline="builtin:tiny-policy"))
     from icr_data.commands.evaluation import evaluate
@@ -121,6 +125,51 @@ def test_bad_eval_recipes_are_one_line_before_any_model(tmp_path):
     cfg = load_eval(_recipe(tmp_path), ["prompts.languages=[en, de, ru]"])
     with pytest.raises(EvalError, match="no prompts in ru"):
         evaluate(cfg)
+
+
+@pytest.fixture
+def longer_judge():
+    """A judge kind written here, registered for one test: it needs no model, and the longer
+    answer wins (what a length-biased judge does)."""
+    from icr_data.base.registry import JUDGES
+    from icr_data.commands.judges import Judge, verdict
+
+    class LongerJudge(Judge):
+        kind = "longer"
+        models = ()
+
+        def judge(self, run, rows, cand, base):
+            calls.append(len(rows))
+            return [verdict(1.0 if len(c) > len(b) else 0.0 if len(c) < len(b) else 0.5,
+                            verdict_ab=f"{len(c)} vs {len(b)}") for c, b in zip(cand, base)]  # fmt: skip
+
+    calls = []
+    JUDGES.register("longer", LongerJudge)
+    yield calls
+    JUDGES.unregister("longer")
+
+
+def test_a_judge_is_one_class_and_one_registry_line(tmp_path, tiny_pair, longer_judge):
+    from icr_data.commands.evaluation import evaluate
+
+    policy, reference = (str(p) for p in tiny_pair)
+    recipe = _recipe(tmp_path, candidate=policy, baseline=reference, judges=["longer"])
+    with pytest.raises(EvalError, match=r"'longer:x' is not longer"):
+        load_eval(recipe, ["judges=[longer:x]"])
+    cfg = load_eval(recipe, ["prompts.languages=[en]", "prompts.limit=1"])
+    path, m = evaluate(cfg)
+    assert longer_judge == [1]  # dispatched once, with the one held-out row
+    (row,) = store.read_table(path, "rows").to_list()
+    assert (row["judge"], row["kind"]) == ("longer", "longer")
+    c, b = len(row["candidate"]), len(row["baseline"])
+    assert row["verdict_ab"] == f"{c} vs {b}" and row["win"] == (c > b) + 0.5 * (c == b)
+    assert row["candidate_reward"] is None and m["judge_template"] is None
+    assert m["results"]["longer"]["en"]["prompts"] == 1
+
+
+def test_unknown_judge_kinds_are_refused_once_unregistered(tmp_path):
+    with pytest.raises(EvalError, match=r"unknown .*'judges: longer'"):
+        load_eval(_recipe(tmp_path, judges=["longer"]))
 
 
 def test_eval_end_to_end_on_tiny_models_resumes_and_records(tmp_path, tiny_pair):
@@ -188,8 +237,8 @@ def test_eval_end_to_end_on_tiny_models_resumes_and_records(tmp_path, tiny_pair)
 def test_training_prompts_come_from_the_version_or_file_the_candidate_trained_on(tmp_path):
     from synthetic import tables
 
-    from icr_data.store.card import render_card
     from icr_data.commands.evaluation import EvalConfig, training_prompts
+    from icr_data.store.card import render_card
 
     data, manifest = tables()
     version = store.write_version(tmp_path, "t", data, manifest, render_card)

@@ -6,9 +6,10 @@ A recipe is one YAML file whose top-level keys are the fields of `Recipe` below,
     prompts: {source: data/demo_prompts.jsonl, languages: [en, es, de]}
     models: {generator: ..., policy: ..., reference: ...}
 
-Load one with `load_recipe(path, overrides=["sampling.n=8"])`. Relative paths in `prompts.source`
-and `models.*` are resolved against the recipe's folder when they exist there; a relative `store`
-is relative to the working directory.
+Load one with `load_recipe(path, overrides=["sampling.n=8"])` (read by yamlconf.load, the loader
+of every YAML config). Relative paths in RECIPE_PATHS (`prompts.source`, `models.*`, ...) are
+resolved against the recipe's folder when they exist there; a relative `store` is relative to the
+working directory.
 """
 
 from __future__ import annotations
@@ -16,20 +17,23 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from icr_data.base.registry import PAIRING_RULES, RegistryError
-from icr_data.base.errors import IcrError
+from icr_data.base.yamlconf import (  # noqa: F401 - re-exported: apply_override, from_dict, ...
+    ConfigError,
+    apply_override,
+    from_dict,
+    load,
+    resolve_relative,
+)
 
 
-class RecipeError(IcrError):
-    """A recipe that cannot be run; the message names the file and the key."""
+class RecipeError(ConfigError):
+    """A recipe that cannot be run; the message names the file (or the --set override) and the
+    key."""
 
 
 @dataclass
@@ -217,127 +221,22 @@ class Recipe:
         return dataclasses.asdict(self)
 
 
-def _type_ok(value: Any, tp: Any) -> bool:
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return True
-    if origin is Literal:
-        return value in typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, a) for a in typing.get_args(tp))
-    if tp is type(None):
-        return value is None
-    if origin is list:
-        (item,) = typing.get_args(tp) or (Any,)
-        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(tp, type):
-        return isinstance(value, tp)
-    return True
-
-
-def _describe(tp: Any) -> str:
-    if typing.get_origin(tp) is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def from_dict(cls: type, data: Any, where: str, prefix: str = "") -> Any:
-    """Build dataclass `cls` from a mapping, refusing unknown keys and wrongly typed values."""
-    if not isinstance(data, dict):
-        raise RecipeError(f"{where}: '{prefix.rstrip('.') or 'recipe'}' must be a mapping")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = [k for k in data if k not in names]
-    if unknown:
-        parts = []
-        for k in unknown:
-            close = difflib.get_close_matches(str(k), names, n=1)
-            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
-            parts.append(f"'{prefix}{k}'{hint}")
-        raise RecipeError(f"{where}: unknown key {', '.join(parts)}; known: {', '.join(names)}")
-    kwargs = {}
-    for name, value in data.items():
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = from_dict(tp, value, where, f"{prefix}{name}.")
-        elif not _type_ok(value, tp):
-            raise RecipeError(f"{where}: '{prefix}{name}' must be {_describe(tp)}, got {value!r}")
-        else:
-            kwargs[name] = float(value) if tp is float else value
-    return cls(**kwargs)
-
-
-def apply_override(data: dict, override: str, where: str = "--set") -> None:
-    """Apply one `dotted.key=value` override (value parsed as YAML) to a raw recipe mapping."""
-    if "=" not in override:
-        raise RecipeError(f"{where}: '{override}' is not KEY=VALUE (e.g. sampling.n=8)")
-    if not isinstance(data, dict):
-        raise RecipeError(f"{where}: '{override}': the recipe is not a mapping of keys")
-    key, raw = override.split("=", 1)
-    value = yaml.safe_load(raw) if raw != "" else ""
-    node = data
-    parts = key.strip().split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise RecipeError(f"{where}: '{key}' goes through a non-mapping value")
-    node[parts[-1]] = value
-
-
-def resolve_relative(value: str, base: Path) -> str:
-    if not value or Path(value).is_absolute() or ":" in value.split("/")[0]:
-        return value
-    candidate = base / value
-    return str(candidate.resolve()) if candidate.exists() else value
+RECIPE_PATHS = ("prompts.source", "round.previous", "models.generator", "models.policy",
+                "models.reference", "models.chat_template", "training.reference",
+                "scoring.translator", "scoring.judge")  # fmt: skip
+"""Recipe fields resolved against the recipe's folder when they name something there (`store` is
+not: it is relative to the working directory); `train:` and `reward:` keep their prefix."""
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"recipe not found: {path}")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise RecipeError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); "
-                          "save the recipe as UTF-8") from None  # fmt: skip
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: not valid YAML: {e}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise RecipeError(f"{path}: a recipe is a mapping of keys (dataset:, prompts:, models:, "
-                          f"...), this file holds a {type(data).__name__}")  # fmt: skip
-    for o in overrides:
-        apply_override(data, o)
-    recipe = from_dict(Recipe, data, where=str(path))
-    base = path.resolve().parent
-    recipe.prompts.source = resolve_relative(recipe.prompts.source, base)
-    if recipe.round.previous:
-        recipe.round.previous = resolve_relative(recipe.round.previous, base)
+    """A build recipe (yamlconf.load), its `previous` models read from round.previous's record."""
+    recipe = load(path, Recipe, overrides, what="recipe", error=RecipeError, paths=RECIPE_PATHS,
+                  keep=("previous",))  # fmt: skip
     for name in ("generator", "policy", "reference", "chat_template"):
-        value = getattr(recipe.models, name)
-        if value == "previous":
+        if getattr(recipe.models, name) == "previous":
             setattr(recipe.models, name, previous_model(recipe.round, f"{path}: 'models.{name}'"))
-        elif value and value.startswith("train:"):
-            setattr(recipe.models, name, "train:" + resolve_relative(value[6:], base))
-        elif value:
-            setattr(recipe.models, name, resolve_relative(value, base))
     if recipe.training.reference == "previous":
         recipe.training.reference = previous_model(recipe.round, f"{path}: 'training.reference'")
-    elif recipe.training.reference:
-        recipe.training.reference = resolve_relative(recipe.training.reference, base)
-    if recipe.scoring.translator:
-        recipe.scoring.translator = resolve_relative(recipe.scoring.translator, base)
-    if recipe.scoring.judge and recipe.scoring.judge.startswith("reward:"):
-        recipe.scoring.judge = "reward:" + resolve_relative(recipe.scoring.judge[7:], base)
     validate(recipe, str(path))
     return recipe
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from icr_data.base.errors import IcrError
+from icr_data.base.yamlconf import load
 
 
 class TrainError(IcrError):
@@ -98,32 +99,16 @@ class TrainConfig:
         return self.finetune == "lora" and not self.lora.merge
 
 
+TRAIN_PATHS = ("data.source", "model", "reference", "chat_template", "output_dir")
+"""Fields resolved against the config's folder; `train:CONFIG` keeps its prefix."""
+
+
 def load_train_config(
     path: str | Path, overrides: list[str] | tuple[str, ...] = (), need_output: bool = True
 ) -> TrainConfig:
-    import yaml
-
-    from icr_data.base.config import RecipeError, apply_override, from_dict, resolve_relative
-
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        for o in overrides:
-            apply_override(data, o)
-        cfg = from_dict(TrainConfig, data, where=str(path))
-    except OSError:
-        raise TrainError(f"training config not found: {path}") from None
-    except (yaml.YAMLError, RecipeError) as e:
-        raise TrainError(str(e)) from None
-    base = path.resolve().parent
-    cfg.data.source = resolve_relative(cfg.data.source, base)
-    for name in ("model", "reference", "chat_template", "output_dir"):
-        value = getattr(cfg, name)
-        if value and name in ("model", "reference") and value.startswith("train:"):
-            # a model another config trains: its config is named relative to this one
-            setattr(cfg, name, "train:" + resolve_relative(value.removeprefix("train:"), base))
-        elif value:
-            setattr(cfg, name, resolve_relative(value, base))
+    """A training config (yamlconf.load), relative paths resolved against its folder."""
+    cfg = load(path, TrainConfig, overrides, what="training config", error=TrainError,
+               paths=TRAIN_PATHS)  # fmt: skip
     if not cfg.data.source or not cfg.model or (need_output and not cfg.output_dir):
         raise TrainError(f"{path}: 'data.source', 'model' and 'output_dir' are required")
     if cfg.batch_size < 1 or cfg.grad_accum < 1 or cfg.epochs < 1:

@@ -6,14 +6,9 @@ held-out prompts, per language, judged pairwise; the result is a versioned eval 
 
 Answers come from the build's generation stage (stages.GenerateStage; vLLM, greedy by default),
 shard by shard through the local executor with work under `<store>/<name>/.work`, so a killed
-eval resumes. Judges (`judges:` in the recipe, one or more):
-- `llm:MODEL`: a pairwise LLM judge through the same generation stage (greedy), with a shipped,
-  editable template (cards/judge_pairwise.txt). It sees every pair in both orders; a verdict
-  that cannot be parsed is counted, never guessed; a tie counts 0.5.
-- `reward:MODEL`: an explicit reward model (a sequence-classification checkpoint) scoring each
-  answer under its own prompt (stages.RewardStage).
-- `implicit:POLICY,REFERENCE`: the implicit reward of a build, beta * (log pi - log ref), with the
-  native instruction as x (stages.LogprobStage).
+eval resumes. Judges (`judges:` in the recipe, one or more) are the kinds registry.JUDGES names
+(judges.py: `llm:MODEL` in both orders, `reward:MODEL`, `implicit:POLICY,REFERENCE`); this module
+reaches them only through that registry.
 
 Per language: win rate with its standard error, the length-controlled win rate (lc_win_rate), the
 share of answers in the prompt's language (language ID), mean answer lengths, and the LLM judge's
@@ -29,13 +24,22 @@ import datetime as dt
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import icr_data
-from icr_data.base.config import SamplingConfig, apply_override, from_dict, resolve_relative
+from icr_data.base.config import SamplingConfig
 from icr_data.base.errors import IcrError
-from icr_data.commands.winrates import llm_win, normalise, parse_verdict, summarize
+from icr_data.base.registry import JUDGES, RegistryError
+from icr_data.base.yamlconf import load, resolve_path
+from icr_data.commands.winrates import normalise, summarize
 
-JUDGE_KINDS = ("llm", "reward", "implicit")
+if TYPE_CHECKING:
+    from icr_data.commands.judges import Judge
+
+EVAL_PATHS = ("prompts.source", "prompts.training_version", "judge_template", "previous",
+              "candidate", "baseline")  # fmt: skip
+"""Fields resolved against the recipe's folder (`train:CONFIG` keeps its prefix); a judge's
+models are resolved too (judge_paths)."""
 
 
 class EvalError(IcrError):
@@ -67,7 +71,8 @@ class EvalConfig:
     """A training record (training.json, or its folder): `candidate` or `baseline` set to
     `previous` means the model it trained, as `round.previous` does in a build recipe."""
     judges: list[str] = field(default_factory=list)
-    """llm:MODEL, reward:MODEL or implicit:POLICY,REFERENCE (one or more)."""
+    """KIND:MODEL[,MODEL], one or more, of the kinds in registry.JUDGES (judges.py): llm:MODEL,
+    reward:MODEL or implicit:POLICY,REFERENCE."""
     judge_template: str | None = None
     """File with the pairwise judge prompt ({instruction}, {answer_a}, {answer_b}); None: shipped."""
     judge_max_tokens: int = 64
@@ -82,72 +87,53 @@ class EvalConfig:
 
 
 def load_eval(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> EvalConfig:
-    """An eval recipe, unknown keys refused, relative paths resolved against its folder."""
-    import yaml
-
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except OSError:
-        raise EvalError(f"eval recipe not found: {path}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise EvalError(f"{path}: not a YAML mapping ({e})") from None
-    if not isinstance(data, dict):
-        raise EvalError(f"{path}: the top level must be a mapping of keys")
-    for o in overrides:
-        apply_override(data, o)
-    cfg = from_dict(EvalConfig, data, where=str(path))
-    base = path.resolve().parent
-    cfg.prompts.source = resolve_relative(cfg.prompts.source, base)
-    if cfg.prompts.training_version:
-        cfg.prompts.training_version = resolve_relative(cfg.prompts.training_version, base)
-    if cfg.judge_template:
-        cfg.judge_template = resolve_relative(cfg.judge_template, base)
-    if cfg.previous:
-        cfg.previous = resolve_relative(cfg.previous, base)
+    """An eval recipe (yamlconf.load), relative paths resolved against its folder, `previous`
+    read from the training record it names."""
+    cfg = load(path, EvalConfig, overrides, what="eval recipe", error=EvalError, paths=EVAL_PATHS,
+               keep=("previous",))  # fmt: skip
     for key in ("candidate", "baseline"):
-        spec = getattr(cfg, key)
-        if spec == "previous":
+        if getattr(cfg, key) == "previous":
             from icr_data.base.config import RecipeError, RoundConfig, previous_model
 
             try:
                 spec = previous_model(RoundConfig(previous=cfg.previous), f"{path}: '{key}'")
             except RecipeError as e:
                 raise EvalError(str(e).replace("'round.previous'", "'previous'")) from None
-        setattr(cfg, key, _model_path(spec, base))
-    cfg.judges = [_judge_paths(j, base) for j in cfg.judges]
+            setattr(cfg, key, spec)
+    base = Path(path).resolve().parent
+    cfg.judges = [judge_paths(j, base) for j in cfg.judges]
     check(cfg, str(path))
     return cfg
 
 
-def _model_path(spec: str, base: Path) -> str:
-    if spec.startswith("train:"):
-        return "train:" + resolve_relative(spec.removeprefix("train:"), base)
-    return spec if ":" in spec else resolve_relative(spec, base)
-
-
-def _judge_paths(spec: str, base: Path) -> str:
+def judge_paths(spec: str, base: Path) -> str:
+    """A judge's spec, its models resolved against the recipe's folder `base`."""
     kind, _, rest = spec.partition(":")
-    return f"{kind}:" + ",".join(_model_path(m, base) for m in rest.split(",")) if rest else spec
+    return f"{kind}:" + ",".join(resolve_path(m, base) for m in rest.split(",")) if rest else spec
 
 
 def judge_label(spec: str) -> str:
     """A judge as the record names it: its models without this machine's folders."""
     from icr_data.store.store import portable_path
 
-    kind, models = parse_judge(spec)
-    return f"{kind}:" + ",".join(portable_path(m) for m in models)
+    judge = parse_judge(spec)
+    models = ",".join(portable_path(m) for m in judge.names)
+    return f"{judge.kind}:{models}" if models else judge.kind
 
 
-def parse_judge(spec: str) -> tuple[str, list[str]]:
-    """'implicit:P,R' -> ('implicit', [P, R]); unknown kinds and wrong arity are refused."""
+def parse_judge(spec: str, where: str = "judges") -> Judge:
+    """'implicit:P,R' -> that kind's Judge (registry.JUDGES) for [P, R]; an unknown kind (with
+    the closest known one) and the wrong number of models are refused."""
     kind, sep, rest = spec.partition(":")
-    models = [m for m in rest.split(",") if m] if sep else []
-    want = 2 if kind == "implicit" else 1
-    if kind not in JUDGE_KINDS or len(models) != want:
-        raise EvalError(f"judges: {spec!r} is not llm:MODEL, reward:MODEL or "
-                        "implicit:POLICY,REFERENCE")  # fmt: skip
-    return kind, models
+    try:
+        JUDGES.check(kind, f"{where}: {spec!r}")
+    except RegistryError as e:
+        raise EvalError(str(e)) from None
+    cls = JUDGES.load(kind)
+    names = [m for m in rest.split(",") if m] if sep else []
+    if len(names) != len(cls.models):
+        raise EvalError(f"{where}: {spec!r} is not {cls.usage()}")
+    return cls(spec, names)
 
 
 def check(cfg: EvalConfig, where: str) -> None:
@@ -162,7 +148,7 @@ def check(cfg: EvalConfig, where: str) -> None:
     if not cfg.judges:
         raise EvalError(f"{where}: 'judges' names no judge")
     for j in cfg.judges:
-        parse_judge(j)
+        parse_judge(j, where)
     if cfg.sampling.n != 1:
         raise EvalError(f"{where}: 'sampling.n' must be 1 (one answer per prompt and model)")
     if not cfg.prompts.source:
@@ -229,132 +215,32 @@ def training_prompts(cfg: EvalConfig, record: dict | None) -> set[str]:
     return {normalise(t) for t in texts}
 
 
-def _answers(cfg, executor, model: str, model_id: dict, rows: list[dict], label: str,
-             sampling: SamplingConfig | None = None) -> list[str]:  # fmt: skip
-    """One answer per row from the generation stage (`sampling`, default the recipe's)."""
-    from datasets import Dataset
-
-    from icr_data.stages.stages import GenerateStage, model_key, run_in_order
-
-    stage = GenerateStage(model=model, model_key=model_key(model_id),
-                          sampling=sampling or cfg.sampling, chat_template=cfg.chat_template,
-                          model_id=model_id)  # fmt: skip
-    data = Dataset.from_list(
-        [{k: r[k] for k in ("prompt_id", "lang", "instruction")} for r in rows]
-    )
-    out, _ = run_in_order(executor, stage, data, cfg.shard_prompts, label)
-    return list(out["response"])
-
-
-def render_judge(template: str, instruction: str, a: str, b: str) -> str:
-    # plain replacement: prompts and answers hold braces; {instruction} last of the three fields
-    filled = template.replace("{answer_a}", a).replace("{answer_b}", b)
-    return filled.replace("{instruction}", instruction)
-
-
-def judge_template(cfg: EvalConfig) -> str:
-    path = Path(cfg.judge_template) if cfg.judge_template else default_template()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise EvalError(f"judge_template {path}: {e.strerror}") from None
-    for field_ in ("{instruction}", "{answer_a}", "{answer_b}"):
-        if field_ not in text:
-            raise EvalError(f"judge_template {path}: has no {field_} placeholder")
-    return text
-
-
-def default_template() -> Path:
-    """The shipped pairwise judge prompt (cards/judge_pairwise.txt; copy it to edit it)."""
-    from icr_data.store.card import template_dir
-
-    return template_dir() / "judge_pairwise.txt"
-
-
 @dataclass
-class Judge:
-    """A judge of the recipe, resolved once: its models' paths and identities."""
+class EvalRun:
+    """An eval under way, as its judges see it: the recipe, the executor that keeps its work
+    (so a killed eval resumes), and where progress goes."""
 
-    spec: str
-    kind: str
-    names: list[str]
-    paths: list[str]
-    ids: list[dict]
+    cfg: EvalConfig
+    executor: Any
+    console: Any = None
+    progress: Any = None
 
-    @classmethod
-    def resolve(cls, spec: str) -> Judge:
-        from icr_data.stages import models
+    def answers(self, model: str, model_id: dict, rows: list[dict], label: str,
+                sampling: SamplingConfig | None = None) -> list[str]:  # fmt: skip
+        """One answer per row from the generation stage (`sampling`, default the recipe's)."""
+        from datasets import Dataset
 
-        kind, names = parse_judge(spec)
-        paths = [models.resolve(m, "judge") for m in names]
-        if kind == "reward":
-            check_reward_model(names[0], paths[0])
-        return cls(spec, kind, names, paths, [models.identity(n, p) for n, p in zip(names, paths)])
+        from icr_data.stages.stages import GenerateStage, model_key, run_in_order
 
-
-def _judge(cfg, executor, judge: Judge, rows, cand, base, console, progress) -> list[dict]:
-    kind, spec, paths = judge.kind, judge.spec, judge.paths
-    if kind == "llm":
-        template = judge_template(cfg)
-        requests = []
-        for r, c, b in zip(rows, cand, base):
-            for order, (x, y) in (("ab", (c, b)), ("ba", (b, c))):
-                requests.append({"prompt_id": f"{r['prompt_id']}#{order}", "lang": r["lang"],
-                                 "instruction": render_judge(template, r["instruction"], x, y)})  # fmt: skip
-        judge_cfg = SamplingConfig(backend=cfg.sampling.backend, n=1, temperature=0.0,
-                                   max_tokens=cfg.judge_max_tokens, seed=cfg.sampling.seed,
-                                   dtype=cfg.sampling.dtype, max_model_len=cfg.sampling.max_model_len,
-                                   gpu_memory_utilization=cfg.sampling.gpu_memory_utilization)  # fmt: skip
-        raw = _answers(cfg, executor, paths[0], judge.ids[0], requests, f"judge {spec}", judge_cfg)
-        out = []
-        for i in range(len(rows)):
-            ab, ba = raw[2 * i], raw[2 * i + 1]
-            v_ab, v_ba = parse_verdict(ab), parse_verdict(ba)
-            win, consistent = llm_win(v_ab, v_ba)
-            out.append({"verdict_ab": v_ab, "verdict_ba": v_ba, "judge_output_ab": ab,
-                        "judge_output_ba": ba, "win": win, "consistent": consistent,
-                        "candidate_reward": None, "baseline_reward": None})  # fmt: skip
-        return out
-    rewards = _rewards(cfg, judge, rows, cand + base, console, progress)
-    out = []
-    for i in range(len(rows)):
-        rc, rb = rewards[i], rewards[len(rows) + i]
-        verdict = "candidate" if rc > rb else "baseline" if rb > rc else "tie"
-        out.append({"verdict_ab": verdict, "verdict_ba": None, "judge_output_ab": None,
-                    "judge_output_ba": None, "win": {"candidate": 1.0, "baseline": 0.0}.get(verdict, 0.5),
-                    "consistent": None, "candidate_reward": rc, "baseline_reward": rb})  # fmt: skip
-    return out
-
-
-def _rewards(cfg, judge: Judge, rows, answers, console, progress) -> list[float]:
-    """One reward per (row, answer) for answers = candidate's then baseline's (native prompt)."""
-    from datasets import Dataset
-
-    from icr_data.stages.stages import model_key
-
-    paths = judge.paths
-    both = rows + rows
-    data = Dataset.from_list([
-        {"prompt_id": r["prompt_id"], "lang": r["lang"], "instruction": r["instruction"],
-         "scoring_prompt": r["instruction"], "sample_idx": i // len(rows), "response": a,
-         "finish_reason": "stop"}
-        for i, (r, a) in enumerate(zip(both, answers))
-    ])  # fmt: skip
-    if judge.kind == "implicit":
-        from icr_data.base.config import ScoringConfig
-        from icr_data.stages.stages import score_candidates
-
-        ids = dict(zip(("policy", "reference"), judge.ids))
-        scored = score_candidates(data, paths[0], paths[1], ScoringConfig(mode="native", beta=cfg.beta),
-                                  cfg.chat_template, ids, console, progress)  # fmt: skip
-        return scored["reward"]
-    from icr_data.core.executor import run_once
-    from icr_data.stages.stages import RewardStage, Shard
-
-    stage = RewardStage(model=paths[0], model_key=model_key(judge.ids[0]),
-                        chat_template=cfg.chat_template)  # fmt: skip
-    outs, _ = run_once(stage, [Shard(0, data)], console, progress)
-    return outs[0]["reward"]
+        cfg = self.cfg
+        stage = GenerateStage(model=model, model_key=model_key(model_id),
+                              sampling=sampling or cfg.sampling, chat_template=cfg.chat_template,
+                              model_id=model_id)  # fmt: skip
+        data = Dataset.from_list(
+            [{k: r[k] for k in ("prompt_id", "lang", "instruction")} for r in rows]
+        )
+        out, _ = run_in_order(self.executor, stage, data, cfg.shard_prompts, label)
+        return list(out["response"])
 
 
 def evaluate(
@@ -363,22 +249,22 @@ def evaluate(
     """Answer, judge, summarise and write an eval record: (its folder, its manifest)."""
     from datasets import Dataset
 
-    from icr_data.stages import models
-
+    from icr_data.base.logs import log_to
     from icr_data.commands import prepare
     from icr_data.core.executor import LocalExecutor
+    from icr_data.stages import models
     from icr_data.stages.langid import identify, judged
-    from icr_data.base.logs import log_to
     from icr_data.store.shards import WorkDir
     from icr_data.store.store import write_version
 
     rows = _prompts(cfg)  # before any model: bad prompts are the cheap error
-    judge_models = [m for j in cfg.judges for m in parse_judge(j)[1]]
-    prepare.ensure([cfg.candidate, cfg.baseline, *judge_models], console)
+    judges = [parse_judge(j) for j in cfg.judges]
+    prepare.ensure([cfg.candidate, cfg.baseline, *(m for j in judges for m in j.names)], console)
     paths = {k: models.resolve(getattr(cfg, k), k) for k in ("candidate", "baseline")}
     if paths["candidate"] == paths["baseline"]:
         raise EvalError(f"candidate and baseline are the same model ({paths['candidate']})")
-    judges = [Judge.resolve(j) for j in cfg.judges]
+    for judge in judges:
+        judge.resolve()
     ids = {k: models.identity(getattr(cfg, k), p) for k, p in paths.items()}
     record = training_record(paths["candidate"])
     seen = training_prompts(cfg, record)
@@ -392,9 +278,9 @@ def evaluate(
 
     work = WorkDir(Path(cfg.store) / cfg.name / ".work")
     log_to(work.root / "logs" / "third_party.log")
-    ex = LocalExecutor(work, console, progress)
-    cand = _answers(cfg, ex, paths["candidate"], ids["candidate"], rows, "answers (candidate)")
-    base = _answers(cfg, ex, paths["baseline"], ids["baseline"], rows, "answers (baseline)")
+    run = EvalRun(cfg, LocalExecutor(work, console, progress), console, progress)
+    cand = run.answers(paths["candidate"], ids["candidate"], rows, "answers (candidate)")
+    base = run.answers(paths["baseline"], ids["baseline"], rows, "answers (baseline)")
     langs = cfg.prompts.languages
     lid = {}
     for side, texts in (("candidate", cand), ("baseline", base)):
@@ -402,7 +288,9 @@ def evaluate(
         lid[side] = judged(found, [r["lang"] for r in rows], langs)
     out_rows = []
     for judge in judges:
-        verdicts = _judge(cfg, ex, judge, rows, cand, base, console, progress)
+        verdicts = judge.judge(run, rows, cand, base)
+        if len(verdicts) != len(rows):
+            raise EvalError(f"judge {judge.spec}: {len(verdicts)} verdicts for {len(rows)} rows")
         for i, (r, v) in enumerate(zip(rows, verdicts)):
             out_rows.append({"judge": judge_label(judge.spec), "kind": judge.kind, "prompt_id": r["prompt_id"], "lang": r["lang"],
                              "instruction": r["instruction"], "candidate": cand[i], "baseline": base[i],
@@ -410,6 +298,7 @@ def evaluate(
                              "candidate_lid": lid["candidate"][i], "baseline_lid": lid["baseline"][i],
                              "in_training": r["in_training"]})  # fmt: skip
     results = summarize(out_rows)
+    templates = [t for j in judges if (t := j.prompt_template(cfg)) is not None]
     manifest = {
         "kind": "eval", "dataset": cfg.name, "version": None,
         "created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
@@ -417,7 +306,7 @@ def evaluate(
         "models": {**ids, "judges": {judge_label(j.spec): j.ids for j in judges}},
         "lineage": lineage(record),
         "sampling": {k: getattr(cfg.sampling, k) for k in ("backend", "temperature", "top_p", "max_tokens", "seed")},
-        "judge_template": judge_template(cfg) if any(j.startswith("llm:") for j in cfg.judges) else None,
+        "judge_template": templates[0] if templates else None,
         "languages": langs,
         "decontamination": {"rule": "exact, or equal after NFKC, casefold, punctuation and "
                             "whitespace folded", "flagged": overlap, "kept": cfg.prompts.keep_overlap},
@@ -430,15 +319,6 @@ def evaluate(
         cfg.store, cfg.name, {"rows": table}, manifest, render_eval_card, name=version
     )
     return path, manifest
-
-
-def check_reward_model(spec: str, path: str) -> None:
-    from icr_data.stages.models import ModelError, check_sequence_classifier
-
-    try:
-        check_sequence_classifier(path, f"judges: reward:{spec}")
-    except ModelError as e:
-        raise EvalError(str(e)) from None
 
 
 def render_eval_card(manifest: dict) -> str:
