@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from icr_data.store import store
-from icr_data.commands.build import build
 from icr_data.base.config import load_recipe
-from icr_data.commands.train import TrainError, load_pairs, train
 from icr_data.base.train_config import load_train_config
+from icr_data.commands.build import build
+from icr_data.commands.train import TrainError, load_pairs, train
+from icr_data.store import store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -278,8 +278,8 @@ def test_reference_logps_come_from_the_version_when_they_are_the_references(
 
     policy, reference = tiny_pair
 
-    def no_pass(*a, **k):
-        raise AssertionError("TRL ran a reference pass")
+    def no_pass(self, model, inputs):  # TRL's own per-batch reference forward
+        raise AssertionError("TRL ran the reference model")
 
     with monkeypatch.context() as m:
         m.setattr(DPOTrainer, "compute_ref_log_probs", no_pass)
@@ -301,6 +301,9 @@ def test_reference_logps_come_from_the_version_when_they_are_the_references(
         TrainError, match="ref_logps: version refused: .*not the training reference"
     ):
         train(load_train_config(_config(tmp_path / "x", native, reference, ref_logps="version")))
+    with pytest.raises(TrainError, match="ref_logps: version refused: trainer.ld_alpha"):
+        train(load_train_config(_config(tmp_path / "ld", native, policy, ref_logps="version",
+                                        trainer={"ld_alpha": 0.5})))  # fmt: skip
 
 
 def test_a_full_disk_loses_only_the_checkpoint_being_written(

@@ -1,5 +1,7 @@
 """The thin DPO recipe on TRL: train a model on a version's pairs (DPO sigmoid + optional NLL).
 
+Over 400 lines, one job: a training run end to end, with the TRL surface it relies on (guarded).
+
     python recipes/dpo.py recipes/dpo_demo.yaml [--set key=value ...]
     accelerate launch --config_file recipes/accelerate/multi_gpu_ddp.yaml recipes/dpo.py CONFIG
 
@@ -8,10 +10,10 @@ JSONL/Parquet file) and building the training rows: each pair's own native-langu
 under the model's chat template, tokenized by the scorer's ChatEncoder, so the trained span is
 exactly the one the scorer counts (the rows reach TRL tokenized: prompt_ids, chosen_ids,
 rejected_ids). The reference log-probs come from the version when they are the training
-reference's under the training prompt (TRL then runs no reference pass); otherwise TRL computes
-them once before training. Then the config is mapped onto TRL's DPOConfig, progress and a step
-log are reported, the model is saved (LoRA merged in, or the adapter), and training.json records
-what was trained on and how.
+reference's under the training prompt (TRL's precompute pass then reads them through its public
+`compute_ref_log_probs` and runs no model); otherwise TRL computes them once before training.
+Then the config is mapped onto TRL's DPOConfig, progress and a step log are reported, the model
+is saved (LoRA merged in, or the adapter), and training.json records what was trained on and how.
 
 TRL's DPOTrainer (and transformers' Trainer under it): the loss (loss_type [sigmoid, sft] with
 loss_weights [1, nll_weight]), the optimizer and schedule, LoRA through peft, mixed precision,
@@ -32,16 +34,33 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from icr_data.stages import models
-
-from icr_data.store import version_ref
-from icr_data.stages.chat import ChatEncoder
 from icr_data.base.console import progress_bar, stderr_console
 from icr_data.base.hf import library_bars_off
 from icr_data.base.train_config import DataConfig, TrainConfig, TrainError
+from icr_data.stages import models
+from icr_data.stages.chat import ChatEncoder
+from icr_data.store import version_ref
 
 TRL_MIN = (1, 16)
 """loss_type as a list with 'sft' and loss_weights, and the reference cache columns, as used here."""
+
+TRL_SURFACE = (
+    ("_prepare_dataset", ("dataset", "processing_class", "args", "dataset_name"), True,
+     "the rows arrive tokenized by the scorer's encoder; TRL has no public way to skip its own"),
+    ("_save_checkpoint", ("model", "trial"), True,
+     "transformers' Trainer's (TRL overrides it): a checkpoint that cannot be written is removed "
+     "whole; no public hook wraps the write"),
+    ("compute_ref_log_probs", ("model", "inputs"), False,
+     "the precompute pass's per-batch hook: reads the version's reference log-probs"),
+    ("compute_loss", ("model", "inputs", "return_outputs", "num_items_in_batch"), False,
+     "the step log's accuracy, dpo_loss and nll from the policy forward's log_probs"),
+    ("log", ("logs", "start_time"), False, "adds those to each logged step"),
+)  # fmt: skip
+"""The DPOTrainer methods the recipe overrides: (name, leading parameters, private, why). The
+private ones are TRL / transformers internals: why TRL is pinned to its minor version
+(docs/training.md); `trl_surface_problems` checks them all (at training start, and in
+tests/test_trl.py). Also relied on: the policy forward returns TRL's FusedCausalLMOutput with
+per-token `log_probs` (checked there too)."""
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -181,6 +200,40 @@ def ranked_right(chosen_rewards, rejected_rewards, beta: float):
     return (chosen_rewards - rejected_rewards) > beta * LOGRATIO_ATOL
 
 
+def trl_surface_problems() -> list[str]:
+    """One line per piece of TRL_SURFACE the installed TRL changed: a method gone, or its leading
+    parameters renamed or reordered (inspect.signature); empty when all is as the recipe needs."""
+    import inspect
+
+    import transformers
+    import trl
+    from trl import DPOTrainer
+
+    where = f"TRL {trl.__version__} (transformers {transformers.__version__})"
+    problems = []
+    for name, params, private, why in TRL_SURFACE:
+        kind = "internal" if private else "method"
+        fn = getattr(DPOTrainer, name, None)
+        if not callable(fn):
+            problems.append(f"{where}: DPOTrainer.{name}, a {kind} the recipe overrides ({why}), "
+                            "is gone")  # fmt: skip
+            continue
+        have = [p for p in inspect.signature(fn).parameters if p != "self"]
+        if have[: len(params)] != list(params):
+            problems.append(f"{where}: DPOTrainer.{name}, a {kind} the recipe overrides ({why}), "
+                            f"takes ({', '.join(have)}), not ({', '.join(params)}, ...)")  # fmt: skip
+    try:
+        from trl.trainer.utils import FusedCausalLMOutput
+
+        fields = getattr(FusedCausalLMOutput, "__dataclass_fields__", {})
+    except ImportError:
+        fields = {}
+    if "log_probs" not in fields:
+        problems.append(f"{where}: trl.trainer.utils.FusedCausalLMOutput.log_probs (the policy "
+                        "forward's per-token log-probs, read for the step log) is gone")  # fmt: skip
+    return problems
+
+
 def _trl_version() -> str:
     try:
         import trl
@@ -189,6 +242,12 @@ def _trl_version() -> str:
     if tuple(int(x) for x in trl.__version__.split(".")[:2]) < TRL_MIN:
         raise TrainError(f"training needs trl>=1.16 (loss_type [sigmoid, sft]); "
                          f"installed: {trl.__version__}")  # fmt: skip
+    problems = trl_surface_problems()
+    if problems:
+        raise TrainError(
+            "the DPO recipe is tested with TRL 1.16 (docs/training.md, 'The TRL surface'); this "
+            "TRL changed what it relies on:\n  " + "\n  ".join(problems)
+        )
     return trl.__version__
 
 
@@ -270,23 +329,57 @@ def resume_point(asked, out: Path) -> str | None:
     return str(asked)
 
 
-def _trainer_class():
-    """DPOTrainer with four changes: rows arrive tokenized (no re-tokenizing); reference columns
-    already present are used (no precompute pass); each micro-batch also logs `accuracy` (beyond
-    LOGRATIO_ATOL), `dpo_loss` and `nll`; a checkpoint that cannot be written is removed whole."""
+def sequence_key(ids) -> bytes:
+    """A token sequence's key (prompt + response ids): how the version's reference log-probs are
+    found again in TRL's padded batches."""
+    import hashlib
+
+    import numpy as np
+
+    return hashlib.blake2b(np.asarray(ids, dtype=np.int64).tobytes(), digest_size=16).digest()
+
+
+def version_logps_table(encoded: list, chosen: list, rejected: list) -> dict:
+    """sequence_key -> the version's reference log-prob, for each kept pair's two sequences (a
+    sequence met twice has one log-prob: the same tokens scored by the same reference)."""
+    table: dict = {}
+    for (c, j), lc, lr in zip(encoded, chosen, rejected, strict=True):
+        table.setdefault(sequence_key(c.prompt_ids + c.response_ids), lc)
+        table.setdefault(sequence_key(j.prompt_ids + j.response_ids), lr)
+    return table
+
+
+def _trainer_class(version_logps: dict | None = None):
+    """DPOTrainer with four changes: rows arrive tokenized (no re-tokenizing); with
+    `version_logps` (version_logps_table), TRL's precompute pass takes the reference log-probs
+    from it (its public per-batch hook, compute_ref_log_probs) and runs no model; each micro-batch
+    also logs `accuracy` (beyond LOGRATIO_ATOL), `dpo_loss` and `nll`; a checkpoint that cannot be
+    written is removed whole. The methods overridden are TRL_SURFACE."""
+    from collections import defaultdict
+
+    import torch
     import torch.nn.functional as F
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
     from trl import DPOTrainer
 
     class RecipeTrainer(DPOTrainer):
-        lost_checkpoints: list
+        def __init__(self, *args, **kwargs):
+            self.lost_checkpoints: list = []
+            self.recipe_metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+            super().__init__(*args, **kwargs)
 
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             return dataset  # prompt_ids / chosen_ids / rejected_ids from the scorer's encoder
 
-        def _precompute_ref_logps(self, dataset, name, batch_size):
-            if "ref_chosen_logps" in dataset.column_names:
-                return dataset  # taken from the version
-            return super()._precompute_ref_logps(dataset, name, batch_size)
+        def compute_ref_log_probs(self, model, inputs):
+            if version_logps is None:
+                return super().compute_ref_log_probs(model, inputs)
+            ids, mask = inputs["input_ids"].cpu(), inputs["attention_mask"].cpu().bool()
+            found = [version_logps.get(sequence_key(row[m].numpy())) for row, m in zip(ids, mask)]
+            if None in found:  # every sequence was encoded from the same rows
+                raise TrainError("a training sequence has no reference log-prob in the version")
+            logps = torch.tensor(found, dtype=torch.float32, device=inputs["input_ids"].device)
+            return logps.chunk(2, dim=0)  # the batch is [chosen, rejected]
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             seen: list = []
@@ -297,7 +390,11 @@ def _trainer_class():
                 result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             finally:
                 handle.remove()
-            if seen and getattr(seen[0], "log_probs", None) is not None and self.ld_alpha is None:
+            if seen and self.args.ld_alpha is None:  # LD-DPO's weighted sums are not ours
+                if getattr(seen[0], "log_probs", None) is None:
+                    raise TrainError(f"TRL {_trl_version()}: the policy forward returned no "
+                                     "per-token log_probs (FusedCausalLMOutput), which the step "
+                                     "log reads; see docs/training.md, the TRL surface")  # fmt: skip
                 self._our_metrics(inputs, seen[0].log_probs.detach())
             return result
 
@@ -305,22 +402,30 @@ def _trainer_class():
             mask = inputs["completion_mask"][:, 1:]
             per_token = log_probs[:, -mask.size(1) :] * mask
             pc, pr = per_token.sum(1).chunk(2)
-            cr = self.beta * (pc - inputs["ref_chosen_logps"].to(pc))
-            rr = self.beta * (pr - inputs["ref_rejected_logps"].to(pr))
+            beta = self.args.beta
+            cr = beta * (pc - inputs["ref_chosen_logps"].to(pc))
+            rr = beta * (pr - inputs["ref_rejected_logps"].to(pr))
             gather = self.accelerator.gather
-            mode = "train" if self.model.training else "eval"
-            right = gather(ranked_right(cr, rr, self.beta).float())
-            self._metrics[mode]["accuracy"].append(right.mean().item())
-            self._metrics[mode]["dpo_loss"].append(gather(-F.logsigmoid(cr - rr)).mean().item())
+            metrics = self.recipe_metrics["train" if self.model.training else "eval"]
+            right = gather(ranked_right(cr, rr, beta).float())
+            metrics["accuracy"].append(right.mean().item())
+            metrics["dpo_loss"].append(gather(-F.logsigmoid(cr - rr)).mean().item())
             chosen_mask = mask.chunk(2)[0]
             nll_sum = gather(-per_token.chunk(2)[0].sum().reshape(1)).sum()
             n_tok = gather(chosen_mask.sum().reshape(1)).sum()
-            self._metrics[mode]["nll"].append((nll_sum / n_tok.clamp(min=1)).item())
+            metrics["nll"].append((nll_sum / n_tok.clamp(min=1)).item())
+
+        def log(self, logs, start_time=None):
+            mode = "train" if self.model.training else "eval"
+            prefix = "" if mode == "train" else "eval_"
+            ours = self.recipe_metrics[mode]
+            logs.update({prefix + k: sum(v) / len(v) for k, v in ours.items() if v})
+            ours.clear()
+            super().log(logs, start_time)
 
         def _save_checkpoint(self, model, trial):
-            folder = (
-                Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-            )
+            step = self.state.global_step  # the recipe runs no hyperparameter search: no trial
+            folder = Path(self.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{step}"
             try:
                 super()._save_checkpoint(model, trial)
             except OSError as e:  # a full disk: lose this checkpoint, not the run or older ones
@@ -433,6 +538,8 @@ def train(cfg: TrainConfig, console: Console | None = None) -> dict:
     kept, encoded, too_long = encode_pairs(cfg, rows, tok, data_info)
     reference = models.identity(cfg.reference or cfg.model, ref)
     from_version = version_ref_logps(cfg, data_info, kept, reference)
+    if isinstance(from_version, tuple) and cfg.trainer.get("ld_alpha") is not None:
+        from_version = "trainer.ld_alpha weights the log-probs (LD-DPO); the version's are sums"
     if isinstance(from_version, str) and cfg.ref_logps == "version":
         raise TrainError(f"ref_logps: version refused: {from_version}")
     trl_version = _trl_version()
@@ -445,8 +552,9 @@ def train(cfg: TrainConfig, console: Console | None = None) -> dict:
     columns = {"prompt_ids": [c.prompt_ids for c, _ in encoded],
                "chosen_ids": [c.response_ids for c, _ in encoded],
                "rejected_ids": [j.response_ids for _, j in encoded]}  # fmt: skip
+    version_logps = None  # TRL's pass adds them as columns, from the version or computed
     if isinstance(from_version, tuple):
-        columns["ref_chosen_logps"], columns["ref_rejected_logps"] = from_version
+        version_logps = version_logps_table(encoded, *from_version)
         ref_record = {"source": "version", "reason": None}
     else:
         ref_record = {"source": "trl", "reason": from_version}
@@ -475,10 +583,10 @@ def train(cfg: TrainConfig, console: Console | None = None) -> dict:
         library_bars_off(),
         progress_bar(console) if main else contextlib.nullcontext() as progress,
     ):
-        trainer = _trainer_class()(model=start, ref_model=ref_model, args=args,
-                                   train_dataset=_shared_rows(columns, out, main, args),
-                                   processing_class=tok, peft_config=peft_config)  # fmt: skip
-        trainer.lost_checkpoints = []
+        rows_ds = _shared_rows(columns, out, main, args)
+        trainer = _trainer_class(version_logps)(model=start, ref_model=ref_model, args=args,
+                                                train_dataset=rows_ds, processing_class=tok,
+                                                peft_config=peft_config)  # fmt: skip
         trainer.ref_model = ref_model = None  # its log-probs are precomputed: free it for training
         trainer.remove_callback(PrinterCallback)  # it prints each log dict to stdout
         trainer.add_callback(_reporter(console, progress, cfg, log, table))
