@@ -51,10 +51,11 @@ def write_version(root: Path, n: int, seed: int = 0) -> Path:
     import numpy as np
     from datasets import Dataset
 
-    from icr_data.store.card import render_card
     from icr_data.base.config import Recipe
-    from icr_data.store.manifest import make_manifest, margin_summary
+    from icr_data.commands.versioning import run_facts
     from icr_data.pairing.pairs import PairStats, make_pairs
+    from icr_data.store.card import render_card
+    from icr_data.store.manifest import make_manifest, margin_summary
     from icr_data.store.store import write_version as write
 
     rng = np.random.default_rng(seed)
@@ -97,7 +98,9 @@ def write_version(root: Path, n: int, seed: int = 0) -> Path:
     ids = {
         r: {"name": "synthetic", "sha256": "0" * 64} for r in ("generator", "policy", "reference")
     }
-    manifest = make_manifest(recipe, ids, PairStats(), counts, margins, {})
+    manifest = make_manifest(
+        recipe, ids, run_facts(recipe, ids, PairStats(), None), counts, margins, {}
+    )
     return write(
         root, recipe.dataset, {"pairs": empty, "candidates": candidates}, manifest, render_card
     )
@@ -118,7 +121,8 @@ import pyarrow.parquet as pq
 from datasets import Dataset
 from icr_data.core.executor import run_once
 from icr_data.stages.langid import cores, identify
-from icr_data.stages.stages import LangIdStage, Shard
+from icr_data.core.stage import Shard
+from icr_data.stages.stages import LangIdStage
 t = pq.read_table(glob.glob(sys.argv[1] + '/data/candidates/*.parquet')[0], columns=['lang', 'response'])
 languages = tuple(sorted(set(t.column('lang').unique().to_pylist())))
 if sys.argv[2] == 'stage':

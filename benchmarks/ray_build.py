@@ -38,9 +38,9 @@ def files(folder: Path) -> dict[str, str]:
 def measure(args: argparse.Namespace) -> None:
     import ray
 
-    from icr_data.commands.build import build
     from icr_data.base.config import load_recipe
     from icr_data.base.console import stderr_console
+    from icr_data.commands.build import build
     from icr_data.stages.tiny import build_tiny_pair
 
     work = Path(tempfile.mkdtemp(prefix="icr-ray-bench-"))

@@ -44,8 +44,8 @@ def model_path(name: str, workdir: Path) -> str:
 
 def candidates(tokenizer, n_candidates: int, seed: int = 0):
     """Encoded rows: real scoring prompts, random response tokens of 20..400, ending in EOT."""
-    from icr_data.stages.chat import ChatEncoder, Encoded
     from icr_data.base.languages import scoring_prompt
+    from icr_data.stages.chat import ChatEncoder, Encoded
 
     rng = random.Random(seed)
     root = Path(__file__).resolve().parents[1]

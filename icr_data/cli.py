@@ -1,6 +1,7 @@
 """The `icr-data` command line. It only parses options and dispatches to the modules that do the
 work; the tables it prints are drawn in reports.py. Heavy imports (torch, vLLM, datasets, polars)
-happen inside the commands so `icr-data --help` starts instantly.
+happen inside the commands so `icr-data --help` starts instantly. Over 400 lines: a thin typer
+app of many commands, each a few lines of option parsing.
 
 Errors: any `errors.IcrError` (a bad recipe, file, option or model) raised by a command becomes
 one line `error: ...` on stderr and exit code 2; anything else is a bug and keeps its traceback.
@@ -18,10 +19,10 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from icr_data.base.config import FILTERS
 from icr_data.base.console import progress_bar, stderr_console
 from icr_data.base.errors import IcrError
-from icr_data.base.config import FILTERS
-from icr_data.base.registry import EXPORT_FORMATS
+from icr_data.base.registry import EXPORT_FORMATS, logprob_backends
 from icr_data.base.registry import PAIRING_RULES as RULES
 
 
@@ -213,6 +214,12 @@ def score(
     count_eot: Annotated[
         bool | None, typer.Option(help="Version mode: count the end-of-turn token.")
     ] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Version mode: how log-probs are computed ({', '.join(logprob_backends())})."
+        ),
+    ] = None,
     version: VersionOpt = None,
     if_changed: IfChangedOpt = False,
     executor: ExecutorOpt = "local",
@@ -230,18 +237,15 @@ def score(
             _fail("--address names a Ray cluster: use it with --executor ray")
         if mode not in (None, "cross_lingual", "native", "translate_en"):
             _fail(f"--mode must be cross_lingual, native or translate_en, got {mode!r}")
-        scoring = {
-            k: v
-            for k, v in {"mode": mode, "beta": beta, "count_eot": count_eot}.items()
-            if v is not None
-        }
+        given = {"mode": mode, "beta": beta, "count_eot": count_eot, "backend": backend}
+        scoring = {k: v for k, v in given.items() if v is not None}
         path, manifest = rescore(source, policy, reference, scoring, name=version, console=err,
                                  executor=executor, address=address, if_changed=if_changed)  # fmt: skip
         _report_version(path, manifest)
         return
-    if policy or reference or mode or beta is not None or count_eot is not None:
-        _fail("--policy/--reference/--mode/--beta/--count-eot rescore a version folder; "
-              "with a recipe use --set models.policy=... etc.")  # fmt: skip
+    if policy or reference or mode or backend or beta is not None or count_eot is not None:
+        _fail("--policy/--reference/--mode/--beta/--count-eot/--backend rescore a version "
+              "folder; with a recipe use --set models.policy=... etc.")  # fmt: skip
     _run(source, store, set_, shard=shard, stages=("score",), executor=executor, address=address)
     err.print("[green]scoring done[/] for " + (f"shard {shard}" if shard else "all shards"))
 
@@ -311,8 +315,8 @@ def prepare(
     """Prepare models before they are used: build builtin: models and train train:CONFIG models
     (their starting models first) into the cache. build, rescore, check-reward, translate and
     train run this step themselves; run it alone to do the work up front. Prints each path."""
-    from icr_data.stages import models as model_refs
     from icr_data.commands import prepare as prep
+    from icr_data.stages import models as model_refs
 
     steps = prep.plan(models)
     prep.run([s for s in steps if not s.done], err)
@@ -361,9 +365,9 @@ def train(
     """Train on a version with the thin DPO recipe (DPO sigmoid + optional NLL; LoRA or full).
 
     Writes the trained model, its LoRA adapter and training.json to the config's output_dir."""
+    from icr_data.base.train_config import load_train_config
     from icr_data.commands import prepare
     from icr_data.commands.train import train as run_train
-    from icr_data.base.train_config import load_train_config
 
     cfg = load_train_config(config, list(set_ or []))
     from accelerate import PartialState  # one process, or one of several under accelerate launch
@@ -417,10 +421,10 @@ def check_reward(
     margin, and accuracy by length difference (chosen shorter / similar / longer by 20%)."""
     import json
 
-    from icr_data.stages.agreement import noise_verdicts
-    from icr_data.commands.check import check_reward as run_check
     from icr_data.base.config import ScoringConfig
+    from icr_data.commands.check import check_reward as run_check
     from icr_data.commands.reports import check_table
+    from icr_data.stages.agreement import noise_verdicts
 
     if mode not in ("cross_lingual", "native"):
         _fail(f"--mode must be cross_lingual or native, got {mode!r}")
@@ -497,8 +501,8 @@ def inspect_version(
     of (len chosen - len rejected) with margin, off-target rate (from the manifest's funnel).
     Without --top/--bottom the 3 highest and 3 lowest pairs are shown; --top 0 shows none."""
     from icr_data.commands import inspection as ins
-    from icr_data.store import store as st
     from icr_data.commands.reports import inspect_report
+    from icr_data.store import store as st
 
     if sort not in ins.SORT_KEYS:
         _fail(f"--sort must be one of {', '.join(ins.SORT_KEYS)}, got {sort!r}")
@@ -556,9 +560,9 @@ def diff(version_a: VersionRef, version_b: VersionRef, store: StoreDirOpt = "icr
     """What changed from VERSION_A to VERSION_B: recipe keys (dotted, old -> new), models (name,
     sha256, revision per role), counts per language, and the margin distribution shift per
     language (deltas of mean, median, p10, p90, and the two-sample Kolmogorov-Smirnov D)."""
-    from icr_data.store import store as st
     from icr_data.commands.inspection import diff_versions
     from icr_data.commands.reports import diff_tables
+    from icr_data.store import store as st
 
     d = diff_versions(st.resolve_version(version_a, store), st.resolve_version(version_b, store))
     out = _stdout()

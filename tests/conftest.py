@@ -19,8 +19,8 @@ def build_tiny(tiny_pair):
     samples per prompt; returns the version folder."""
     from pathlib import Path
 
-    from icr_data.commands.build import build
     from icr_data.base.config import load_recipe
+    from icr_data.commands.build import build
 
     policy, reference = tiny_pair
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "demo_tiny.yaml"

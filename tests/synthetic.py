@@ -8,8 +8,9 @@ from pathlib import Path
 from datasets import Dataset
 
 from icr_data.base.config import Recipe, load_recipe
-from icr_data.store.manifest import make_manifest, margin_summary
+from icr_data.commands.versioning import run_facts
 from icr_data.pairing.pairs import PairingConfig, make_pairs
+from icr_data.store.manifest import make_manifest, margin_summary
 
 
 def tables(shift=0.0):
@@ -30,7 +31,7 @@ def tables(shift=0.0):
     recipe.prompts.source = "p.jsonl"
     ids = {r: {"name": r} for r in ("generator", "policy", "reference")}
     return {"pairs": pairs, "candidates": cands}, make_manifest(
-        recipe, ids, stats, counts, margins, {}
+        recipe, ids, run_facts(recipe, ids, stats, None), counts, margins, {}
     )
 
 

@@ -8,12 +8,11 @@ import pytest
 from datasets import Dataset
 from rich.console import Console
 
-from icr_data.commands import reports
-
-from icr_data.store import store
-from icr_data.stages.agreement import candidate_agreement, judge_figures, noise_verdicts
 from icr_data.base.config import RecipeError, ScoringConfig, validate_scoring
+from icr_data.commands import reports
 from icr_data.commands.inspection import inspect_version
+from icr_data.stages.agreement import candidate_agreement, judge_figures, noise_verdicts
+from icr_data.store import store
 
 
 def tau_by_definition(a: list[float], b: list[float]) -> float:
@@ -91,7 +90,12 @@ def test_native_rewards_equal_a_native_rescore(agreed):
 
     _, v = agreed
     cands = store.read_table(v, "candidates")
+    logp = v.parent / ".work" / "logp"
+    built = sorted(logp.glob("*.parquet"))
     v2, manifest = rescore(v, scoring={"mode": "native"})
+    # the score phase keys work by its input rows: the native rescore's passes are the build's
+    # native passes (same samples, same prompts, same pair), found and not run again
+    assert sorted(logp.glob("*.parquet")) == built
     native = store.read_table(v2, "candidates")
     assert manifest["scoring"]["agreement"] is None and "reward_native" not in native.column_names
     key = ("prompt_id", "lang", "sample_idx")
@@ -104,13 +108,15 @@ def test_native_rewards_equal_a_native_rescore(agreed):
     again = store.read_table(v3, "candidates")
     assert again["reward_native"] == pytest.approx(cands["reward_native"], abs=1e-5)
     assert m3["scoring"]["mode_agreement"]["languages"]["en"]["mean_tau"] == pytest.approx(1.0)
+    assert sorted(logp.glob("*.parquet")) == built  # both passes of each role, reused
+    assert again["reward"] == cands["reward"]  # the same work, read back: equal to the bit
 
 
 def test_the_native_pass_is_keyed_work_that_a_rerun_skips(agreed, tiny_pair):
     from pathlib import Path
 
-    from icr_data.commands.build import build
     from icr_data.base.config import load_recipe
+    from icr_data.commands.build import build
 
     store_dir, v = agreed
     policy, reference = tiny_pair

@@ -9,14 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from icr_data.commands import build as build_mod
-from icr_data.store import store
-from icr_data.commands.build import build
-from icr_data.stages.chat import TemplateError
 from icr_data.base.config import PromptsConfig, RecipeError, ScoringConfig, load_recipe
 from icr_data.base.languages import DIRECTIVE, LANGUAGES
+from icr_data.commands import build as build_mod
+from icr_data.commands.build import build
+from icr_data.stages.chat import TemplateError
 from icr_data.stages.models import ModelError
 from icr_data.stages.prompts import PromptError, load_prompts
+from icr_data.store import store
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "recipes" / "demo_tiny.yaml"

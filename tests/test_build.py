@@ -11,9 +11,9 @@ import pytest
 from datasets import load_dataset
 from huggingface_hub import DatasetCard
 
-from icr_data.store import store
-from icr_data.commands.build import build
 from icr_data.base.config import load_recipe
+from icr_data.commands.build import build
+from icr_data.store import store
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "recipes" / "demo_tiny.yaml"
@@ -152,8 +152,8 @@ def test_demo_through_vllm_cli(tmp_path):
 def test_vllm_samples_do_not_depend_on_batch_order(tiny_pair):
     from transformers import AutoTokenizer
 
-    from icr_data.stages.chat import prompt_token_ids
     from icr_data.base.config import SamplingConfig
+    from icr_data.stages.chat import prompt_token_ids
     from icr_data.stages.generate import VLLMBackend, prompt_seed
 
     tok = AutoTokenizer.from_pretrained(tiny_pair[0])
@@ -204,8 +204,9 @@ def test_an_explicit_reward_model_gives_a_second_opinion(build_tiny, tiny_pair, 
 
     from icr_data.base.config import PairingConfig
     from icr_data.core.executor import run_once
+    from icr_data.core.stage import Shard
     from icr_data.pairing.pairs import make_pairs
-    from icr_data.stages.stages import RewardStage, Shard
+    from icr_data.stages.stages import RewardStage
 
     reference = str(tiny_pair[1])
     rm = tmp_path / "rm"

@@ -2,8 +2,8 @@
 
 import pytest
 
-from icr_data.stages.chat import ChatEncoder, TemplateError, eot_token_ids
 from icr_data.base.languages import DIRECTIVE, scoring_prompt
+from icr_data.stages.chat import ChatEncoder, TemplateError, eot_token_ids
 
 
 def test_response_span_is_assistant_turn_through_eot(tokenizer):

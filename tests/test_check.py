@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from icr_data.commands.check import load_labelled, summarize, wilson
 from icr_data.base.config import ScoringConfig
+from icr_data.commands.check import load_labelled, summarize, wilson
 from icr_data.stages.prompts import PromptError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,9 +66,9 @@ def test_summary_numbers():
 
 
 def test_reward_trained_on_the_pairs_ranks_them_all_and_the_swapped_pair_none(tiny_pair, tmp_path):
+    from icr_data.base.train_config import load_train_config
     from icr_data.commands.check import check_reward
     from icr_data.commands.train import train
-    from icr_data.base.train_config import load_train_config
 
     policy, _ = tiny_pair
     pairs = _write(tmp_path / "pairs.jsonl", PAIRS)

@@ -4,9 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from icr_data.base.config import FILTERS
+from icr_data.base.config import FILTERS, PairingConfig, RecipeError, load_recipe
 from icr_data.base.registry import PAIRING_RULES
-from icr_data.base.config import PairingConfig, RecipeError, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = """

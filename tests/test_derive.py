@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from icr_data.store import store
 from icr_data.commands.derive import DeriveError, repair, rescore
+from icr_data.store import store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -156,9 +156,10 @@ def test_rescore_killed_mid_run_resumes_to_the_same_version(build_tiny, tiny_pai
         return build_tiny(tmp_path / name, "sampling.max_tokens=10", "prompts.limit=4",
                           "prompts.languages=[en, fr]", "shard_prompts=1")  # fmt: skip
 
-    policy, reference = tiny_pair
-    swap = ["--policy", str(reference), "--reference", str(policy)]
-    whole, _ = rescore(built("a"), policy=str(reference), reference=str(policy))
+    # native scoring: new prompts for the fr rows, so every shard needs new log-probs (a swap of
+    # policy and reference would need none: both passes are the build's, found by their content)
+    swap = ["--mode", "native"]
+    whole, _ = rescore(built("a"), scoring={"mode": "native"})
 
     v1 = built("b")
     args = [sys.executable, "-c", KILL_AT_THIRD_SAVE, "score", str(v1), *swap]
@@ -225,18 +226,21 @@ def test_pairing_again_the_same_way_is_said_and_if_changed_writes_nothing(v1, ca
 
 
 def test_pairing_again_reuses_the_text_features_the_build_kept(v1, monkeypatch):
-    """The build keeps what pairing computes from the texts (words, repetition, lengths, equal
-    texts) in the dataset's work folder, keyed by the candidates' content and the repetition
-    settings. A re-pairing uses it without touching the text; new repetition settings compute
-    it again; either way the pairs are those of the whole table."""
-    from icr_data.pairing import pairs as pairs_module
-    from icr_data.commands.build import load_text_features
+    """Every version carries what pairing computes from the texts (words, repetition, lengths,
+    equal texts) beside its data, keyed by the candidates' content, the repetition settings and
+    the code. A re-pairing uses them without touching the text (and its version carries them
+    on); new repetition settings compute them again; either way the pairs are those of the
+    whole table."""
     from icr_data.base.config import PairingConfig
+    from icr_data.commands.versioning import TEXT_FEATURES, load_text_features
+    from icr_data.pairing import pairs as pairs_module
 
-    files = store.config_files(v1, "candidates")
-    recipe_pairing = PairingConfig(**store.read_manifest(v1)["pairing"]["settings"])
-    kept = load_text_features(v1.parent, files, recipe_pairing)
+    m1 = store.read_manifest(v1)
+    recipe_pairing = PairingConfig(**m1["pairing"]["settings"])
+    kept = load_text_features(v1, recipe_pairing)
     assert kept is not None and set(kept) == set(pairs_module.FEATURES)
+    assert m1[TEXT_FEATURES]["file"].startswith("textfeatures/")
+    assert (v1 / m1[TEXT_FEATURES]["file"]).is_file()
     whole = store.read_table(v1, "candidates")
     assert kept["chars"].tolist() == [len(t) for t in whole["response"]]
     assert kept["words"].tolist() == [len(t.split()) for t in whole["response"]]
@@ -251,5 +255,13 @@ def test_pairing_again_reuses_the_text_features_the_build_kept(v1, monkeypatch):
     v2, manifest = repair(v1, pairing)
     assert manifest["pairing"]["settings"] == vars(cfg)
     assert store.read_table(v2, "pairs").to_list() == expected.to_list() and len(expected)
+    assert load_text_features(v2, cfg) is not None  # the child carries them on
+    # a copy of the version elsewhere (a download) pairs from what it carries, too
+    import shutil
+
+    copy = v1.parent.parent / "elsewhere" / v1.parent.name / "v1"
+    shutil.copytree(v1, copy)
+    v3, _ = repair(copy, pairing)
+    assert store.read_table(v3, "pairs").to_list() == expected.to_list()
     with pytest.raises(AssertionError, match="computed again"):
         repair(v1, {**pairing, "repetition_max": 0.9})

@@ -10,8 +10,9 @@ from rich.console import Console
 from rich.progress import Progress
 
 from icr_data.core.executor import LocalExecutor, MemoryWork, run_once, tasks
+from icr_data.core.runner import candidate_shards
+from icr_data.core.stage import Shard, Stage
 from icr_data.store.shards import WorkDir
-from icr_data.stages.stages import Shard, Stage, candidate_shards
 
 
 @dataclass
@@ -94,8 +95,8 @@ def test_keys_follow_inputs_and_identity():
 def test_a_log_prob_key_sees_every_scoring_prompt():
     """Two shards of the same samples whose scoring prompts differ only in their last row (a
     column's str() shows its first five values: a key made from it would not see the row)."""
-    from icr_data.store.shards import digest
     from icr_data.stages.stages import LogprobStage
+    from icr_data.store.shards import digest
 
     stage = LogprobStage(role="policy", model="m", model_key="k", tokenizer_from=("m",))
     rows = Dataset.from_dict({"prompt_id": ["p"] * 8, "lang": ["de"] * 8,

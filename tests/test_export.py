@@ -189,10 +189,12 @@ def test_a_registered_format_is_exported_through_the_cli(version, toy, capsys, t
         export(v, "toy", tmp_path / "ref", ref_logps=True)
     code, _, err = _cli(capsys, "export", str(v), "--out", str(out), "--format", "tyo")
     assert code == 2 and err.count("\n") == 1
-    assert err.startswith("error: unknown 'export --format: tyo' (did you mean 'toy'?)")
+    assert err.startswith("error: unknown format 'tyo' (export --format) (did you mean 'toy'?)")
 
 
 def test_an_unregistered_format_is_refused(version, tmp_path):
-    with pytest.raises(ExportError, match="unknown 'export --format: toy'; known: trl, "):
+    with pytest.raises(
+        ExportError, match=r"unknown format 'toy' \(export --format\); known: trl, "
+    ):
         export(version[0], "toy", tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -10,14 +10,15 @@ from datasets import Dataset
 from PIL import Image
 from rich.console import Console
 
+from icr_data.base.config import Recipe
+from icr_data.cli import main
 from icr_data.commands import inspection as ins
 from icr_data.commands import reports
+from icr_data.commands.versioning import run_facts
+from icr_data.pairing.pairs import PAIR_FEATURES, PairStats, empty_funnel
 from icr_data.store import store
 from icr_data.store.card import render_card
-from icr_data.cli import main
-from icr_data.base.config import Recipe
 from icr_data.store.manifest import make_manifest, margin_summary
-from icr_data.pairing.pairs import PAIR_FEATURES, PairStats, empty_funnel
 
 # de: margins 0.0 .. 1.0 in a shuffled order, so p10/p50/p90 are 0.1/0.5/0.9 exactly
 DE = [0.3, 1.0, 0.0, 0.7, 0.5, 0.1, 0.9, 0.2, 0.6, 0.4, 0.8]
@@ -57,7 +58,15 @@ def write(tmp_path, margins=None, rule="max_min", parent=None, policy_sha="aaa")
     recipe.pairing.rule = rule
     ids = {r: {"name": r, "sha256": policy_sha if r == "policy" else "bbb"}
            for r in ("generator", "policy", "reference")}  # fmt: skip
-    manifest = make_manifest(recipe, ids, PairStats(funnel=funnel), counts, qs, {}, parent=parent)
+    manifest = make_manifest(
+        recipe,
+        ids,
+        run_facts(recipe, ids, PairStats(funnel=funnel), None),
+        counts,
+        qs,
+        {},
+        parent=parent,
+    )
     return store.write_version(tmp_path, "t", {"pairs": pairs, "candidates": cands}, manifest,
                                render_card)  # fmt: skip
 
@@ -253,7 +262,9 @@ def write_with_empty_language(tmp_path):
     recipe.prompts.source = "p.jsonl"
     recipe.prompts.languages = langs
     ids = {r: {"name": r} for r in ("generator", "policy", "reference")}
-    manifest = make_manifest(recipe, ids, PairStats(funnel=funnel), counts, qs, {})
+    manifest = make_manifest(
+        recipe, ids, run_facts(recipe, ids, PairStats(funnel=funnel), None), counts, qs, {}
+    )
     return store.write_version(tmp_path, "t", {"pairs": pairs, "candidates": cands}, manifest,
                                render_card)  # fmt: skip
 

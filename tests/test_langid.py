@@ -3,7 +3,7 @@
 import pytest
 from datasets import Dataset
 
-from icr_data.stages.langid import add_lid, identify
+from icr_data.stages.langid import identify
 
 SENTENCES = {
     "en": ["The weather is lovely today, so we are going for a walk in the park.",
@@ -38,14 +38,23 @@ def test_empty_and_single_language():
     assert identify(["Hello there"], ["en"]) == ([None], [0.0])  # nothing to tell apart
 
 
-def test_add_lid_marks_off_target_rows():
+def test_the_stage_marks_off_target_rows_and_leaves_undetectable_ones_unjudged():
+    """Language ID as every command runs it: the stage, through the runner."""
+    from icr_data.core.executor import LocalExecutor, MemoryWork
+    from icr_data.core.runner import run_rows
+    from icr_data.stages.stages import LangIdStage
+
     ds = Dataset.from_list([
-        {"lang": "de", "response": SENTENCES["de"][0]},
-        {"lang": "de", "response": SENTENCES["en"][1]},  # answered in English: off-target
+        {"prompt_id": "a", "lang": "de", "response": SENTENCES["de"][0]},
+        {"prompt_id": "a", "lang": "de", "response": SENTENCES["en"][1]},  # off-target
+        {"prompt_id": "b", "lang": "kn", "response": SENTENCES["en"][2]},  # lingua has no kn
     ])  # fmt: skip
-    out = add_lid(ds, ["de", "fr"])
-    assert out["lid_lang"] == ["de", "en"]
-    assert out["lid_score"][0] == pytest.approx(out["lid_score"][0]) and out["lid_score"][0] > 0.5
+    out, report = run_rows(LocalExecutor(MemoryWork()), LangIdStage(languages=("de", "en", "kn")),
+                           ds, shard_prompts=1)  # fmt: skip
+    assert out["lid_lang"] == ["de", "en", None]
+    assert out["lid_score"][0] > 0.5 and out["lid_score"][1] > 0.5
+    assert report == {"done": 2, "skipped": 0, "stats": report["stats"]}
+    assert report["stats"]["texts"] == 3
 
 
 def test_parallel_batches_equal_one_text_at_a_time(monkeypatch):

@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from icr_data.stages import models
-
 from icr_data.commands import prepare
+from icr_data.stages import models
 from icr_data.stages.models import ModelError, NotPrepared
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,10 +122,10 @@ def test_plan_puts_what_a_training_starts_from_first(cache, tmp_path):
 def _old_trained_path(config: Path) -> Path:
     """The cache folder as trained_model computed it before resolving became pure."""
     import icr_data.commands.train
+    from icr_data.base.train_config import load_train_config
+    from icr_data.stages.tiny import builtin_cache
     from icr_data.store.shards import digest
     from icr_data.store.store import sha256_file
-    from icr_data.stages.tiny import builtin_cache
-    from icr_data.base.train_config import load_train_config
 
     cfg = load_train_config(config, need_output=False)
     src = Path(cfg.data.source)
@@ -136,9 +135,15 @@ def _old_trained_path(config: Path) -> Path:
     start = models.identity(cfg.model, models.resolve(cfg.model, "model"))
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "output_dir"}
     settings["data"].pop("source")
+    package = Path(icr_data.commands.train.__file__).parents[1]
     code = {
-        name: sha256_file(Path(icr_data.commands.train.__file__).with_name(name))
-        for name in ("train.py", "version_ref.py", "score.py", "chat.py")
+        Path(where).name: sha256_file(package / where)
+        for where in (
+            "commands/train.py",
+            "store/version_ref.py",
+            "stages/score.py",
+            "stages/chat.py",
+        )
     }
     code["trl"] = importlib.metadata.version("trl")  # the trainer's version is part of the key
     key = digest({"config": settings, "data": data_key, "code": code,

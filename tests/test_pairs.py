@@ -5,9 +5,8 @@ from pathlib import Path
 import pytest
 from datasets import Dataset
 
-from icr_data.base.config import FILTERS
-from icr_data.base.registry import PAIRING_RULES
 from icr_data.base.config import PairingConfig
+from icr_data.base.registry import PAIRING_RULES
 from icr_data.pairing.pairs import make_pairs
 from icr_data.pairing.textfeatures import repeated_ngram_ratio
 
@@ -260,8 +259,8 @@ def test_no_pairs_gives_empty_dataset_with_columns():
 
 def test_a_rule_is_one_function_plus_one_registry_line(monkeypatch):
     """A rule added to PAIRING_RULES is run by make_pairs and accepted by the recipe check."""
-    from icr_data.pairing import pairing_rules
     from icr_data.base.config import validate_pairing
+    from icr_data.pairing import pairing_rules
 
     def second_best(adjusted, reward, cfg, rng):
         """the second best vs the worst"""

@@ -10,12 +10,11 @@ from pathlib import Path
 import pytest
 from synthetic import digest, tables
 
+from icr_data.base.files import atomic_write_text
+from icr_data.cli import main
 from icr_data.commands import export, publish
-
 from icr_data.store import store
 from icr_data.store.card import render_card
-from icr_data.cli import main
-from icr_data.base.files import atomic_write_text
 
 
 def write(store_dir: Path, name: str | None = None, dataset: str = "t") -> Path:

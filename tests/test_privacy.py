@@ -11,14 +11,14 @@ from datasets import Dataset
 from huggingface_hub import DatasetCard
 from synthetic import tables
 
+from icr_data.base.config import Recipe
+from icr_data.cli import main
 from icr_data.commands import publish
-
+from icr_data.commands.versioning import run_facts
+from icr_data.pairing.pairs import PairingConfig, make_pairs
 from icr_data.store import store
 from icr_data.store.card import render_card
-from icr_data.cli import main
-from icr_data.base.config import Recipe
 from icr_data.store.manifest import make_manifest, margin_summary
-from icr_data.pairing.pairs import PairingConfig, make_pairs
 
 LOAD_PLACEHOLDER = "<this folder or Hub repo>"  # the local card's load snippet (card.py)
 
@@ -59,7 +59,9 @@ def local_manifest(project, recipe_dir=None):
     ids = {"generator": {"name": recipe.models.generator, "sha256": "ab" * 32},
            "policy": {"name": recipe.models.policy, "sha256": "ab" * 32},
            "reference": {"name": str(cache), "sha256": "cd" * 32}}  # fmt: skip
-    manifest = make_manifest(recipe, ids, stats, counts, margins, {}, recipe_dir=recipe_dir)
+    manifest = make_manifest(
+        recipe, ids, run_facts(recipe, ids, stats, None), counts, margins, {}, recipe_dir=recipe_dir
+    )
     return tabs, manifest, recipe
 
 

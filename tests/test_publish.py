@@ -26,11 +26,10 @@ from huggingface_hub.hf_api import CommitInfo, DatasetInfo, GitRefInfo, GitRefs
 from huggingface_hub.utils import hf_raise_for_status
 from synthetic import digest, tables
 
+from icr_data.cli import main
 from icr_data.commands import publish
-
 from icr_data.store import store
 from icr_data.store.card import render_card
-from icr_data.cli import main
 
 TOKEN = "hf_secret_xyz"
 OID = "0123456789abcdef0123456789abcdef01234567"

@@ -15,9 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 from synthetic import digest, overrides, recipe
 
-from icr_data.store import store
-from icr_data.commands.build import build
 from icr_data.base.config import RayConfig, RecipeError
+from icr_data.commands.build import build
+from icr_data.store import store
 
 ray = pytest.importorskip("ray")
 

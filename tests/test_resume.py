@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from synthetic import overrides, recipe
 
-from icr_data.store import store
 from icr_data.commands.build import MissingWork, build, make_plan, merge
+from icr_data.store import store
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "recipes" / "demo_tiny.yaml"

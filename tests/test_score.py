@@ -7,11 +7,11 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM
 
-from icr_data.stages.chat import ChatEncoder
 from icr_data.base.config import ScoringConfig
+from icr_data.commands.score_phase import score_candidates as score
+from icr_data.stages.chat import ChatEncoder
 from icr_data.stages.models import ModelError
 from icr_data.stages.score import sequence_logps
-from icr_data.stages.stages import score_candidates as score
 
 RESPONSES = [
     "",  # empty: only the end-of-turn token (or nothing) is scored

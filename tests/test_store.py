@@ -9,9 +9,9 @@ from datasets import load_dataset
 from huggingface_hub import DatasetCard
 from synthetic import digest, tables
 
+from icr_data.base.files import atomic_write, atomic_write_text
 from icr_data.store import store
 from icr_data.store.card import render_card
-from icr_data.base.files import atomic_write, atomic_write_text
 
 
 def test_second_version_leaves_first_byte_identical(tmp_path):

@@ -15,12 +15,17 @@ import pytest
 from datasets import Dataset
 from huggingface_hub import DatasetCard
 
-from icr_data.store import store
-from icr_data.commands import translate as tr
 from icr_data.base.config import PromptsConfig, ScoringConfig, load_recipe
-from icr_data.stages.prompts import load_prompts
+from icr_data.commands import translate as tr
 from icr_data.commands.translate import TranslateConfig, TranslateError
-from icr_data.commands.translate_gates import detect_languages, gate_reasons, near_key, protected_spans
+from icr_data.commands.translate_gates import (
+    detect_languages,
+    gate_reasons,
+    near_key,
+    protected_spans,
+)
+from icr_data.stages.prompts import load_prompts
+from icr_data.store import store
 
 ROOT = Path(__file__).resolve().parents[1]
 LANGS = ["en", "es", "de", "fr", "ru"]

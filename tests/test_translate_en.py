@@ -3,12 +3,13 @@ translations under the English instruction; pairs keep the original texts."""
 
 import pytest
 
-from icr_data.store import store
 from icr_data.base.config import SamplingConfig, ScoringConfig
 from icr_data.commands.derive import rescore
-from icr_data.core.executor import run_once
-from icr_data.stages.stages import Shard, score_candidates
+from icr_data.commands.score_phase import score_candidates
 from icr_data.commands.translate import english_requests, response_translator
+from icr_data.core.executor import run_once
+from icr_data.core.stage import Shard
+from icr_data.store import store
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,12 @@ def test_rescoring_in_translate_en_reuses_samples_and_translations(translated):
     native, _ = rescore(translated, scoring={"mode": "native"})
     plain = store.read_table(native, "candidates")
     assert "response_en" not in plain.column_names and plain["response"] == cands["response"]
-    back, m = rescore(native, scoring={"mode": "translate_en"})  # translated again, greedily
+    work = translated.parent / ".work" / "generate"  # the samples and the translations
+    made = sorted(work.glob("*.parquet"))
+    back, m = rescore(native, scoring={"mode": "translate_en"})  # needs response_en again
+    # the translation requests are the build's (same responses, template and translator): the
+    # score phase keys them by content, so the build's translations are found, not made again
+    assert sorted(work.glob("*.parquet")) == made
     again = store.read_table(back, "candidates")
     assert again["response_en"] == cands["response_en"]
     assert again["reward"] == pytest.approx(cands["reward"], abs=1e-5)

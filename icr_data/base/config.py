@@ -21,7 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from icr_data.base.registry import PAIRING_RULES, RegistryError
+from icr_data.base.registry import (
+    PAIRING_RULES,
+    REWARD_MODEL_BACKENDS,
+    SCORERS,
+    RegistryError,
+)
 from icr_data.base.yamlconf import (  # noqa: F401 - re-exported: apply_override, from_dict, ...
     ConfigError,
     apply_override,
@@ -100,6 +105,9 @@ class ScoringConfig:
     """auto: cuda if available, else cpu."""
     dtype: str = "auto"
     """auto: bfloat16 weights on CUDA, float32 on CPU. Sums are always accumulated in float32."""
+    backend: str = "transformers"
+    """How log-probs are computed: a name in registry.SCORERS (transformers). It enters the work's
+    keys unless it is transformers, so one backend's log-probs never resume another's."""
     judge: str | None = None
     """reward:MODEL: an explicit reward model (a sequence classifier) also scores every candidate
     under its own instruction (candidates gain `judge_reward`); the pair filter judge_disagrees
@@ -333,6 +341,13 @@ def validate_scoring(s: ScoringConfig, where: str = "scoring") -> None:
     if not s.beta > 0:  # also refuses NaN
         raise RecipeError(f"{where}: 'scoring.beta' must be > 0 (reward = beta * log-ratio), "
                           f"got {s.beta}")  # fmt: skip
+    try:
+        SCORERS.check(s.backend, where)
+    except RegistryError as e:
+        raise RecipeError(str(e)) from None
+    if s.backend in REWARD_MODEL_BACKENDS:
+        raise RecipeError(f"{where}: 'scoring.backend: {s.backend}' scores with a sequence "
+                          "classifier, not log-probs; name it as 'scoring.judge: reward:MODEL'")  # fmt: skip
     if not DEVICE_RE.match(s.device):
         raise RecipeError(f"{where}: 'scoring.device' must be auto, cpu, cuda, cuda:N, mps, xpu "
                           f"or xpu:N, got {s.device!r}")  # fmt: skip

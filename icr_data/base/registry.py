@@ -2,7 +2,7 @@
 
     from icr_data.base.registry import SCORERS
     SCORERS.names()                     # ['transformers', 'reward_model']
-    SCORERS.check("transfomers", "scoring.backend")   # RegistryError: ... did you mean ...?
+    SCORERS.check("transfomers", "recipe.yaml")   # RegistryError: ... did you mean ...?
     scorer_class = SCORERS.load("transformers")       # imported only now
 
 Each registry maps a name to "module:attribute" and imports the module only when the entry is
@@ -28,7 +28,9 @@ class RegistryError(IcrError):
 class Registry:
     """Names -> "module:attribute" (or the object itself), loaded on first use."""
 
-    def __init__(self, option: str, entries: dict[str, str]):
+    def __init__(self, kind: str, option: str, entries: dict[str, object]):
+        self.kind = kind
+        """What an entry is, in words (for messages): 'rule', 'format' ..."""
         self.option = option
         """The recipe key or CLI option that names an entry (for messages)."""
         self._entries: dict[str, object] = dict(entries)
@@ -57,7 +59,9 @@ class Registry:
         close = difflib.get_close_matches(str(name), self.names(), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         prefix = f"{where}: " if where else ""
-        raise RegistryError(f"{prefix}unknown '{self.option}: {name}'{hint}; known: "
+        named = (f"'{name}' ({self.option})" if self.option.startswith("-") or " " in self.option
+                 else f"'{self.option}: {name}'")  # fmt: skip
+        raise RegistryError(f"{prefix}unknown {self.kind} {named}{hint}; known: "
                             f"{', '.join(self.names())}")  # fmt: skip
 
     def load(self, name: str) -> object:
@@ -70,14 +74,23 @@ class Registry:
         return getattr(importlib.import_module(module), attr)
 
 
-SCORERS = Registry("scoring.backend", {
+SCORERS = Registry("scorer backend", "scoring.backend", {
     "transformers": "icr_data.stages.score:TransformersScorer",
     "reward_model": "icr_data.stages.score:RewardModelScorer",
 })  # fmt: skip
 """How a scoring stage turns rows into numbers: a class taking the stage, with
 `score(rows, advance) -> (Dataset, stats)` and `close()` (stages.score)."""
 
-PAIRING_RULES = Registry("pairing.rule", {
+REWARD_MODEL_BACKENDS = ("reward_model",)
+"""The SCORERS entries that score with a sequence classifier (scoring.judge), not log-probs."""
+
+
+def logprob_backends() -> list[str]:
+    """The names scoring.backend accepts: the SCORERS that compute log-probs."""
+    return [n for n in SCORERS if n not in REWARD_MODEL_BACKENDS]
+
+
+PAIRING_RULES = Registry("rule", "pairing.rule", {
     "max_min": "icr_data.pairing.pairing_rules:MAX_MIN",
     "max_random": "icr_data.pairing.pairing_rules:MAX_RANDOM",
     "top_bottom": "icr_data.pairing.pairing_rules:TOP_BOTTOM",
@@ -85,14 +98,14 @@ PAIRING_RULES = Registry("pairing.rule", {
 })  # fmt: skip
 """Which candidates of a prompt are paired: a pairing_rules.Rule (pairing.pairing_rules)."""
 
-EXPORT_FORMATS = Registry("export --format", {
+EXPORT_FORMATS = Registry("format", "export --format", {
     "trl": "icr_data.commands.export:TRL",
     "llamafactory": "icr_data.commands.export:LLAMAFACTORY",
     "jsonl": "icr_data.commands.export:JSONL",
 })  # fmt: skip
 """Files for other trainers: an export.Format (commands.export)."""
 
-JUDGES = Registry("judges", {
+JUDGES = Registry("judge kind", "judges", {
     "llm": "icr_data.commands.judges:LlmJudge",
     "reward": "icr_data.commands.judges:RewardJudge",
     "implicit": "icr_data.commands.judges:ImplicitJudge",

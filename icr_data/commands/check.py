@@ -17,9 +17,9 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from icr_data.stages.agreement import mode_agreement, wilson
 from icr_data.base.config import ScoringConfig
 from icr_data.base.languages import scoring_prompt
+from icr_data.stages.agreement import mode_agreement, wilson
 from icr_data.stages.prompts import PromptError, check_rows, read_rows
 
 LENGTH_BINS = (("chosen shorter", -math.inf, -0.2), ("similar", -0.2, 0.2),
@@ -106,9 +106,9 @@ def check_reward(
     The responses are scored by the build's own log-prob stages, in memory (nothing to resume).
     With `agreement`, they are scored in the other mode too (native if cross-lingual, and back)
     and the report gains, per language, the Kendall tau per prompt between the two rewards."""
-    from icr_data.stages import models
     from icr_data.commands import prepare
-    from icr_data.stages.stages import score_candidates
+    from icr_data.commands.score_phase import score_candidates
+    from icr_data.stages import models
 
     rows = load_labelled(pairs, scoring.mode)
     prepare.ensure([policy, reference], console)

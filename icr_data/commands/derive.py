@@ -16,12 +16,11 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from icr_data.stages import models
-
-from icr_data.store import store
 from icr_data.base.config import Recipe, RecipeError, from_dict, validate_scoring
 from icr_data.base.errors import IcrError
 from icr_data.base.languages import scoring_prompt
+from icr_data.stages import models
+from icr_data.store import store
 
 
 class DeriveError(IcrError):
@@ -66,12 +65,11 @@ def rescore(
 
     The two log-prob passes run shard by shard through an executor, with their work kept under
     the dataset's .work folder exactly as a build keeps it: a killed rescore resumes."""
-    from icr_data.commands import prepare
-    from icr_data.commands.build import CANDIDATE_COLUMNS, make_executor, native_rewards
     from icr_data.base.console import progress_bar, stderr_console
-    from icr_data.stages.score import with_rewards
+    from icr_data.commands import prepare
+    from icr_data.commands.score_phase import candidate_columns, score_phase
+    from icr_data.core import runner
     from icr_data.store.shards import WorkDir
-    from icr_data.stages.stages import dual_logit, logprob_stages
 
     console = console or stderr_console()
     if name is not None:
@@ -116,57 +114,28 @@ def rescore(
                           "not by this machine's paths: give --policy and --reference)") from None  # fmt: skip
     ids = dict(parent_manifest["models"])
     ids.update({r: models.identity(spec, resolved[r]) for r, spec in specs.items()})
-    passes = logprob_stages(resolved["policy"], resolved["reference"], ids, recipe.scoring,
-                            recipe.models.chat_template, models.pick_device(recipe.scoring.device))  # fmt: skip
+    translator = None
+    if translating:  # translate_en of a version without translations: the translator too
+        from icr_data.commands.translate import response_translator
+
+        translator = response_translator(resolved["translator"], ids["translator"],
+                                         recipe.sampling, recipe.models.chat_template)  # fmt: skip
+    # language ID only where the parent has none (its values are kept as they are)
+    languages = None if "lid_lang" in candidates.column_names else tuple(parent_manifest["counts"])
+    phase = score_phase(resolved["policy"], resolved["reference"], ids, recipe.scoring,
+                        recipe.models.chat_template, models.pick_device(recipe.scoring.device),
+                        translator, languages=languages)  # fmt: skip
+    work = WorkDir(version_dir.parent / ".work")
+    shards, positions = runner.candidate_shards(candidates, recipe.shard_prompts)
     t0 = time.perf_counter()
     with progress_bar(console) as progress:
-        ex = make_executor(executor, WorkDir(version_dir.parent / ".work"), console, progress,
-                           address, recipe.ray)  # fmt: skip
-        if translating:  # reused when present: a translate_en version keeps its response_en
-            from icr_data.stages.stages import run_in_order
-            from icr_data.commands.translate import english_requests, response_translator, with_english
-
-            stage = response_translator(resolved["translator"], ids["translator"],
-                                        recipe.sampling, recipe.models.chat_template)  # fmt: skip
-            out, _ = run_in_order(ex, stage, english_requests(candidates), recipe.shard_prompts,
-                                  "translate (to English)")  # fmt: skip
-            candidates = with_english(candidates, out["response"])
-        scoring_rows = candidates
-        if recipe.scoring.mode == "translate_en":  # score the translations, keep the responses
-            scoring_rows = candidates.remove_columns("response").rename_column(
-                "response_en", "response"
-            )
-        logps, tokens, reports = dual_logit(ex, passes, scoring_rows, recipe.shard_prompts)
-        if recipe.scoring.agreement:  # the same passes under each sample's own instruction
-            native = candidates.remove_columns("scoring_prompt")
-            native = native.add_column("scoring_prompt", native["instruction"])
-            again, _, _ = dual_logit(ex, passes, native, recipe.shard_prompts)
-    scored = with_rewards(
-        candidates, tokens, logps["policy"], logps["reference"], recipe.scoring.beta
-    )
-    if "reward_native" in scored.column_names:  # the parent's, under its reward pair
-        scored = scored.remove_columns("reward_native")
-    if recipe.scoring.agreement:
-        beta = recipe.scoring.beta
-        scored = scored.add_column(
-            "reward_native", native_rewards(again["policy"], again["reference"], beta)
-        )
-    if "lid_lang" not in scored.column_names:
-        from icr_data.core.executor import run_once
-        from icr_data.stages.stages import LangIdStage, Shard
-
-        outs, _ = run_once(LangIdStage(languages=tuple(parent_manifest["counts"])),
-                           [Shard(0, scored)])  # fmt: skip
-        scored = scored.add_column("lid_lang", outs[0]["lid_lang"])
-        scored = scored.add_column("lid_score", outs[0]["lid_score"])
-    extra = ["judge_reward"] if "judge_reward" in scored.column_names else []  # kept as it was
-    extra += ["reward_native"] if recipe.scoring.agreement else []
-    columns = list(CANDIDATE_COLUMNS)
-    if recipe.scoring.mode == "translate_en":
-        columns.insert(columns.index("response") + 1, "response_en")
-    scored = scored.select_columns(columns + extra)
+        ex = runner.make_executor(executor, work, console, progress, address, recipe.ray)
+        reports = runner.run(ex, phase.steps(work, shards))
+    parts = [phase.assemble(work, s) for s in shards]
+    scored = runner.in_order(parts, positions, len(candidates))
+    scored = scored.select_columns(candidate_columns(scored.column_names, phase.translated))
     timings = {"score_s": round(time.perf_counter() - t0, 2),
-               "scoring_throughput": {r: reports[r].get("stats") for r in reports}}  # fmt: skip
+               "scoring_throughput": {r: reports[r].get("stats") for r in ("policy", "reference")}}  # fmt: skip
     path, manifest = write_child(version_dir, parent_manifest, recipe, scored, ids, timings,
                                  {"operation": "rescore", "reused": ["candidates (responses)"]}, name,
                                  if_changed, console)  # fmt: skip
@@ -211,12 +180,10 @@ def write_child(
     candidate_files: list[Path] | None = None,
 ) -> tuple[Path, dict]:  # fmt: skip
     """Pair `candidates` under `recipe` and write them as a new version whose parent is the given
-    one (with `candidate_files`, the parent's candidates, linked or copied; build.write_paired). When the
+    one (with `candidate_files`, the parent's candidates, linked or copied; versioning.write_paired). When the
     latest version already holds this content, say so; with `if_changed`, write nothing and
     return that version."""
-    from icr_data.stages.agreement import candidate_agreement
-    from icr_data.commands.build import write_paired
-    from icr_data.store.manifest import make_manifest, margin_summary
+    from icr_data.commands.versioning import version_manifest, write_paired
 
     counts = parent_manifest["counts"]
     prompts = Dataset.from_dict(
@@ -230,12 +197,11 @@ def write_child(
         }
 
     def manifest_for(pairs: Dataset, stats) -> dict:
-        new_counts, margins = margin_summary(pairs, candidates, prompts, list(counts))
-        manifest = make_manifest(recipe, model_ids, stats, new_counts, margins, timings,
-                                 parent=f"{parent_manifest['dataset']}/{parent_manifest['version']}",
-                                 rounds=rounds or None,
-                                 recipe_dir=store.local_info(version_dir).get("recipe_dir"),
-                                 mode_agreement=candidate_agreement(candidates))  # fmt: skip
+        manifest = version_manifest(recipe, model_ids, pairs, stats, candidates, prompts,
+                                    list(counts), timings,
+                                    parent=f"{parent_manifest['dataset']}/{parent_manifest['version']}",
+                                    rounds=rounds or None,
+                                    recipe_dir=store.local_info(version_dir).get("recipe_dir"))  # fmt: skip
         manifest["derived"] = derived
         return manifest
 

@@ -230,7 +230,8 @@ class EvalRun:
         """One answer per row from the generation stage (`sampling`, default the recipe's)."""
         from datasets import Dataset
 
-        from icr_data.stages.stages import GenerateStage, model_key, run_in_order
+        from icr_data.core.runner import run_rows
+        from icr_data.stages.stages import GenerateStage, model_key
 
         cfg = self.cfg
         stage = GenerateStage(model=model, model_key=model_key(model_id),
@@ -239,7 +240,7 @@ class EvalRun:
         data = Dataset.from_list(
             [{k: r[k] for k in ("prompt_id", "lang", "instruction")} for r in rows]
         )
-        out, _ = run_in_order(self.executor, stage, data, cfg.shard_prompts, label)
+        out, _ = run_rows(self.executor, stage, data, cfg.shard_prompts, label)
         return list(out["response"])
 
 
@@ -252,8 +253,9 @@ def evaluate(
     from icr_data.base.logs import log_to
     from icr_data.commands import prepare
     from icr_data.core.executor import LocalExecutor
+    from icr_data.core.runner import run_rows
     from icr_data.stages import models
-    from icr_data.stages.langid import identify, judged
+    from icr_data.stages.stages import LangIdStage
     from icr_data.store.shards import WorkDir
     from icr_data.store.store import write_version
 
@@ -281,11 +283,15 @@ def evaluate(
     run = EvalRun(cfg, LocalExecutor(work, console, progress), console, progress)
     cand = run.answers(paths["candidate"], ids["candidate"], rows, "answers (candidate)")
     base = run.answers(paths["baseline"], ids["baseline"], rows, "answers (baseline)")
-    langs = cfg.prompts.languages
-    lid = {}
+    lid = {}  # language ID as every command runs it: the stage, through the runner
+    langid = LangIdStage(languages=tuple(cfg.prompts.languages))
     for side, texts in (("candidate", cand), ("baseline", base)):
-        found, _ = identify(texts, langs)
-        lid[side] = judged(found, [r["lang"] for r in rows], langs)
+        answers = Dataset.from_dict({"prompt_id": [r["prompt_id"] for r in rows],
+                                     "lang": [r["lang"] for r in rows], "response": texts})  # fmt: skip
+        found, _ = run_rows(
+            run.executor, langid, answers, cfg.shard_prompts, f"language ID ({side})"
+        )
+        lid[side] = list(found["lid_lang"])
     out_rows = []
     for judge in judges:
         verdicts = judge.judge(run, rows, cand, base)
@@ -307,7 +313,7 @@ def evaluate(
         "lineage": lineage(record),
         "sampling": {k: getattr(cfg.sampling, k) for k in ("backend", "temperature", "top_p", "max_tokens", "seed")},
         "judge_template": templates[0] if templates else None,
-        "languages": langs,
+        "languages": cfg.prompts.languages,
         "decontamination": {"rule": "exact, or equal after NFKC, casefold, punctuation and "
                             "whitespace folded", "flagged": overlap, "kept": cfg.prompts.keep_overlap},
         "lc_formula": "sigmoid(b0) of win ~ sigmoid(b0 + b1 * tanh(d / std(d))), d = chars(candidate) - chars(baseline)",

@@ -1,4 +1,5 @@
 """Inspect versions: per-language margin statistics, the extreme pairs, a picture, history, diffs.
+Over 400 lines: one job (reading versions back for a person), the plot and the diff included.
 
     icr-data inspect icr_store/demo/v1 [--lang de] [--top 5 | --bottom 5] [--plot margins.png]
     icr-data versions [--store icr_store] [demo]

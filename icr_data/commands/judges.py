@@ -186,7 +186,8 @@ class RewardJudge(ScoringJudge):
 
     def rewards(self, run: EvalRun, data) -> list[float]:
         from icr_data.core.executor import run_once
-        from icr_data.stages.stages import RewardStage, Shard, model_key
+        from icr_data.core.stage import Shard
+        from icr_data.stages.stages import RewardStage, model_key
 
         cfg, paths, console, progress = run.cfg, self.paths, run.console, run.progress
         stage = RewardStage(model=paths[0], model_key=model_key(self.ids[0]),
@@ -203,7 +204,7 @@ class ImplicitJudge(ScoringJudge):
 
     def rewards(self, run: EvalRun, data) -> list[float]:
         from icr_data.base.config import ScoringConfig
-        from icr_data.stages.stages import score_candidates
+        from icr_data.commands.score_phase import score_candidates
 
         cfg, paths, console, progress = run.cfg, self.paths, run.console, run.progress
         ids = dict(zip(("policy", "reference"), self.ids))

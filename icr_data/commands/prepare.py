@@ -29,8 +29,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 
-from icr_data.stages import models
 from icr_data.base.console import progress_bar, stderr_console
+from icr_data.stages import models
 from icr_data.stages.models import ModelError, NotPrepared
 
 
@@ -89,8 +89,8 @@ def trained_model(config: str | Path, console: Console | None = None) -> Path:
     own output_dir is not used. Its starting model and reference must be prepared already:
     prepare.run (which calls this) prepares them first. Atomic in effect: training.json, which
     marks the model as complete, is written last, and what a killed run left is cleared first."""
-    from icr_data.commands.train import train
     from icr_data.base.train_config import load_train_config
+    from icr_data.commands.train import train
 
     cfg = load_train_config(config, need_output=False)
     out = models.trained_path(config)

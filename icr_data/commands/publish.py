@@ -1,4 +1,5 @@
 """Publish a version folder to the Hugging Face Hub: one commit on main, one tag named after it.
+Over 400 lines: one job (the plan, its dry-run executor and its Hub executor, kept together).
 
     icr-data publish icr_store/demo/v1 --repo me/icr-demo [--private] [--dry-run out/]
 
@@ -38,8 +39,8 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from icr_data.store.card import for_repo
 from icr_data.base.errors import IcrError
+from icr_data.store.card import for_repo
 from icr_data.store.store import (
     VERSION_RE,
     enclosing_version,

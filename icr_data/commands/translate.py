@@ -1,4 +1,5 @@
 """Translate stage: a multilingual prompt set (one prompt_id in every language) from English prompts.
+Over 400 lines: one job (the translate command: read, dedupe, translate, gate, write).
 
     icr-data translate prompts_en.jsonl --to es,de,fr,ru --model builtin:smollm2-135m-instruct
 
@@ -259,14 +260,14 @@ def run_engine(
     shard on `executor` (default: in memory; translate passes one whose work resumes)."""
     from icr_data.base.config import SamplingConfig
     from icr_data.core.executor import LocalExecutor, MemoryWork
-    from icr_data.stages.stages import run_in_order
+    from icr_data.core.runner import run_rows
 
     scfg = SamplingConfig(backend=cfg.backend, n=1, temperature=0.0, top_p=1.0, seed=cfg.seed,
                           max_tokens=cfg.max_tokens, dtype=cfg.dtype,
                           max_model_len=cfg.max_model_len)  # fmt: skip
     stage = greedy_stage(model_path, model_id or {"name": model_path}, scfg, cfg.chat_template)
     executor = executor or LocalExecutor(MemoryWork())
-    out, _ = run_in_order(executor, stage, Dataset.from_list(requests), SHARD_PROMPTS, "translate")
+    out, _ = run_rows(executor, stage, Dataset.from_list(requests), SHARD_PROMPTS, "translate")
     return list(zip(out["response"], out["finish_reason"]))
 
 
@@ -313,10 +314,10 @@ def with_english(rows: Dataset, translations: list[str]) -> Dataset:
 def translate(cfg: TranslateConfig, console=None, progress=None) -> tuple[Path, dict]:
     """Load, dedup, sample, translate, gate, and write a new prompts version: (folder, manifest).
     Translation work is kept under <out>/<name>/.work, so a killed run resumes."""
-    from icr_data.stages import models
+    from icr_data.base.logs import log_to
     from icr_data.commands import prepare
     from icr_data.core.executor import LocalExecutor
-    from icr_data.base.logs import log_to
+    from icr_data.stages import models
     from icr_data.store.shards import WorkDir
     from icr_data.store.store import sha256_file, write_version
 

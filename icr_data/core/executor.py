@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress
 
-    from icr_data.stages.stages import Shard, Stage
+    from icr_data.core.stage import Shard, Stage
 
 
 @dataclass

@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from icr_data.base.config import RayConfig
-    from icr_data.stages.stages import Stage
+    from icr_data.core.stage import Stage
 
 
 class RayError(IcrError):

@@ -1,4 +1,5 @@
 """Pair stage: chosen/rejected pairs from scored candidates, with filters and a drop funnel.
+Over 400 lines: one job (the pair stage's whole-table pass: filters, alpha, rules, funnel).
 
 scored candidates Dataset -> pairs Dataset in TRL's conversational explicit-prompt format
 (prompt / chosen / rejected as message lists) + prompt_id, lang, chosen_reward, rejected_reward,
@@ -41,8 +42,11 @@ import polars as pl
 import pyarrow as pa
 from datasets import Dataset, DatasetInfo, Features, List, Value
 
-from icr_data.base.config import PairingConfig, RecipeError
-from icr_data.base.config import FILTERS  # noqa: F401 - re-exported here
+from icr_data.base.config import (
+    FILTERS,  # noqa: F401 - re-exported here
+    PairingConfig,
+    RecipeError,
+)
 from icr_data.base.registry import PAIRING_RULES
 from icr_data.pairing.textfeatures import FEATURES, Texts, text_classes, text_features, workers
 

@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 from datasets import Dataset
 
-from icr_data.stages.chat import eot_token_ids, prompt_token_ids
 from icr_data.base.config import SamplingConfig
+from icr_data.stages.chat import eot_token_ids, prompt_token_ids
 
 Samples = list[list[tuple[str, str]]]  # per prompt: n x (text, finish_reason)
 Advance = Callable[..., None]

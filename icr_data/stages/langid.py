@@ -92,14 +92,3 @@ def judged(found: Sequence[str | None], wanted: Sequence[str], languages: Sequen
     a text would be labelled as one of the others, so it is not judged rather than misjudged."""
     detectable = set(_lingua_codes(languages))
     return [got if want in detectable else None for got, want in zip(found, wanted)]
-
-
-def add_lid(candidates, languages: Sequence[str]):
-    """Candidates with `lid_lang` and `lid_score` (replaced if present). Rows whose own language
-    lingua cannot detect get lid_lang None, so they are never counted off-target."""
-    langs, scores = identify(candidates["response"], languages)
-    langs = judged(langs, candidates["lang"], languages)
-    for name in ("lid_lang", "lid_score"):
-        if name in candidates.column_names:
-            candidates = candidates.remove_columns(name)
-    return candidates.add_column("lid_lang", langs).add_column("lid_score", scores)

@@ -102,10 +102,10 @@ def trained_path(config: str | Path) -> Path:
     model's identity (so its starting model must be prepared: NotPrepared if not). Pure: hashes
     files, trains nothing (prepare.py trains; see prepare.trained_model). The config's own
     output_dir is not used. Raises TrainError for a config that trains no loadable model."""
+    from icr_data.base.train_config import TrainError, load_train_config
+    from icr_data.stages.tiny import builtin_cache
     from icr_data.store.shards import digest
     from icr_data.store.store import sha256_file
-    from icr_data.stages.tiny import builtin_cache
-    from icr_data.base.train_config import TrainError, load_train_config
 
     cfg = load_train_config(config, need_output=False)
     if cfg.adapter_only:

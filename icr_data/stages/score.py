@@ -152,6 +152,57 @@ def default_token_budget(device: str) -> int:
     return 16384 if device.startswith("cuda") else 4096
 
 
+def forward_batched(
+    keys: Sequence[tuple],
+    lengths: Sequence[int],
+    forward: Callable[[list[int]], Sequence[float]],
+    device: str,
+    token_budget: int | None = None,
+    max_batch_size: int = 64,
+    advance: Callable[[int, int], None] | None = None,
+    stats: ScoreStats | None = None,
+    response_lengths: Sequence[int] | None = None,
+) -> list[float]:
+    """The one forward loop of scoring: one number per row, in input order.
+
+    Rows with equal `keys` (e.g. duplicate samples of one prompt) are computed once; the others
+    are batched longest first to a padded-token budget, and `forward(indices)` gives the numbers
+    of one batch (indices into the rows). `advance(rows, tokens)` is called after each batch and
+    `stats` (if given) accumulates what was done. Log-probs (sequence_logps) and an explicit
+    reward model (RewardModelScorer) both run through it."""
+    first: dict[tuple, int] = {}
+    back = [first.setdefault(k, len(first)) for k in keys]
+    unique: list[int] = []  # the row of each distinct key's first appearance
+    for i, b in enumerate(back):
+        if b == len(unique):
+            unique.append(i)
+    weight = [0] * len(unique)
+    for b in back:
+        weight[b] += 1
+    ulen = [lengths[i] for i in unique]
+    scored = [0.0] * len(unique)
+    budget = token_budget or default_token_budget(device)
+    for idx in plan_batches(ulen, budget, max_batch_size):
+        t0 = time.perf_counter()
+        values = forward([unique[i] for i in idx])
+        for i, v in zip(idx, values):
+            scored[i] = float(v)
+        real = sum(ulen[i] for i in idx)
+        if stats is not None:
+            stats.rows += len(idx)
+            stats.tokens += real
+            stats.padded_tokens += len(idx) * max(ulen[i] for i in idx)
+            if response_lengths is not None:
+                stats.response_tokens += sum(response_lengths[unique[i]] for i in idx)
+            stats.batches += 1
+            stats.seconds += time.perf_counter() - t0
+        if advance:
+            advance(sum(weight[i] for i in idx), real)
+    if stats is not None:
+        stats.duplicates_skipped += len(keys) - len(unique)
+    return [scored[b] for b in back]
+
+
 def sequence_logps(
     model,
     rows: Sequence[Encoded],
@@ -162,50 +213,22 @@ def sequence_logps(
     advance: Callable[[int, int], None] | None = None,
     stats: ScoreStats | None = None,
 ) -> list[float]:
-    """Summed response log-prob for each row, in input order.
-
-    Rows are batched longest first to a padded-token budget; `advance(rows, tokens)` is called
-    after each batch and `stats` (if given) accumulates what was done.
-    """
-    # identical (prompt, response) rows, e.g. duplicate samples of one prompt, are scored once
-    first: dict[tuple, int] = {}
-    back = [
-        first.setdefault((tuple(r.prompt_ids), tuple(r.response_ids)), len(first)) for r in rows
-    ]
-    unique = []
-    for r, b in zip(rows, back):
-        if b == len(unique):  # first appearance
-            unique.append(r)
-    weight = [0] * len(unique)
-    for b in back:
-        weight[b] += 1
-    lengths = [len(r.prompt_ids) + len(r.response_ids) for r in unique]
-    scored = [0.0] * len(unique)
-    budget = token_budget or default_token_budget(device)
-    for idx in plan_batches(lengths, budget, max_batch_size):
-        t0 = time.perf_counter()
-        sums = _batch_logps(model, [unique[i] for i in idx], pad_id, device)
-        for i, v in zip(idx, sums.tolist()):
-            scored[i] = v
-        real = sum(lengths[i] for i in idx)
-        if stats is not None:
-            stats.rows += len(idx)
-            stats.tokens += real
-            stats.padded_tokens += len(idx) * max(lengths[i] for i in idx)
-            stats.response_tokens += sum(len(unique[i].response_ids) for i in idx)
-            stats.batches += 1
-            stats.seconds += time.perf_counter() - t0
-        if advance:
-            advance(sum(weight[i] for i in idx), real)
-    if stats is not None:
-        stats.duplicates_skipped += len(rows) - len(unique)
-    out = [scored[b] for b in back]
-    return out
+    """Summed response log-prob for each row, in input order (forward_batched)."""
+    return forward_batched(
+        [(tuple(r.prompt_ids), tuple(r.response_ids)) for r in rows],
+        [len(r.prompt_ids) + len(r.response_ids) for r in rows],
+        lambda idx: _batch_logps(model, [rows[i] for i in idx], pad_id, device).tolist(),
+        device, token_budget, max_batch_size, advance, stats,
+        response_lengths=[len(r.response_ids) for r in rows],
+    )  # fmt: skip
 
 
 class TransformersScorer:
     """The dual-logit scorer's backend: one causal LM through transformers, resident while the
-    stage is open (stages.LogprobStage). `score(rows)` -> (logp, response_tokens) rows and stats."""
+    stage is open (stages.LogprobStage). `score(rows)` -> (logp, response_tokens) rows and stats.
+    Scorer backends are named in registry.SCORERS (scoring.backend)."""
+
+    outputs = ("logp", "response_tokens")
 
     def __init__(self, stage):
         import torch
@@ -243,9 +266,78 @@ class TransformersScorer:
         gc.collect()
 
 
-SCORERS = {"transformers": TransformersScorer}
-"""Scoring backends by name (stages.LogprobStage.backend): a class taking the stage, with
-`score(rows, advance) -> (Dataset[logp, response_tokens], stats)` and `close()`."""
+class RewardModelScorer:
+    """An explicit reward model (the judge's backend, stages.RewardStage): a sequence-classification
+    checkpoint through transformers, one logit per row on [user: instruction, assistant:
+    response] rendered by its chat template, batched through forward_batched like log-probs.
+    Rows are right-padded; the head reads each row's last real position, found from its
+    length (not from the pad token, which may equal the end-of-turn token)."""
+
+    outputs = ("reward",)
+
+    def __init__(self, stage):
+        from transformers import AutoModelForSequenceClassification
+
+        from icr_data.base.hf import quiet_transformers
+        from icr_data.stages.models import load_tokenizer
+
+        quiet_transformers()
+        self.stage = stage
+        self.tok = load_tokenizer(stage.model, stage.chat_template)
+        self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+        net = AutoModelForSequenceClassification.from_pretrained(stage.model)
+        self.model = net.to(stage.device).eval()
+        self.head = getattr(self.model, "score", None)
+        """The classification head over the last position (Llama, Mistral, Qwen, Gemma ...);
+        None for other architectures, which are then run one row at a time (no padding)."""
+
+    def _encode(self, x: str, y: str) -> list[int]:
+        text = self.tok.apply_chat_template(
+            [{"role": "user", "content": x}, {"role": "assistant", "content": y}], tokenize=False
+        )
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def _forward(self, seqs: list[list[int]]) -> list[float]:
+        import torch
+
+        dev = self.stage.device
+        with torch.inference_mode():
+            if self.head is None or len(seqs) == 1:
+                return [float(self.model(input_ids=torch.tensor([s], device=dev)).logits[0, 0])
+                        for s in seqs]  # fmt: skip
+            width = max(map(len, seqs))
+            ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(seqs), width), dtype=torch.long)
+            for b, s in enumerate(seqs):
+                ids[b, : len(s)] = torch.tensor(s)
+                mask[b, : len(s)] = 1
+            hidden = self.model.base_model(input_ids=ids.to(dev), attention_mask=mask.to(dev))
+            last = torch.tensor([len(s) - 1 for s in seqs], device=dev)
+            h = hidden.last_hidden_state[torch.arange(len(seqs), device=dev), last]
+            return self.head(h)[:, 0].float().tolist()
+
+    def score(self, rows: Dataset, advance=None) -> tuple[Dataset, dict]:
+        st = self.stage
+        seqs = [self._encode(x, y) for x, y in zip(rows["instruction"], rows["response"])]
+        stats = ScoreStats()
+
+        def step(k: int, _tokens: int) -> None:
+            if advance:
+                advance(k)
+
+        rewards = forward_batched([tuple(s) for s in seqs], [len(s) for s in seqs],
+                                  lambda idx: self._forward([seqs[i] for i in idx]), st.device,
+                                  st.token_budget, st.max_batch_size, step, stats)  # fmt: skip
+        return Dataset.from_dict({"reward": rewards}), stats.as_dict()
+
+    def close(self) -> None:
+        del self.model
+        gc.collect()
+
+
+def rewards(logp_policy: Sequence[float], logp_ref: Sequence[float], beta: float) -> list[float]:
+    """The implicit reward, beta * (log pi_policy(y|x) - log pi_ref(y|x)): its one definition."""
+    return [beta * (p - r) for p, r in zip(logp_policy, logp_ref)]
 
 
 def with_rewards(
@@ -257,7 +349,7 @@ def with_rewards(
     for name in ("response_tokens", "logp_policy", "logp_ref", "reward", "reward_mean"):
         if name in out.column_names:
             out = out.remove_columns(name)
-    reward = [beta * (p - r) for p, r in zip(logp_policy, logp_ref)]
+    reward = rewards(logp_policy, logp_ref, beta)
     out = out.add_column("response_tokens", response_tokens)
     out = out.add_column("logp_policy", logp_policy).add_column("logp_ref", logp_ref)
     out = out.add_column("reward", reward)

@@ -1,34 +1,25 @@
-"""The stage contract: every step of a build is a `Stage`, run shard by shard by an executor.
+"""The stages: generation, scoring, language ID, pairing. Each implements the contract of
+core/stage.py and is run by an executor as part of a command's plan (commands/).
 
-A stage has
-- `name`: the folder its outputs are kept in (`<store>/<dataset>/.work/<name>/<key>.parquet`);
-- `inputs` / `outputs`: the columns `run` reads and the columns it returns;
-- `key(shard)`: a digest of exactly what its output for that shard depends on (the shard's input
-  rows, or the key of the work they came from, plus the stage's own settings and model hashes),
-  so a re-run skips finished shards and a changed recipe misses exactly the keys it changed;
-- `open()` / `run(rows, advance) -> Dataset` / `close()`: load the engine or model once, turn
-  one shard's input rows into its output rows, release what `open` loaded.
-
-Executors (executor.py: in this process; ray_exec.py: Ray actor pools) know keys, markers, progress
-and resume, and nothing of a stage's insides. The stages here are thin: the work itself lives in
-one place each (generate.py: sampling backends; score.py: log-probs; langid.py; pairs.py).
+The stages are thin: the work itself lives in one place each (generate.py: sampling backends;
+score.py: log-probs and reward-model scores, one batched forward loop; langid.py; pairs.py).
 
     GenerateStage   prompts -> samples          (backends: vllm, transformers; generate.open_backend)
-    LogprobStage    candidates -> logp          (backends: transformers; score.SCORERS)
+    LogprobStage    candidates -> logp          (backends: registry.SCORERS, scoring.backend)
+    RewardStage     candidates -> reward        (an explicit reward model: SCORERS' reward_model)
     LangIdStage     candidates -> lid_lang/lid_score
-    RewardStage     candidates -> reward        (an explicit reward model: a sequence classifier)
-    PairStage       all candidates -> pairs     (rules: pairing_rules.RULES; run on the whole table)
+    PairStage       all candidates -> pairs     (rules: registry.PAIRING_RULES; whole table)
 
-Build, rescore, check-reward, translate and evaluation are lists of these stages handed to an
-executor. docs/extending.md shows how to add one.
+docs/extending.md shows how to add a stage or a backend.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
+from icr_data.base.registry import SCORERS
+from icr_data.core.stage import Advance, Shard, Stage
 from icr_data.store.shards import digest
 
 if TYPE_CHECKING:
@@ -37,9 +28,6 @@ if TYPE_CHECKING:
     from icr_data.base.config import PairingConfig, SamplingConfig
     from icr_data.pairing.pairs import PairStats
 
-Advance = Callable[..., None]
-"""`advance(k, rate="")`: k more input rows are done; `rate` is shown beside the bar."""
-
 SCORING_CONVENTION = (
     "sum of log p over the assistant-turn tokens of the chat template's rendering of "
     "[user: scoring_prompt, assistant: response], prompt and response tokenized separately; "
@@ -47,74 +35,6 @@ SCORING_CONVENTION = (
 )
 GEN_COLUMNS = ("prompt_id", "lang", "instruction", "sample_idx", "response", "finish_reason")
 SCORE_INPUTS = ("prompt_id", "lang", "sample_idx", "scoring_prompt", "response")
-
-
-@dataclass(frozen=True)
-class Shard:
-    """One unit of work for a stage: its index, its input rows and (when the rows are the output of
-    earlier keyed work) that work's key, which then stands for the rows in this stage's key."""
-
-    index: int
-    rows: Dataset
-    upstream: str | None = None
-
-
-class Stage:
-    """The contract (see the module docstring). Subclasses are dataclasses holding their settings,
-    so a stage pickles to a Ray actor as it is and opens its resources there."""
-
-    name: ClassVar[str] = ""
-    inputs: ClassVar[tuple[str, ...]] = ()
-    outputs: ClassVar[tuple[str, ...]] = ()
-
-    def identity(self) -> dict:
-        """What the output depends on besides the input rows (settings, model hashes)."""
-        raise NotImplementedError
-
-    def key(self, shard: Shard) -> str:
-        source = (
-            {"input": shard.upstream} if shard.upstream else {"rows": self.key_rows(shard.rows)}
-        )
-        return digest({"stage": self.name, **self.identity(), **source})
-
-    def key_rows(self, rows: Dataset):
-        """The input rows as they enter the key (the declared input columns, row by row)."""
-        return [list(r) for r in zip(*(rows[c] for c in self.inputs))]
-
-    def made_of(self, shard: Shard) -> dict:
-        """What the completion marker records (for a person reading the work folder)."""
-        return {"stage": self.name, "shard": shard.index}
-
-    def open(self) -> None:
-        """Load models or engines (once per executor or actor, before the first shard)."""
-
-    def run(self, rows: Dataset, advance: Advance | None = None) -> Dataset:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        """Release what `open` loaded."""
-
-    def stats(self) -> dict | None:
-        """Figures of the last `run` (throughput, ...), summed over shards by `summarize`."""
-        return None
-
-    @staticmethod
-    def summarize(per_shard: list[dict]) -> dict | None:
-        return None
-
-    # Resources, read by the Ray executor only.
-    def gpus(self) -> float:
-        """GPUs one worker of this stage takes on a cluster with GPUs: one if it runs on one."""
-        return 1 if self.requires_gpu() else 0
-
-    def requires_gpu(self) -> bool:
-        """True when the stage's `device` (part of its key) is a GPU: a cluster without one cannot
-        run it. Stages without a device run on CPUs."""
-        return str(getattr(self, "device", "cpu")).startswith("cuda")
-
-    def for_worker(self, gpus: float) -> Stage:
-        """The stage as a worker holding `gpus` GPUs runs it (settings outside the key only)."""
-        return self
 
 
 # ------------------------------------------------------------------------------------ generate
@@ -224,9 +144,7 @@ class LogprobStage(Stage):
         return {"shard": shard.index, "role": self.role, "model": self.model_id}
 
     def open(self) -> None:
-        from icr_data.stages.score import SCORERS
-
-        self._scorer = SCORERS[self.backend](self)
+        self._scorer = SCORERS.load(self.backend)(self)
 
     def run(self, rows: Dataset, advance: Advance | None = None) -> Dataset:
         out, self._stats = self._scorer.score(rows, advance)
@@ -263,7 +181,7 @@ def logprob_stages(
             role=role, model=path, model_key=model_key(ident), tokenizer_from=(policy, reference),
             chat_template=chat_template, count_eot=scoring.count_eot, device=device,
             dtype=scoring.dtype, token_budget=scoring.token_budget,
-            max_batch_size=scoring.max_batch_size, model_id=ident,
+            max_batch_size=scoring.max_batch_size, backend=scoring.backend, model_id=ident,
         )  # fmt: skip
 
     return [stage("policy", policy), stage("reference", reference)]
@@ -329,10 +247,11 @@ class LangIdStage(Stage):
 class PairStage(Stage):
     """Preference pairs from every scored candidate. It runs on the whole table, never on shards
     (length control chooses alpha over a whole language), and is cheap, so it is not kept as
-    work: callers run it directly (build.write_paired). `pair_stats` holds the last run's funnel,
-    alphas and correlations."""
+    work: a plan gives it one shard, the whole table, run in memory (versioning.write_paired).
+    `pair_stats` holds the last run's funnel, alphas and correlations."""
 
     name: ClassVar[str] = "pair"
+    whole_table: ClassVar[bool] = True
     inputs: ClassVar[tuple[str, ...]] = ("prompt_id", "lang", "instruction", "sample_idx", "response",
                                          "finish_reason", "response_tokens", "reward", "lid_lang")  # fmt: skip
     outputs: ClassVar[tuple[str, ...]] = ("prompt_id", "lang", "prompt", "chosen", "rejected",
@@ -368,79 +287,13 @@ class PairStage(Stage):
         return per_shard[0] if per_shard else None
 
 
-# ------------------------------------------------------------------------------------ composed
-def candidate_shards(
-    candidates: Dataset, shard_prompts: int
-) -> tuple[list[Shard], list[list[int]]]:
-    """Candidates cut into shards of `shard_prompts` prompt_ids (in order of first appearance),
-    and each shard's row positions in `candidates` (to put per-shard outputs back in order)."""
-    from icr_data.store.shards import plan_shards
-
-    blocks = plan_shards(candidates["prompt_id"], shard_prompts)
-    block_of = {pid: b.index for b in blocks for pid in b.prompt_ids}
-    positions: list[list[int]] = [[] for _ in blocks]
-    for i, pid in enumerate(candidates["prompt_id"]):
-        positions[block_of[pid]].append(i)
-    return [Shard(b.index, candidates.select(p)) for b, p in zip(blocks, positions)], positions
-
-
-def run_in_order(executor, stage: Stage, rows: Dataset, shard_prompts: int,
-                 label: str | None = None) -> tuple[Dataset, dict]:  # fmt: skip
-    """Run a row-for-row stage over `rows` cut into shards of `shard_prompts` prompt_ids, through
-    `executor` (resumable when its work is a WorkDir): the output rows in the order of `rows`,
-    and the report."""
-    from datasets import Dataset, concatenate_datasets
-
-    from icr_data.core.executor import tasks
-
-    shards, positions = candidate_shards(rows, shard_prompts)
-    todo = tasks(stage, shards)
-    report = executor.run(stage, todo, label)
-    if not todo:
-        return Dataset.from_dict({c: [] for c in stage.outputs}), report
-    back = [0] * len(rows)  # position of each input row among the concatenated outputs
-    for at, row in enumerate(i for pos in positions for i in pos):
-        back[row] = at
-    return concatenate_datasets([executor.load(stage, t) for t in todo]).select(back), report
-
-
-def dual_logit(executor, passes: list[LogprobStage], candidates: Dataset,
-               shard_prompts: int) -> tuple[dict[str, list[float]], list[int], dict]:  # fmt: skip
-    """Run each log-prob pass over the candidates (see run_in_order); per role the log-probs in
-    candidate order, the response token counts, and the reports."""
-    logps: dict[str, list[float]] = {}
-    reports: dict[str, dict] = {}
-    for stage in passes:
-        out, reports[stage.role] = run_in_order(executor, stage, candidates, shard_prompts,
-                                                f"score ({stage.role})")  # fmt: skip
-        logps[stage.role] = list(out["logp"])
-    return logps, list(out["response_tokens"]), reports
-
-
-def score_candidates(candidates: Dataset, policy: str, reference: str, scoring,
-                     chat_template: str | None = None, ids: dict | None = None, console=None,
-                     progress=None, shard_prompts: int = 64) -> Dataset:  # fmt: skip
-    """`candidates` (+ scoring_prompt) with response_tokens, logp_policy, logp_ref, reward and
-    reward_mean under the reward pair (resolved paths), in memory: the dual-logit passes of a
-    build, for one-off scoring (check-reward, tests)."""
-    from icr_data.core.executor import LocalExecutor, MemoryWork
-    from icr_data.stages.models import pick_device
-    from icr_data.stages.score import with_rewards
-
-    passes = logprob_stages(
-        policy, reference, ids or {}, scoring, chat_template, pick_device(scoring.device)
-    )
-    ex = LocalExecutor(MemoryWork(), console, progress)
-    logps, tokens, _ = dual_logit(ex, passes, candidates, shard_prompts)
-    return with_rewards(candidates, tokens, logps["policy"], logps["reference"], scoring.beta)
-
-
 # ------------------------------------------------------------------------------------ reward model
 @dataclass
 class RewardStage(Stage):
     """An explicit reward model's score of each response under its own instruction: a
-    sequence-classification checkpoint (one logit) through transformers, on the conversation
-    [user: instruction, assistant: response] in the model's chat template."""
+    sequence-classification checkpoint (one logit) on the conversation [user: instruction,
+    assistant: response] in the model's chat template, batched by score.py's one forward loop
+    (the reward_model backend)."""
 
     name: ClassVar[str] = "reward"
     inputs: ClassVar[tuple[str, ...]] = ("instruction", "response")
@@ -450,39 +303,22 @@ class RewardStage(Stage):
     model_key: str = ""
     chat_template: str | None = None
     device: str = "cpu"
-    _model: object = field(default=None, repr=False, compare=False)
-    _tok: object = field(default=None, repr=False, compare=False)
+    token_budget: int | None = None
+    max_batch_size: int = 64
+    backend: str = "reward_model"
+    _scorer: object = field(default=None, repr=False, compare=False)
 
     def identity(self) -> dict:
         return {"model": self.model_key, "chat_template": self.chat_template, "device": self.device}
 
     def open(self) -> None:
-        from transformers import AutoModelForSequenceClassification
-
-        from icr_data.base.hf import quiet_transformers
-        from icr_data.stages.models import load_tokenizer
-
-        quiet_transformers()
-        self._tok = load_tokenizer(self.model, self.chat_template)
-        net = AutoModelForSequenceClassification.from_pretrained(self.model)
-        self._model = net.to(self.device).eval()
+        self._scorer = SCORERS.load(self.backend)(self)
 
     def run(self, rows: Dataset, advance: Advance | None = None) -> Dataset:
-        import torch
-        from datasets import Dataset
-
-        scores = []
-        for x, y in zip(rows["instruction"], rows["response"]):
-            text = self._tok.apply_chat_template(
-                [{"role": "user", "content": x}, {"role": "assistant", "content": y}],
-                tokenize=False,
-            )
-            ids = self._tok(text, return_tensors="pt", add_special_tokens=False).to(self.device)
-            with torch.inference_mode():
-                scores.append(float(self._model(**ids).logits[0, 0]))
-            if advance:
-                advance(1)
-        return Dataset.from_dict({"reward": scores})
+        out, _ = self._scorer.score(rows, advance)
+        return out
 
     def close(self) -> None:
-        self._model = self._tok = None
+        if self._scorer is not None:
+            self._scorer.close()
+            self._scorer = None

@@ -24,7 +24,10 @@ def for_repo(card: str, repo_id: str) -> str:
 
 def template_dir() -> Path:
     here = Path(__file__).resolve().parent
-    for candidate in (here.parent.parent / "cards", here.parent / "_cards"):  # source tree, then wheel
+    for candidate in (
+        here.parent.parent / "cards",
+        here.parent / "_cards",
+    ):  # source tree, then wheel
         if (candidate / "dataset_card.md").is_file():
             return candidate
     raise FileNotFoundError("dataset card template cards/dataset_card.md not found")

@@ -201,12 +201,16 @@ def write_version(
     manifest: dict,
     render_card: Callable[[dict], str],
     name: str | None = None,
+    sidecars: dict[str, tuple[Dataset, Callable[[dict], dict]]] | None = None,
 ) -> Path:
     """Write a complete new version and return its folder.
 
     `manifest` gets `version` set; `render_card(manifest)` gives README.md. With `name` given,
     an existing version of that name is an error; without it the next free v<N> is used. A table
     given as a list of Parquet files (another version's config_files) is linked or copied as it is.
+    A sidecar `name: (table, meta)` is a table that travels with the version but is no config of
+    it (pairing's text features): written to `<name>/<digest>.parquet`, and recorded as
+    manifest[name] = meta(manifest["files"]) plus its "file".
     """
     check_dataset_name(dataset)
     if name is not None:
@@ -236,6 +240,11 @@ def write_version(
             if isinstance(ds, list) else [f"data/{config}/{_write_parquet(ds, tmp / 'data' / config)}"]
             for config, ds in tables.items()
         }  # fmt: skip
+        for side, (ds, meta) in (sidecars or {}).items():
+            manifest[side] = {
+                **meta(manifest["files"]),
+                "file": f"{side}/{_write_parquet(ds, tmp / side)}",
+            }
         for _ in range(1000):
             version = name or next_version(dataset_dir)
             manifest["version"] = version
