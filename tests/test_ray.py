@@ -223,3 +223,33 @@ def test_ray_is_imported_only_when_used(tmp_path):
     assert bad.returncode == 2 and "--executor must be local or ray, got 'dask'" in bad.stderr
     bad = subprocess.run([*cli, "--address", "10.0.0.1:6379"], capture_output=True, text=True)
     assert bad.returncode == 2 and "use it with --executor ray" in bad.stderr
+
+
+def test_a_gpu_stage_on_a_cluster_without_gpus_is_refused_before_any_model_loads(
+    cluster, monkeypatch
+):
+    """A stage whose keys name a GPU (scoring.device: cuda), handed to the Ray executor on the
+    2-CPU local cluster: one RayError naming the stage, raised on the driver before any shard is
+    read, any actor started or any model loaded (the model path does not even exist)."""
+    from icr_data.core import ray_exec
+    from icr_data.core.executor import MemoryWork, Task
+    from icr_data.core.ray_exec import RayError, RayExecutor
+    from icr_data.stages.stages import LogprobStage
+
+    def never(*_a, **_k):
+        raise AssertionError("the refused stage reached its input or the actor pool")
+
+    monkeypatch.setattr(ray_exec, "_run_pool", never)
+    todo = [Task(0, "key-0", 3, never, {})]
+    gpu = LogprobStage(role="policy", model="/nonexistent/model", model_key="m@x",
+                       tokenizer_from=("m@x",), device="cuda")  # fmt: skip
+    assert gpu.requires_gpu() and not any(n.get("GPU") for n in ray_exec.connect(None))
+    with pytest.raises(RayError, match=r"^stage 'logp' \(score \(policy\)\) runs on cuda .*"
+                       r"no node of the Ray cluster has a GPU; nothing was loaded"):  # fmt: skip
+        RayExecutor(MemoryWork()).run(gpu, todo, label="score (policy)")
+    assert gpu._scorer is None  # never opened
+    # a CPU stage with ray.gpus_per_actor set: the pool's refusal names the stage too
+    cpu = LogprobStage(role="policy", model="/nonexistent/model", model_key="m@x",
+                       tokenizer_from=("m@x",))  # fmt: skip
+    with pytest.raises(RayError, match=r"^stage 'logp': an actor needs 1 GPU\(s\) but no node"):
+        RayExecutor(MemoryWork(), cfg=RayConfig(gpus_per_actor=1)).run(cpu, todo)

@@ -196,9 +196,17 @@ class RayExecutor(LocalExecutor):
         if not left:
             return report
         nodes = connect(self.address)
+        who = f"stage '{stage.name}'" + (f" ({label})" if label != stage.name else "")
         if stage.requires_gpu() and not any(n.get("GPU") for n in nodes):
-            raise RayError(f"{label}: its keys name a GPU device but the Ray cluster has no GPU")
-        pool = plan_pool(self.cfg, nodes, _batches(len(left), self.cfg.batch_size), stage.gpus())
+            device = getattr(stage, "device", "a GPU")
+            raise RayError(f"{who} runs on {device} (its keys name a GPU) "
+                           "but no node of the Ray cluster has a GPU; nothing was loaded. Run it "
+                           "on a cluster with GPUs, or set its device to cpu")  # fmt: skip
+        try:
+            batches = _batches(len(left), self.cfg.batch_size)
+            pool = plan_pool(self.cfg, nodes, batches, stage.gpus())
+        except RayError as e:  # the refusal names the stage it refuses
+            raise RayError(f"{who}: {e}") from None
         if self.console is not None:
             self.console.print(f"{label}: {len(left)} shard(s) on {pool.actors} Ray actor(s), "
                                f"{pool.gpus:g} GPU and {pool.cpus:g} CPU each")  # fmt: skip
