@@ -108,6 +108,28 @@ AddressOpt = Annotated[
 ]
 
 
+StoreDirOpt = Annotated[
+    str, typer.Option(help="Store folder; a VERSION like dataset/vN is looked up inside it.")
+]
+VersionRef = Annotated[
+    str, typer.Argument(help="A version folder, or dataset/vN relative to --store.")
+]
+DEFAULT_STORE = "icr_store"
+
+
+def _version(ref: str, store: str | None) -> Path:
+    """The one version resolver of every command that reads a version (inspect, diff, export,
+    pair, score, publish, ...): a version folder, or `dataset/vN` inside the store."""
+    from icr_data.store.store import resolve_version
+
+    return resolve_version(ref, DEFAULT_STORE if store is None else store)
+
+
+def _is_recipe(source: Path) -> bool:
+    """`score SOURCE`: a recipe is a (YAML) file; anything else names a version."""
+    return source.is_file() or source.suffix in (".yaml", ".yml")
+
+
 def _run(recipe: Path, store: str | None, set_: list[str] | None, **kwargs):
     from icr_data.base.config import load_recipe
     from icr_data.store.shards import parse_shard
@@ -142,7 +164,7 @@ IfChangedOpt = Annotated[
     bool,
     typer.Option(
         "--if-changed",
-        help="Write no new version when the pairs, candidates and recipe equal the latest "
+        help="Write no new version when the pairs, candidates and recipe equal an earlier "
         "version's; print that version's path instead.",
     ),
 ]
@@ -197,11 +219,18 @@ def score(
     source: Annotated[
         Path,
         typer.Argument(
-            help="A recipe (score its generated shards) or a version folder (rescore its "
-            "candidates under a new reward pair, into a new version)."
+            help="A recipe (score its generated shards) or a version: a folder, or dataset/vN "
+            "relative to --store (rescore its candidates under a new reward pair, into a new "
+            "version)."
         ),
     ],
-    store: StoreOpt = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            help="Store folder: overrides the recipe's 'store'; with a version given as "
+            "dataset/vN, the store it is looked up in (default: icr_store)."
+        ),
+    ] = None,
     set_: SetOpt = None,
     shard: ShardOpt = None,
     policy: Annotated[str | None, typer.Option(help="Version mode: the new policy.")] = None,
@@ -230,9 +259,13 @@ def score(
     With a recipe: score its generated shards (all, or I mod N with --shard I/N).
     With a version folder: rescore its candidates (no regeneration) and write a new version;
     its work is kept as a build's is, so a killed rescore resumes when run again."""
-    if (source / "manifest.json").is_file():
+    if not _is_recipe(source):
         from icr_data.commands.derive import rescore
 
+        try:
+            source = _version(str(source), store)
+        except IcrError as e:
+            _fail(f"{e} (nor a recipe file)")
         if address and executor != "ray":
             _fail("--address names a Ray cluster: use it with --executor ray")
         if mode not in (None, "cross_lingual", "native", "translate_en"):
@@ -252,7 +285,7 @@ def score(
 
 @app.command()
 def pair(
-    version_dir: Annotated[Path, typer.Argument(help="An existing version folder.")],
+    version_dir: VersionRef,
     strategy: Annotated[
         str | None,
         typer.Option(help=f"{', '.join(RULES)} (default: the parent's)."),
@@ -275,6 +308,7 @@ def pair(
     length_unit: Annotated[str | None, typer.Option(help="chars or tokens.")] = None,
     version: VersionOpt = None,
     if_changed: IfChangedOpt = False,
+    store: StoreDirOpt = "icr_store",
 ) -> None:
     """Pair an existing version again (new strategy or filters) into a new version; candidates,
     their responses and scores are reused, nothing is regenerated or rescored."""
@@ -289,7 +323,8 @@ def pair(
     settings = {key: v for key, v in settings.items() if v is not None}
     if filters is not None:
         settings["filters"] = [f.strip() for f in filters.split(",") if f.strip()]
-    path, manifest = repair(version_dir, settings, name=version, if_changed=if_changed, console=err)
+    path, manifest = repair(_version(version_dir, store), settings, name=version,
+                            if_changed=if_changed, console=err)  # fmt: skip
     _report_version(path, manifest)
 
 
@@ -326,7 +361,7 @@ def prepare(
 
 @app.command()
 def export(
-    version_dir: Annotated[Path, typer.Argument(help="An existing version folder.")],
+    version_dir: VersionRef,
     out: Annotated[Path, typer.Option(help="Folder to write into (created if missing).")],
     format: Annotated[
         str,
@@ -344,12 +379,13 @@ def export(
             "(native mode) and its scoring reference is the training reference.",
         ),
     ] = False,
+    store: StoreDirOpt = "icr_store",
 ) -> None:
     """Write a version's pairs for an external trainer (TRL, LLaMA-Factory, plain JSONL)."""
     from icr_data.commands.export import export as run_export
 
     EXPORT_FORMATS.check(format)  # one line, with the close name
-    files = run_export(version_dir, format, out, ref_logps=ref_logps)
+    files = run_export(_version(version_dir, store), format, out, ref_logps=ref_logps)
     for f in files:
         err.print(f"[green]wrote[/] {f}")
         print(f)
@@ -373,8 +409,9 @@ def train(
     from accelerate import PartialState  # one process, or one of several under accelerate launch
 
     state = PartialState()
+    named = {"model": cfg.model, **({"reference": cfg.reference} if cfg.reference else {})}
     with state.main_process_first():  # the others find what the main process prepared
-        prepare.ensure([s for s in (cfg.model, cfg.reference) if s], err)
+        prepare.resolve_models(named, err)
     record = run_train(cfg, console=err)
     if state.is_main_process:
         err.print(
@@ -451,14 +488,6 @@ def check_reward(
         err.print(f"[green]wrote[/] {json_out}")
 
 
-StoreDirOpt = Annotated[
-    str, typer.Option(help="Store folder; a VERSION like dataset/vN is looked up inside it.")
-]
-VersionRef = Annotated[
-    str, typer.Argument(help="A version folder, or dataset/vN relative to --store.")
-]
-
-
 def _stdout():
     """Reports are the product of these commands: they go to stdout (pipe them to less)."""
     from rich.console import Console
@@ -510,7 +539,7 @@ def inspect_version(
         _fail(f"--length-unit must be chars or tokens, got {length_unit!r}")
     if bins < 1 or (top or 0) < 0 or (bottom or 0) < 0:
         _fail("--bins must be >= 1 and --top/--bottom >= 0")
-    path = st.resolve_version(version, store)
+    path = _version(version, store)
     if st.read_manifest(path).get("kind") == "eval":  # an eval record: its tables and rows
         from icr_data.commands.reports import eval_rows_table, eval_tables
 
@@ -562,9 +591,8 @@ def diff(version_a: VersionRef, version_b: VersionRef, store: StoreDirOpt = "icr
     language (deltas of mean, median, p10, p90, and the two-sample Kolmogorov-Smirnov D)."""
     from icr_data.commands.inspection import diff_versions
     from icr_data.commands.reports import diff_tables
-    from icr_data.store import store as st
 
-    d = diff_versions(st.resolve_version(version_a, store), st.resolve_version(version_b, store))
+    d = diff_versions(_version(version_a, store), _version(version_b, store))
     out = _stdout()
     if not d["recipe"] and not d["models"]:
         out.print(f"{d['a']} -> {d['b']}: same recipe and models")

@@ -196,6 +196,24 @@ def test_identical_rerun_is_said_and_if_changed_skips_it(tmp_path, tiny_pair, ca
     assert changed.identical_to is None and changed.written and changed.path.name == "v3"
 
 
+def test_a_rebuild_after_a_pair_is_said_to_equal_v1(tmp_path, tiny_pair, capsys):
+    """Not only the latest version is compared: v2 is a re-pairing, the rebuild equals v1."""
+    from icr_data.commands.derive import repair
+
+    recipe = small_recipe(tmp_path, tiny_pair, **{"prompts.limit": 2, "sampling.n": 2})
+    first = build(recipe)
+    v2, _ = repair(first.path, {"rule": "max_random"})
+    assert v2.name == "v2"
+    capsys.readouterr()
+    again = build(recipe)
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert again.identical_to == "v1" and again.path.name == "v3"
+    assert "unchanged: the pairs, candidates and recipe are identical to v1; wrote v3 anyway" in err
+    skipped = build(recipe, if_changed=True)  # the newest equal version is named
+    assert skipped.identical_to == "v3" and not skipped.written
+    assert store.versions(first.path.parent) == ["v1", "v2", "v3"]
+
+
 def test_an_explicit_reward_model_gives_a_second_opinion(build_tiny, tiny_pair, tmp_path):
     """scoring.judge: every candidate gains judge_reward from the sequence classifier, and the
     judge_disagrees drops are exactly the selected pairs it ranks the other way round."""

@@ -32,6 +32,7 @@ def test_an_icr_error_from_any_command_is_one_line_and_exit_2(capsys, monkeypatc
         raise OddError("the [parent] version has no candidates")
 
     monkeypatch.setattr(icr_data.commands.derive, "repair", refuse)
+    (tmp_path / "manifest.json").write_text("{}")  # a version folder, as far as resolving goes
     code, out, err = run(capsys, "pair", str(tmp_path), "--strategy", "max_min")
     assert code == 2 and out == ""
     assert err == "error: the [parent] version has no candidates\n"  # brackets kept as text
@@ -44,6 +45,7 @@ def test_the_same_through_typers_test_runner(monkeypatch, tmp_path):
         raise OddError("nothing to export")
 
     monkeypatch.setattr(icr_data.commands.export, "export", refuse)
+    (tmp_path / "manifest.json").write_text("{}")
     r = CliRunner().invoke(cli.app, ["export", str(tmp_path), "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and r.output.strip().splitlines() == ["error: nothing to export"]
 
@@ -67,6 +69,7 @@ def test_other_exceptions_keep_their_traceback(monkeypatch, tmp_path):
         raise KeyError("a bug, not a user error")
 
     monkeypatch.setattr(icr_data.commands.derive, "repair", bug)
+    (tmp_path / "manifest.json").write_text("{}")
     with pytest.raises(KeyError, match="a bug"):
         cli.main(["pair", str(tmp_path)])
 

@@ -144,6 +144,15 @@ def test_plot_writes_a_png(v1, tmp_path):
         assert im.format == "PNG" and im.size[0] > 100 and im.size[1] > 100
 
 
+def test_plot_counts_pairs_in_whole_numbers(v1):
+    """fr has 4 pairs: matplotlib's default ticks would be 0, 0.25, 0.5, ... pairs."""
+    df = ins.numeric_view(ins.scan_pairs(v1), "chars", "fr")
+    fig = ins.figure(df, ins.margin_histogram(df, 24), "chars")
+    fig.canvas.draw()
+    ticks = fig.axes[0].get_yticks()
+    assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks
+
+
 def test_versions_list_parent_counts_and_old_manifests(tmp_path):
     write(tmp_path)
     write(tmp_path, {"de": DE[:5]}, rule="max_random", parent="t/v1")
@@ -306,3 +315,50 @@ def test_card_labels_prompt_rows(tmp_path):
     assert "for 15 prompt rows (one per prompt_id and language: de 11, fr 4)" in card
     v = write(tmp_path, {"de": DE[:4], "fr": FR})
     assert "for 8 prompt rows (4 prompts x 2 languages)" in (v / "README.md").read_text()
+
+
+def test_tables_fit_80_columns_without_cutting_a_number(tmp_path, monkeypatch):
+    """The build summary and inspect, in an 80-column terminal, on realistic figures: 5
+    languages, negative margins with 4 decimals, drop reasons, length-control alphas, mode and
+    judge agreement. Every number is printed whole (rich would otherwise end it in `…`)."""
+    import re
+
+    langs = ["en", "es", "de", "fr", "ru"]
+    rng = np.random.default_rng(3)
+    margins = {lang: [round(float(x), 4) for x in rng.normal(-0.4, 15.0, 30)] for lang in langs}
+    for lang in langs:
+        monkeypatch.setitem(LENS, lang, (rng.integers(80, 4000, 30), rng.integers(80, 4000, 30)))
+    v = write(tmp_path, margins)
+    manifest = dict(store.read_manifest(v))
+    manifest["counts"] = {lang: {"prompts": 12480, "candidates": 99840, "pairs": 11873}
+                          for lang in langs}  # fmt: skip
+    manifest["margins"] = {lang: {"mean": -123.4567, "median": -12.3456} for lang in langs}
+    manifest["funnel"] = {lang: {"kept_candidates": 97012, "off_target_rate": 0.0123,
+                                 "dropped_candidates": {"off_target": 1228, "truncated": 1600},
+                                 "prompts_without_pair": {"fewer_than_two_kept": 607}}
+                          for lang in langs}  # fmt: skip
+    manifest["pairing"] = {**manifest["pairing"], "alphas": dict.fromkeys(langs, 0.0125),
+                           "judge_agreement": {x: {"agree": 9876, "pairs": 11873} for x in langs}}  # fmt: skip
+    manifest["scoring"] = {**(manifest.get("scoring") or {}),
+                           "mode_agreement": {"languages": {x: {"mean_tau": -0.1234} for x in langs}}}  # fmt: skip
+    out = Console(width=80, record=True)
+    out.print(reports.summary_table(manifest))
+    report = ins.inspect_version(v)
+    for part in reports.inspect_report(report):
+        out.print(part, highlight=False)
+    text = out.export_text()
+    assert max(map(len, text.splitlines())) <= 80
+    cut = re.findall(r"\S*[\d.%+/-]…\S*|\S*…[\d.%+-]\S*", text)
+    assert not cut, cut
+    numbers = ["12480", "99840", "97012", "11873", "1%", "-123.457", "-12.346", "0.013", "-0.12",
+               "9876/11873", "off_target 1228, truncated 1600, fewer_than_two_kept 607"]  # fmt: skip
+    for r in report.stats.iter_rows(named=True):
+        numbers += [f"{r[f'margin_{k}']:.3f}" for k in ("p10", "p50", "p90", "mean")]
+        numbers += [f"{r['chosen_len']:.1f}", f"{r['len_margin_corr']:+.3f}"]
+    flat = " ".join(text.split())
+    missing = [n for n in numbers if n not in flat]
+    assert not missing, (missing, text)
+    # negative margins are explained, once, under the report
+    assert flat.count("Negative margins: a margin is the raw reward difference") == 1
+    positive = write(tmp_path, {"de": DE, "fr": [2.0, 1.0, 3.0, 2.0]})
+    assert reports.NEGATIVE_MARGINS not in reports.inspect_report(ins.inspect_version(positive))

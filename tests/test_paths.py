@@ -204,3 +204,23 @@ def test_a_dataset_folder_linked_elsewhere_still_takes_versions(tmp_path):
     (tmp_path / "store" / "t").symlink_to(tmp_path / "big" / "t")
     v1 = write(tmp_path / "store")
     assert (tmp_path / "big" / "t" / "v1" / "manifest.json").is_file() and v1.name == "v1"
+
+
+def test_shipped_training_outputs_are_ignored_by_git():
+    """`icr-data train recipes/dpo_demo_tiny.yaml` writes its config's output_dir (runs/...),
+    relative to the working directory as the store is: git ignores both in a checkout."""
+    import shutil
+    import subprocess
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    configs = [yaml.safe_load(f.read_text()) for f in (root / "recipes").glob("*.yaml")]
+    outs = [c["output_dir"] for c in configs if c.get("output_dir")] + ["icr_store/demo/v1"]
+    assert any(o.startswith("runs/") for o in outs)
+    for out in outs:
+        r = subprocess.run(["git", "check-ignore", "-q", "--no-index", f"{out}/model.safetensors"],
+                           cwd=root)  # fmt: skip
+        assert r.returncode == 0, f"{out} is not ignored by .gitignore"

@@ -28,7 +28,7 @@ from rich.console import Console
 from icr_data.base.config import Recipe
 from icr_data.base.console import progress_bar, stderr_console
 from icr_data.base.logs import log_to
-from icr_data.commands.plan import Plan, make_plan, model_specs
+from icr_data.commands.plan import Plan, make_plan
 from icr_data.commands.score_phase import ROLES, candidate_columns
 from icr_data.commands.versioning import version_manifest, write_paired
 from icr_data.core import runner
@@ -50,7 +50,8 @@ class Result:
     manifest: dict | None
     report: dict[str, dict[str, int]]
     identical_to: str | None = None
-    """The latest earlier version, when this run's pairs, candidates and recipe equal its own."""
+    """The newest earlier version (any, not only the latest) whose pairs, candidates and recipe
+    equal this run's."""
     written: bool = True
     """False when --if-changed skipped an identical version (`path` is then the earlier one)."""
 
@@ -128,17 +129,6 @@ def merge(plan: Plan, version: str | None = None, timings: dict | None = None,
                             if_changed)  # fmt: skip
 
 
-def prepare_models(specs: list[str], console: Console) -> None:
-    """The explicit preparation step: train `train:CONFIG` models and build `builtin:` ones that
-    are not cached yet, each announced with its own progress, before anything else runs."""
-    from icr_data.commands import prepare
-
-    steps = [s for s in prepare.plan(specs) if not s.done]
-    if steps:
-        console.print("prepare: " + "; ".join(f"{s.what} {s.spec}" for s in steps))
-        prepare.run(steps, console)
-
-
 def build(
     recipe: Recipe,
     console: Console | None = None,
@@ -151,7 +141,7 @@ def build(
 ) -> Result:
     """Prepare the recipe's models, then run `stages` (for shards I mod N with `part=(I, N)`)
     through the executor named by `executor` (local, or ray at `address`). A merge whose content
-    equals the latest version's says so; with `if_changed` it writes nothing."""
+    equals an earlier version's says so; with `if_changed` it writes nothing."""
     if executor not in ("local", "ray"):
         raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")
     console = console or stderr_console()
@@ -160,8 +150,9 @@ def build(
         raise store.StoreError(
             f"version {version} already exists at {dataset_dir / version}; versions are immutable"
         )
-    prepare_models(model_specs(recipe), console)
-    plan = make_plan(recipe)  # validates prompts and models before anything is written
+    # models resolved (a Hub id that cannot be loaded is one line) and prepared, then prompts
+    # validated, before anything is written
+    plan = make_plan(recipe, console)
     log_to(plan.work.root / "logs" / "third_party.log")  # engine logs, off the terminal
     _check_writable(dataset_dir)
     console.print(

@@ -111,11 +111,8 @@ def check_reward(
     from icr_data.stages import models
 
     rows = load_labelled(pairs, scoring.mode)
-    prepare.ensure([policy, reference], console)
-    paths = {
-        role: models.resolve(spec, role)
-        for role, spec in (("policy", policy), ("reference", reference))
-    }
+    found = prepare.resolve_models({"--policy": policy, "--reference": reference}, console)
+    paths = {"policy": found["--policy"], "reference": found["--reference"]}
     english = {r["prompt_id"]: r["instruction"] for r in rows if r["lang"] == "en"}
     cands = Dataset.from_list([
         {"prompt_id": r["prompt_id"], "lang": r["lang"], "instruction": r["instruction"],

@@ -104,12 +104,15 @@ def rescore(
         specs["translator"] = recipe.scoring.translator or recipe.models.generator
     elif recipe.scoring.mode != "translate_en" and "response_en" in candidates.column_names:
         candidates = candidates.remove_columns("response_en")
+    keys = {"policy": "--policy" if policy else "models.policy",
+            "reference": "--reference" if reference else "models.reference",
+            "translator": "scoring.translator"}  # fmt: skip
     try:
-        prepare.ensure(list(specs.values()), console)
-        resolved = {r: models.resolve(spec, r) for r, spec in specs.items()}
+        found = prepare.resolve_models({keys[r]: spec for r, spec in specs.items()}, console)
+        resolved = {r: found[keys[r]] for r in specs}
     except models.ModelError as e:
-        if (version_dir / store.LOCAL_FILE).is_file():
-            raise
+        if (version_dir / store.LOCAL_FILE).is_file() or str(e).startswith("--"):
+            raise  # this machine's paths, or a model given on the command line
         raise DeriveError(f"{e} ({version_dir} records its models by name and content hash, "
                           "not by this machine's paths: give --policy and --reference)") from None  # fmt: skip
     ids = dict(parent_manifest["models"])

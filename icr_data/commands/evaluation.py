@@ -261,8 +261,12 @@ def evaluate(
 
     rows = _prompts(cfg)  # before any model: bad prompts are the cheap error
     judges = [parse_judge(j) for j in cfg.judges]
-    prepare.ensure([cfg.candidate, cfg.baseline, *(m for j in judges for m in j.names)], console)
-    paths = {k: models.resolve(getattr(cfg, k), k) for k in ("candidate", "baseline")}
+    named = {k: getattr(cfg, k) for k in ("candidate", "baseline")}
+    for i, j in enumerate(judges):  # the key names the judge: judges[0], judges[1] policy, ...
+        named.update({f"judges[{i}]" + (f" {part.lower()}" if len(j.names) > 1 else ""): m
+                      for part, m in zip(j.models, j.names)})  # fmt: skip
+    paths = prepare.resolve_models(named, console)
+    paths = {k: paths[k] for k in ("candidate", "baseline")}
     if paths["candidate"] == paths["baseline"]:
         raise EvalError(f"candidate and baseline are the same model ({paths['candidate']})")
     for judge in judges:

@@ -384,15 +384,27 @@ def plot(df: pl.DataFrame, hist: dict, path: str | Path, unit: str, title: str =
          max_points: int = 20_000) -> Path:  # fmt: skip
     """A PNG: margin histograms per language (the bins above) and reward vs length (a seeded
     sample of at most max_points pairs, so the plot's cost does not grow with the version)."""
+    fig = figure(df, hist, unit, title, max_points)
+    path = Path(path)
+    store.refuse_inside_version(path, "--plot", "the PNG ")  # versions are immutable
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def figure(df: pl.DataFrame, hist: dict, unit: str, title: str = "", max_points: int = 20_000):
+    """The matplotlib Figure `plot` writes (Agg: no display, no global pyplot state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(12, 4.8), layout="constrained")
-    FigureCanvasAgg(fig)  # Agg explicitly: no display, no global pyplot state
+    FigureCanvasAgg(fig)
     left, right = fig.subplots(1, 2)
     for lang, counts in hist["counts"].items():
         left.stairs(counts, hist["edges"], label=f"{lang} (n={sum(counts)})")
     left.set(xlabel="margin (chosen_reward - rejected_reward)", ylabel="pairs", title="margin")
+    left.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: no 0.25 of a pair
     left.legend(fontsize="small")
     sample = df.sample(min(max_points, df.height), seed=0) if df.height else df
     for side, marker in (("chosen", "o"), ("rejected", "x")):
@@ -401,8 +413,4 @@ def plot(df: pl.DataFrame, hist: dict, path: str | Path, unit: str, title: str =
     right.set(xlabel=f"length ({unit})", ylabel="reward", title="reward vs length")
     right.legend(fontsize="small")
     fig.suptitle(title)
-    path = Path(path)
-    store.refuse_inside_version(path, "--plot", "the PNG ")  # versions are immutable
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
+    return fig

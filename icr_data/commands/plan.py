@@ -1,7 +1,8 @@
 """Planning a run: a recipe's models resolved and checked, its prompts read, its shards cut, its
 stages made and the generation keyed, before any work (commands/build.py runs what this plans).
 
-    plan = make_plan(recipe)         # refuses bad models, prompts and contexts in one line each
+    plan = make_plan(recipe)         # models resolved and prepared (prepare.resolve_models),
+                                     # bad models, prompts and contexts refused in one line each
     plan.generate, plan.gen_keys     # the generation stage and its key per shard
     plan.phase                       # the score phase (score_phase.ScorePhase)
     plan.samples(shard)              # a shard's generated samples with their scoring prompts
@@ -15,6 +16,7 @@ from pathlib import Path
 from datasets import Dataset
 
 from icr_data.base.config import Recipe
+from icr_data.commands.prepare import resolve_models
 from icr_data.commands.score_phase import ScorePhase, score_phase
 from icr_data.core.stage import Shard as StageShard
 from icr_data.stages import models
@@ -113,49 +115,44 @@ def _check_context(recipe: Recipe, resolved: dict[str, str], prompts: Dataset, g
                 )
 
 
-def training_reference(recipe: Recipe, resolved: dict[str, str], ids: dict) -> dict:
-    """Identity of the reference the DPO trainer will use on this version (default: generator)."""
-    spec = recipe.training.reference
-    if not spec:
-        return ids["generator"]
-    return models.identity(spec, models.resolve(spec, "training.reference"))
-
-
-def model_specs(recipe: Recipe) -> list[str]:
-    """Every model string the recipe names (what `prepare` readies before a build)."""
-    specs = [recipe.models.generator, recipe.models.policy, recipe.models.reference]
+def model_specs(recipe: Recipe) -> dict[str, str]:
+    """Every model string the recipe names, by its recipe key (what a build resolves, and
+    prepares, first): models.*, scoring.judge and scoring.translator where scoring uses them,
+    training.reference where set."""
+    specs = {f"models.{role}": getattr(recipe.models, role)
+             for role in ("generator", "policy", "reference")}  # fmt: skip
     if recipe.scoring.judge:
-        specs.append(recipe.scoring.judge.removeprefix("reward:"))
-    if recipe.scoring.mode == "translate_en" and recipe.scoring.translator:
-        specs.append(recipe.scoring.translator)
-    return specs + ([recipe.training.reference] if recipe.training.reference else [])
+        specs["scoring.judge"] = recipe.scoring.judge.removeprefix("reward:")
+    if recipe.scoring.mode == "translate_en":  # the translator: the generator unless named
+        specs["scoring.translator"] = recipe.scoring.translator or recipe.models.generator
+    if recipe.training.reference:
+        specs["training.reference"] = recipe.training.reference
+    return specs
 
 
-def make_plan(recipe: Recipe) -> Plan:
-    """Resolve the (prepared) models, read the prompts, cut the shards, make every stage and key
-    the generation."""
-    resolved = {
-        role: models.resolve(getattr(recipe.models, role), role)
-        for role in ("generator", "policy", "reference")
-    }
-    for role, path in resolved.items():
-        models.check_reachable(getattr(recipe.models, role), path, f"models.{role}")
-    ids = {
-        role: models.identity(getattr(recipe.models, role), path) for role, path in resolved.items()
-    }
-    ids["training_reference"] = training_reference(recipe, resolved, ids)
-    if recipe.scoring.judge:  # an explicit reward model, checked before any work
-        spec = recipe.scoring.judge.removeprefix("reward:")
-        resolved["judge"] = models.resolve(spec, "scoring.judge")
+def make_plan(recipe: Recipe, console=None) -> Plan:
+    """Resolve (and prepare) the models, read the prompts, cut the shards, make every stage and
+    key the generation."""
+    specs = model_specs(recipe)
+    found = resolve_models(specs, console)  # one line for a model that cannot be loaded
+    resolved = {key.removeprefix("models.").removeprefix("scoring."): path
+                for key, path in found.items() if key != "training.reference"}  # fmt: skip
+    ids = {role: models.identity(specs[key], found[key])
+           for key, role in (("models.generator", "generator"), ("models.policy", "policy"),
+                             ("models.reference", "reference"))}  # fmt: skip
+    # the reference the DPO trainer will use on this version (default: the generator)
+    ids["training_reference"] = (
+        models.identity(specs["training.reference"], found["training.reference"])
+        if "training.reference" in found
+        else ids["generator"]
+    )
+    if "judge" in resolved:  # an explicit reward model, checked before any work
         models.check_sequence_classifier(
             resolved["judge"], f"scoring.judge: {recipe.scoring.judge}"
         )
-        ids["judge"] = models.identity(spec, resolved["judge"])
-    if recipe.scoring.mode == "translate_en":  # the translator: the generator unless named
-        spec = recipe.scoring.translator or recipe.models.generator
-        resolved["translator"] = models.resolve(spec, "scoring.translator")
-        models.check_reachable(spec, resolved["translator"], "scoring.translator")
-        ids["translator"] = models.identity(spec, resolved["translator"])
+        ids["judge"] = models.identity(specs["scoring.judge"], resolved["judge"])
+    if "translator" in resolved:
+        ids["translator"] = models.identity(specs["scoring.translator"], resolved["translator"])
     gen_tok, tokenizer = _check_models(recipe, resolved)
     skipped: dict[str, int] = {}
     prompts = load_prompts(recipe.prompts, recipe.scoring, skipped)

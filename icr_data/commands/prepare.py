@@ -10,8 +10,10 @@ default ~/.cache/icr_data):
 Each step is idempotent and atomic: a killed preparation leaves nothing that counts as prepared,
 and the next run redoes it. Folders and Hub ids need no step.
 
-`build` runs the plan for its recipe's models first; the commands that take model strings
-(check-reward, translate, train, rescore) call `ensure`. By hand:
+Every command that takes model strings (build, rescore, check-reward, translate, train, eval)
+resolves them through `resolve_models`, before any other work: each folder and Hub id checked (a
+Hub id must be in the local Hub cache or answered by the Hub: one line naming the option and the
+model otherwise), then the `builtin:` and `train:` models prepared. By hand:
 
     icr-data prepare builtin:tiny-policy train:recipes/dpo_demo_tiny.yaml
     python -m icr_data.commands.prepare builtin:tiny-policy train:recipes/dpo_demo_tiny.yaml
@@ -22,7 +24,7 @@ from __future__ import annotations
 import shutil
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,6 +143,46 @@ def ensure(specs: Iterable[str], console: Console | None = None) -> None:
     steps = plan(specs)
     if not all(s.done for s in steps):
         run(steps, console)
+
+
+def resolve_models(named: Mapping[str, str], console: Console | None = None) -> dict[str, str]:
+    """The one way a command resolves its models, before any work: `named` is {key: model string},
+    the key being the option or recipe key that gave it (`--policy`, `models.policy`), which every
+    error names, in one ModelError line. First each folder and Hub id is checked, those that
+    `train:` configs start from included (a Hub id must be in the local Hub cache or known to the
+    Hub: models.check_reachable), so a model that cannot be loaded is refused in seconds, not after
+    a minute of download retries and a traceback, nor after a training; then the `builtin:` and
+    `train:` models not prepared yet are prepared (announced, then each with its progress).
+    Returns {key: loadable folder or Hub id}."""
+    for key, spec in named.items():
+        _check_loadable(spec, key, ())
+    steps = [s for s in plan(named.values()) if not s.done]
+    if steps:
+        console = console or stderr_console()
+        console.print("prepare: " + "; ".join(f"{s.what} {s.spec}" for s in steps))
+        run(steps, console)
+    return {key: models.resolve(spec, key=key) for key, spec in named.items()}
+
+
+def _check_loadable(spec: str, key: str, via: tuple[str, ...]) -> None:
+    """Refuse a folder or Hub id that cannot be loaded, under `key`; a `train:` config's own
+    starting model and reference too (`via`: the configs on the way, for circles, which plan
+    names)."""
+    if spec.startswith("builtin:"):
+        return  # built offline from the package (or a pip-installed GGUF): nothing to reach
+    if spec.startswith("train:"):
+        if _key(spec) in via:
+            return
+        try:
+            cfg = _train_config(spec)
+        except ModelError as e:
+            raise ModelError(f"{key}: {e}") from None
+        for field in ("model", "reference"):
+            dep = getattr(cfg, field)
+            if dep:
+                _check_loadable(dep, f"{key} ({spec}: {field})", (*via, _key(spec)))
+        return
+    models.check_reachable(spec, models.resolve(spec, key=key), key)
 
 
 def _build(step: Step, console: Console, progress: Progress) -> Path:

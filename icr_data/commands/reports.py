@@ -11,6 +11,9 @@ the failures table of a translated version.
     eval_tables(manifest)             eval: WR, SE, LC and the rest per judge and language
     evals_table(rows)                 evals: every eval record
 
+The tables of numbers are console.Fitted: in a narrow terminal (80 columns) they turn compact, and
+split their columns over two tables if they must, but never cut a number (`1.3…`).
+
 Imported inside the commands (cli.py), so `icr-data --help` stays fast.
 """
 
@@ -23,6 +26,8 @@ from typing import TYPE_CHECKING
 from rich.table import Table
 from rich.text import Text
 
+from icr_data.base.console import Fitted
+
 if TYPE_CHECKING:
     import polars as pl
 
@@ -31,7 +36,7 @@ if TYPE_CHECKING:
 BLOCKS = " ▁▂▃▄▅▆▇█"
 
 
-def summary_table(manifest: dict) -> Table:
+def summary_table(manifest: dict) -> Fitted:
     """Per language: counts, margins and the funnel, and (when measured) the mode agreement tau
     and the judge's agreement; a caption warns of languages with 0 pairs (and why), of languages
     asked for that had no prompts, and of languages whose pairs are likely noise (agreement.py)."""
@@ -42,12 +47,13 @@ def summary_table(manifest: dict) -> Table:
     judge = manifest["pairing"].get("judge_agreement") or {}
     cols = ("lang", "prompts", "candidates", "kept", "pairs", "off-target", "margin mean",
             "margin median", "alpha", "dropped")  # fmt: skip
-    for col in cols:
-        table.add_column(col, justify="left" if col in ("lang", "dropped") else "right")
+    for col in cols:  # numbers never wrap (Fitted keeps them whole); the drop reasons do
+        table.add_column(col, justify="left" if col in ("lang", "dropped") else "right",
+                         no_wrap=col != "dropped")  # fmt: skip
     if modes:
-        table.add_column("tau vs native", justify="right")
+        table.add_column("tau vs native", justify="right", no_wrap=True)
     if judge:
-        table.add_column("judge agrees", justify="right")
+        table.add_column("judge agrees", justify="right", no_wrap=True)
 
     def fmt(v):
         return "-" if v is None else f"{v:.3f}"
@@ -88,14 +94,14 @@ def summary_table(manifest: dict) -> Table:
         table.caption = "\n".join(lines)
         table.caption_style = "yellow"
         table.caption_justify = "left"
-    return table
+    return Fitted(table)
 
 
-def check_table(report: dict) -> Table:
+def check_table(report: dict) -> Fitted:
     table = Table(title=f"implicit reward on labelled pairs ({report['mode']})")
     for col in ("lang", "pairs", "accuracy", "95% CI", "ties", "mean margin", "chosen shorter",
                 "similar length", "chosen longer", "len-margin corr"):  # fmt: skip
-        table.add_column(col, justify="left" if col == "lang" else "right")
+        table.add_column(col, justify="left" if col == "lang" else "right", no_wrap=True)
 
     def acc(b: dict) -> str:
         return "-" if b["accuracy"] is None else f"{b['accuracy']:.2f} ({b['pairs']})"
@@ -108,7 +114,7 @@ def check_table(report: dict) -> Table:
                       str(r["ties"]), f"{r['mean_margin']:+.3f}", acc(bins["chosen shorter"]),
                       acc(bins["similar"]), acc(bins["chosen longer"]),
                       "-" if corr is None else f"{corr:+.2f}")  # fmt: skip
-    return table
+    return Fitted(table)
 
 
 def translate_tables(path: Path, manifest: dict, show: int = 20) -> list[Table]:
@@ -142,15 +148,15 @@ def _f(v, spec: str = ".3f") -> str:
 
 
 def stats_table(stats: pl.DataFrame, title: str, unit: str,
-                notes: dict[str, str] | None = None) -> Table:  # fmt: skip
+                notes: dict[str, str] | None = None) -> Fitted:  # fmt: skip
     """The inspect statistics; `notes` ({language: why}) adds a column, e.g. why 0 pairs."""
     from icr_data.commands.inspection import MIN_STAT_PAIRS
 
     table = Table(title=title)
     cols = ("lang", "pairs", "margin p10", "p50", "p90", "mean", f"chosen len ({unit})",
             f"rejected len ({unit})", "len-margin corr", "off-target")  # fmt: skip
-    for col in cols:
-        table.add_column(col, justify="left" if col == "lang" else "right")
+    for col in cols:  # numbers never wrap: Fitted keeps them whole in a narrow terminal
+        table.add_column(col, justify="left" if col == "lang" else "right", no_wrap=True)
     if notes:
         table.add_column("why no pairs", overflow="fold")
     few = False
@@ -163,7 +169,7 @@ def stats_table(stats: pl.DataFrame, title: str, unit: str,
                       *([notes.get(r["lang"], "")] if notes else []))  # fmt: skip
     if few:
         table.caption = f"-: not reported on fewer than {MIN_STAT_PAIRS} pairs"
-    return table
+    return Fitted(table)
 
 
 def sparkline(counts: list[int]) -> str:
@@ -189,10 +195,10 @@ def _clip(text: str | None, n: int) -> str:
 
 def pairs_view(pairs: pl.DataFrame, title: str, unit: str, max_chars: int = 400) -> Table:
     """Chosen and rejected side by side, one row per pair, with margin, rewards and lengths."""
-    table = Table(title=title, show_lines=True)
-    table.add_column("pair", ratio=1)
-    table.add_column("chosen", ratio=2)
-    table.add_column("rejected", ratio=2)
+    table = Table(title=title, show_lines=True)  # long words fold: _clip alone cuts a text
+    table.add_column("pair", ratio=1, overflow="fold")
+    table.add_column("chosen", ratio=2, overflow="fold")
+    table.add_column("rejected", ratio=2, overflow="fold")
     for r in pairs.iter_rows(named=True):
         info = (f"{r['lang']} {r['prompt_id']}\nmargin {r['margin']:+.3f}\n"
                 f"reward {r['chosen_reward']:+.3f} / {r['rejected_reward']:+.3f}\n"
@@ -219,7 +225,7 @@ def _show(v) -> str:
     return v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
 
 
-def diff_tables(d: dict) -> list[Table]:
+def diff_tables(d: dict) -> list[Table | Fitted]:
     from icr_data.commands.inspection import COUNT_FIELDS
 
     recipe = Table(title=f"recipe: {d['a']} -> {d['b']}")
@@ -233,26 +239,34 @@ def diff_tables(d: dict) -> list[Table]:
     for r in d["models"]:
         models.add_row(r["role"], r["field"], r["old"] or "-", r["new"] or "-")
     counts = Table(title="counts (old -> new)")
-    counts.add_column("lang")
+    counts.add_column("lang", no_wrap=True)
     for k in COUNT_FIELDS:
-        counts.add_column(k, justify="right")
+        counts.add_column(k, justify="right", no_wrap=True)
     for lang, c in d["counts"].items():
         counts.add_row(lang, *(f"{_f(c[k][0], 'd')} -> {_f(c[k][1], 'd')}" for k in COUNT_FIELDS))
     shift = Table(title="margin shift per language (new - old)")
     for col in ("lang", "pairs", "mean", "Δ mean", "Δ median", "Δ p10", "Δ p90", "KS D"):
-        shift.add_column(col, justify="left" if col == "lang" else "right")
+        shift.add_column(col, justify="left" if col == "lang" else "right", no_wrap=True)
     for r in d["margins"].iter_rows(named=True):
         shift.add_row(r["lang"], f"{r['pairs_a']} -> {r['pairs_b']}",
                       f"{_f(r['mean_a'])} -> {_f(r['mean_b'])}", _f(r["mean_delta"], "+.3f"),
                       _f(r["median_delta"], "+.3f"), _f(r["p10_delta"], "+.3f"),
                       _f(r["p90_delta"], "+.3f"), _f(r["ks"]))  # fmt: skip
-    return [t for t in (recipe, models) if t.row_count] + [counts, shift]
+    return [t for t in (recipe, models) if t.row_count] + [Fitted(counts), Fitted(shift)]
 
 
-def inspect_report(report: InspectReport, max_chars: int = 400) -> list[Table | str]:
-    """What `icr-data inspect` prints, in order: the statistics table, the histogram lines and
-    one side-by-side table per selection of pairs."""
-    out: list[Table | str] = [
+NEGATIVE_MARGINS = (
+    "Negative margins: a margin is the raw reward difference, chosen_reward - rejected_reward; "
+    "length control ranks by reward - alpha * length, so it can choose a pair whose raw margin "
+    "is negative."
+)
+
+
+def inspect_report(report: InspectReport, max_chars: int = 400) -> list[Fitted | Table | str]:
+    """What `icr-data inspect` prints, in order: the statistics table, the histogram lines, one
+    side-by-side table per selection of pairs, and a line on what a negative margin means when
+    any margin shown is negative."""
+    out: list[Fitted | Table | str] = [
         stats_table(
             report.stats, f"{report.name}: {report.df.height} pairs", report.unit, report.no_pairs
         ),
@@ -263,16 +277,19 @@ def inspect_report(report: InspectReport, max_chars: int = 400) -> list[Table | 
         out.append(trust_table(report.trust, report.name))
     out += [pairs_view(sel, f"{report.name}: {title}", report.unit, max_chars)
             for title, sel in report.views]  # fmt: skip
+    if report.df.height and report.df["margin"].min() < 0:
+        out.append(NEGATIVE_MARGINS)
     return out
 
 
-def trust_table(trust: dict, name: str) -> Table:
+def trust_table(trust: dict, name: str) -> Fitted:
     """inspect: per language, mode agreement (tau vs native) and the judge's agreement, each with
     its 95% interval, and the verdict (inspection.trust_figures; the rules: agreement.py)."""
     table = Table(title=f"{name}: can these labels be trusted?")
     for col in ("lang", "tau vs native", "sd", "tau 95% CI", "judge agrees", "judge 95% CI",
                 "verdict"):  # fmt: skip
-        table.add_column(col, justify="left" if col in ("lang", "verdict") else "right")
+        table.add_column(col, justify="left" if col in ("lang", "verdict") else "right",
+                         no_wrap=True)  # fmt: skip
 
     def ci(a: dict | None, spec: str) -> str:
         return (
@@ -290,10 +307,10 @@ def trust_table(trust: dict, name: str) -> Table:
         table.caption = "\n".join(lines)
         table.caption_style = "yellow"
         table.caption_justify = "left"
-    return table
+    return Fitted(table)
 
 
-def eval_tables(manifest: dict) -> list[Table]:
+def eval_tables(manifest: dict) -> list[Fitted]:
     """eval: per judge, the candidate's results per language."""
     out = []
     for judge, langs in manifest["results"].items():
@@ -304,14 +321,14 @@ def eval_tables(manifest: dict) -> list[Table]:
         cols = ("lang", "prompts", "WR", "SE", "LC", "ties", "unparseable", "cand. in lang",
                 "base. in lang", "cand. chars", "base. chars", "consistency")  # fmt: skip
         for col in cols:
-            table.add_column(col, justify="left" if col == "lang" else "right")
+            table.add_column(col, justify="left" if col == "lang" else "right", no_wrap=True)
         for lang, r in langs.items():
             table.add_row(lang, str(r["prompts"]), _f(r["win_rate"]), _f(r["se"]),
                           _f(r["lc_win_rate"]), str(r["ties"]), str(r["unparseable"]),
                           _f(r["candidate_in_language"], ".0%"), _f(r["baseline_in_language"], ".0%"),
                           _f(r["candidate_chars"], ".0f"), _f(r["baseline_chars"], ".0f"),
                           _f(r["position_consistency"], ".0%"))  # fmt: skip
-        out.append(table)
+        out.append(Fitted(table))
     return out
 
 

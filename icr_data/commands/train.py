@@ -529,8 +529,8 @@ def train(cfg: TrainConfig, console: Console | None = None) -> dict:
         raise TrainError(f"output_dir {out} already holds a trained model; choose another")
     # bad input is named before any model is loaded (tokenizers only)
     rows, data_info = load_pairs(cfg.data)
-    start = models.resolve(cfg.model, "model")
-    ref = models.resolve(cfg.reference, "reference") if cfg.reference else start
+    start = models.resolve(cfg.model, key="model")
+    ref = models.resolve(cfg.reference, key="reference") if cfg.reference else start
     tok = models.load_tokenizer(start, cfg.chat_template)
     if ref != start:
         models.check_same_tokenizer(tok, models.load_tokenizer(ref, cfg.chat_template),

@@ -325,11 +325,7 @@ def translate(cfg: TranslateConfig, console=None, progress=None) -> tuple[Path, 
     template = load_template(cfg.template)
     rows = read_source(cfg)  # source errors first: they are the common ones, and cheap to find
     english, other = english_rows(rows, cfg.source, cfg.column_map)
-    try:
-        prepare.ensure([cfg.model], console)
-        model_path = models.resolve(cfg.model, "translator")
-    except models.ModelError as e:
-        raise TranslateError(f"--model: {str(e).split(': ', 1)[-1]}") from None
+    model_path = prepare.resolve_models({"--model": cfg.model}, console)["--model"]
     unique, removed = dedup(english)
     picked = sample_rows(unique, cfg.limit, cfg.seed)
     jobs = [(lang, r) for lang in cfg.languages for r in picked]

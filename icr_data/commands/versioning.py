@@ -83,39 +83,54 @@ def version_manifest(recipe, model_ids: dict, pairs: Dataset, stats, candidates:
 
 def identical_version(dataset_dir: Path, tables: dict[str, Dataset | list[Path]],
                       manifest: dict) -> str | None:  # fmt: skip
-    """The latest version of the dataset if its pairs and candidates hold the same rows as
-    `tables` and its recipe (but for `store`) and models are this manifest's; else None."""
+    """The newest version of the dataset whose pairs and candidates hold the same rows as
+    `tables` and whose recipe (but for `store`) and models are this manifest's; else None. Every
+    version is a candidate, not only the latest (a rebuild after a `pair` equals v1, not the
+    paired v2); each is ruled out cheaply first, by its manifest, then by the names of reused
+    files (digests of their bytes) and by row counts from the Parquet footers, before any table
+    is read."""
+    for name in reversed(store.versions(dataset_dir)):
+        if _same_content(dataset_dir / name, tables, manifest):
+            return name
+    return None
+
+
+def _how(m: dict) -> tuple:
+    """What makes a version's content, but for where it was written."""
+    return ({k: v for k, v in (m.get("recipe") or {}).items() if k != "store"},
+            m.get("models"))  # fmt: skip
+
+
+def _same_content(version: Path, tables: dict[str, Dataset | list[Path]], manifest: dict) -> bool:
     import pyarrow as pa
-
-    found = store.versions(dataset_dir)
-    if not found:
-        return None
-    latest = dataset_dir / found[-1]
-
-    def how(m: dict) -> tuple:
-        return ({k: v for k, v in (m.get("recipe") or {}).items() if k != "store"},
-                m.get("models"))  # fmt: skip
+    import pyarrow.parquet as pq
 
     try:
-        if how(store.read_manifest(latest)) != how(manifest):
-            return None
+        if _how(store.read_manifest(version)) != _how(manifest):
+            return False
+        files = {config: store.config_files(version, config) for config in tables}
         for config, ds in tables.items():
             if isinstance(ds, list):  # files reused whole: their names are digests of their bytes
-                if [f.name for f in ds] != [f.name for f in store.config_files(latest, config)]:
-                    return None
-            elif not store.read_table(latest, config).data.table.equals(ds.data.table):
-                return None
+                if [f.name for f in ds] != [f.name for f in files[config]]:
+                    return False
+            elif sum(pq.ParquetFile(f).metadata.num_rows for f in files[config]) != len(ds):
+                return False
+        for config, ds in tables.items():  # the cheap checks passed: compare the rows
+            if isinstance(ds, list):
+                continue
+            if not store.read_table(version, config).data.table.equals(ds.data.table):
+                return False
     except (OSError, ValueError, pa.ArrowException, store.StoreError):
-        return None  # an unreadable latest version is not "the same"
-    return found[-1]
+        return False  # an unreadable version is not "the same"
+    return True
 
 
 def write_paired(dataset_dir: Path, candidates: Dataset, pairing, manifest_for, name: str | None,
                  if_changed: bool, candidate_files: list[Path] | None = None,
                  ) -> tuple[Path, dict, str | None]:  # fmt: skip
     """Pair `candidates` (PairStage) and write both as a new version of `dataset_dir`, with the
-    manifest `manifest_for(pairs, pair_stats)` gives: (path, manifest, the latest earlier version
-    holding the same content or None). With `if_changed` and such a version, nothing is written
+    manifest `manifest_for(pairs, pair_stats)` gives: (path, manifest, the newest earlier version
+    holding the same content, whichever it is, or None). With `if_changed` and such a version, nothing is written
     and the path and manifest are that version's. With `candidate_files` (another version's
     candidates, unchanged) those files are the version's candidates (linked or copied), and `candidates`
     need hold only the columns pairing and the manifest read: responses and instructions are

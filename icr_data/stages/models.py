@@ -29,33 +29,36 @@ class NotPrepared(ModelError):
     """A `builtin:` or `train:` model whose preparation has not run yet (see prepare.py)."""
 
 
-def resolve(spec: str, role: str = "model") -> str:
-    """A loadable path or Hub id for `spec`; raises ModelError naming the role if it is missing,
-    NotPrepared if it is a `builtin:` or `train:` model not prepared yet. Builds nothing."""
+def resolve(spec: str, role: str = "model", key: str | None = None) -> str:
+    """A loadable path or Hub id for `spec`; raises ModelError naming `key` (the recipe key or
+    option that gave it; default `models.<role>`) if it is missing, NotPrepared if it is a
+    `builtin:` or `train:` model not prepared yet. Builds nothing. Commands resolve through
+    prepare.resolve_models, which also checks that a Hub id can be loaded."""
+    key = key or f"models.{role}"
     try:
         path = prepared_path(spec)
     except NotPrepared:  # a train: config whose starting model is not prepared yet
-        raise NotPrepared(_not_prepared(spec, role, " (nor is the model it starts from)")) from None
+        raise NotPrepared(_not_prepared(spec, key, " (nor is the model it starts from)")) from None
     except ModelError as e:
-        raise ModelError(f"models.{role}: {e}") from None
+        raise ModelError(f"{key}: {e}") from None
     if path is not None:
         if not is_prepared(spec, path):
-            raise NotPrepared(_not_prepared(spec, role))
+            raise NotPrepared(_not_prepared(spec, key))
         return str(path)
     path = Path(spec).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise ModelError(f"models.{role}: {spec} has no config.json (not a model folder)")
+            raise ModelError(f"{key}: {spec} has no config.json (not a model folder)")
         return str(path.resolve())
     looks_local = spec.startswith((".", "/", "~")) or spec.count("/") != 1
     if looks_local:
-        raise ModelError(f"models.{role}: model path not found: {spec}")
+        raise ModelError(f"{key}: model path not found: {spec}")
     return spec  # a Hub id
 
 
-def _not_prepared(spec: str, role: str, why: str = "") -> str:
+def _not_prepared(spec: str, key: str, why: str = "") -> str:
     return (
-        f"models.{role}: {spec} is not prepared yet{why}; run `icr-data prepare {spec}` "
+        f"{key}: {spec} is not prepared yet{why}; run `icr-data prepare {spec}` "
         "(build prepares its models first)"
     )
 

@@ -289,7 +289,8 @@ def resolve_version(ref: str | Path, store: str | Path | None = None) -> Path:
         return p
     if store is not None and (Path(store) / p / "manifest.json").is_file():
         return Path(store) / p
-    raise StoreError(f"not a version folder (no manifest.json): {ref}")
+    tried = f", nor is {Path(store) / p}" if store is not None and not p.is_absolute() else ""
+    raise StoreError(f"not a version folder (no manifest.json): {ref}{tried}")
 
 
 def within(path: str | Path, folder: str | Path) -> bool:
