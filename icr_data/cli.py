@@ -540,6 +540,10 @@ def inspect_version(
     if bins < 1 or (top or 0) < 0 or (bottom or 0) < 0:
         _fail("--bins must be >= 1 and --top/--bottom >= 0")
     path = _version(version, store)
+    if st.read_manifest(path).get("kind") != "eval":  # a dataset version: whole, or one line
+        from icr_data.store.integrity import require_whole
+
+        require_whole(path)
     if st.read_manifest(path).get("kind") == "eval":  # an eval record: its tables and rows
         from icr_data.commands.reports import eval_rows_table, eval_tables
 
@@ -598,6 +602,25 @@ def diff(version_a: VersionRef, version_b: VersionRef, store: StoreDirOpt = "icr
         out.print(f"{d['a']} -> {d['b']}: same recipe and models")
     for table in diff_tables(d):
         out.print(table)
+
+
+@app.command()
+def verify(version: VersionRef, store: StoreDirOpt = "icr_store") -> None:
+    """Check that a version is whole: every data file listed in its manifest exists, reads as
+    Parquet and hashes to the digest in its name, none is unlisted, and the row counts are the
+    manifest's. One line per problem, naming the file; exit status 2 when there is any."""
+    from icr_data.store import integrity
+    from icr_data.store import store as st
+
+    path = st.resolve_version(version, store)
+    problems = integrity.check(path, full=True)
+    if problems:
+        from rich.markup import escape
+
+        for line in problems[:-1]:
+            err.print(f"[red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+        _fail(problems[-1])
+    err.print(f"[green]whole:[/] {path}", highlight=False, soft_wrap=True)
 
 
 @app.command()

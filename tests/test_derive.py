@@ -50,8 +50,10 @@ def test_native_mode_uses_each_rows_own_instruction(v1):
 def test_cross_lingual_rescore_needs_english_rows(v1, tmp_path):
     from icr_data.store.card import render_card
 
-    m = store.read_manifest(v1)
+    m = dict(store.read_manifest(v1))
+    m.pop("textfeatures")  # v1's, of its own candidates
     fr_only = store.read_table(v1, "candidates").filter(lambda r: r["lang"] == "fr")
+    m["totals"] = {**m["totals"], "candidates": len(fr_only)}
     v = store.write_version(
         tmp_path,
         "x",

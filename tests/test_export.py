@@ -85,6 +85,10 @@ def version(tmp_path_factory):
     assert len(first) == 1
     schema = pq.read_schema(first[0])
     pq.write_table(pa.Table.from_pylist(rows[23:], schema=schema), first[0].with_name("z.parquet"))
+    manifest = json.loads((v / "manifest.json").read_text())  # the second file, listed
+    manifest["files"]["pairs"].append("data/pairs/z.parquet")
+    manifest["totals"]["pairs"] = len(rows)
+    (v / "manifest.json").write_text(json.dumps(manifest))
     return v, rows
 
 

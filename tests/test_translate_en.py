@@ -47,6 +47,16 @@ def test_scored_on_the_english_instruction_and_the_stored_translation(translated
         rows, str(policy), str(reference), ScoringConfig(**m["recipe"]["scoring"])
     )
     assert cands["reward"] == pytest.approx(again["reward"], abs=1e-5)
+    # the tokens of the responses themselves (what training counts), the English's beside them
+    from icr_data.stages.chat import ChatEncoder
+    from icr_data.stages.models import pair_tokenizer
+
+    enc = ChatEncoder(pair_tokenizer(str(policy), str(reference), None), count_eot=True)
+    for c in cands:
+        assert c["response_tokens"] == len(enc.encode(c["instruction"], c["response"]).response_ids)
+        assert c["response_en_tokens"] == len(
+            enc.encode(c["scoring_prompt"], c["response_en"]).response_ids
+        )
     # pairs hold the original-language texts
     texts = {(c["prompt_id"], c["lang"], c["sample_idx"]): c["response"] for c in cands}
     for p in store.read_table(translated, "pairs"):

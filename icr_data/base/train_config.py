@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from icr_data.base.errors import IcrError
-from icr_data.base.yamlconf import load
+from icr_data.base.yamlconf import load, shown
 
 
 class TrainError(IcrError):
@@ -113,4 +113,51 @@ def load_train_config(
         raise TrainError(f"{path}: 'data.source', 'model' and 'output_dir' are required")
     if cfg.batch_size < 1 or cfg.grad_accum < 1 or cfg.epochs < 1:
         raise TrainError(f"{path}: 'batch_size', 'grad_accum' and 'epochs' must be >= 1")
+    validate_train(cfg, str(path))
     return cfg
+
+
+def validate_train(cfg: TrainConfig, where: str) -> None:
+    """Every number of a training config in its range, before any model loads: one TrainError
+    naming the key (NaN and infinities refused wherever a finite number is meant)."""
+    import math
+
+    def bad(key: str, value, rule: str) -> None:
+        raise TrainError(f"{where}: '{key}' must be {rule}, got {shown(value)}")
+
+    finite = {"beta": cfg.beta, "learning_rate": cfg.learning_rate,
+              "nll_weight": cfg.nll_weight, "warmup_ratio": cfg.warmup_ratio,
+              "weight_decay": cfg.weight_decay, "max_grad_norm": cfg.max_grad_norm,
+              "lora.dropout": cfg.lora.dropout}  # fmt: skip
+    for key, value in finite.items():
+        if not math.isfinite(value):
+            bad(key, value, "a finite number")
+    if cfg.beta <= 0:
+        bad("beta", cfg.beta, "> 0 (the DPO loss scales the log-ratio by it)")
+    if cfg.learning_rate <= 0:
+        bad("learning_rate", cfg.learning_rate, "> 0")
+    for key in ("nll_weight", "weight_decay"):
+        if getattr(cfg, key) < 0:
+            bad(key, getattr(cfg, key), ">= 0")
+    if cfg.max_grad_norm <= 0:
+        bad("max_grad_norm", cfg.max_grad_norm, "> 0")
+    if not 0 <= cfg.warmup_ratio <= 1:
+        bad("warmup_ratio", cfg.warmup_ratio, "in [0, 1]")
+    for key in ("max_steps", "max_length", "save_every"):
+        if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
+            bad(key, getattr(cfg, key), ">= 1 (or null)")
+    if cfg.log_every < 1:
+        bad("log_every", cfg.log_every, ">= 1")
+    if cfg.data.limit is not None and cfg.data.limit < 1:
+        bad("data.limit", cfg.data.limit, ">= 1 (or null for all)")
+    if cfg.finetune == "lora":
+        if cfg.lora.r < 1:
+            bad("lora.r", cfg.lora.r, ">= 1 (the adapter's rank)")
+        if cfg.lora.alpha <= 0:
+            bad("lora.alpha", cfg.lora.alpha, "> 0")
+        if not 0 <= cfg.lora.dropout < 1:
+            bad("lora.dropout", cfg.lora.dropout, "in [0, 1)")
+        targets = cfg.lora.target_modules
+        if isinstance(targets, list) and (not targets or not all(isinstance(m, str) and m
+                                                                 for m in targets)):  # fmt: skip
+            bad("lora.target_modules", targets, "'all-linear' or a list of module names")

@@ -127,6 +127,21 @@ def _origin(key: str, where: str, origins: dict[str, str]) -> str:
     return where
 
 
+def shown(value: Any, limit: int = 80) -> str:
+    """repr(value) cut to `limit` characters: an error message never formats an unbounded value
+    (a YAML alias bomb expands to billions of items; repr would never end). Containers are
+    shown by their first items, never walked whole."""
+    if isinstance(value, dict):
+        head = ", ".join(f"{k!r}: ..." for k in list(value)[:3])
+        text = f"{{{head}{', ...' if len(value) > 3 else ''}}} (a mapping of {len(value)} keys)"
+    elif isinstance(value, (list, tuple)):
+        head = ", ".join(shown(v, 20) for v in value[:3])
+        text = f"[{head}{', ...' if len(value) > 3 else ''}] (a list of {len(value)} items)"
+    else:
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def from_dict(cls: type, data: Any, where: str, prefix: str = "",
               error: type[IcrError] = ConfigError,
               origins: dict[str, str] | None = None) -> Any:  # fmt: skip
@@ -155,7 +170,7 @@ def from_dict(cls: type, data: Any, where: str, prefix: str = "",
             kwargs[name] = from_dict(tp, value, where, f"{prefix}{name}.", error, origins)
         elif not _type_ok(value, tp):
             at = _origin(f"{prefix}{name}", where, origins)
-            raise error(f"{at}: '{prefix}{name}' must be {_describe(tp)}, got {value!r}")
+            raise error(f"{at}: '{prefix}{name}' must be {_describe(tp)}, got {shown(value)}")
         else:
             kwargs[name] = float(value) if tp is float else value
     return cls(**kwargs)

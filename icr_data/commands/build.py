@@ -146,6 +146,8 @@ def build(
         raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")
     console = console or stderr_console()
     dataset_dir = Path(recipe.store) / recipe.dataset
+    if version is not None:
+        store.check_version_name(version)  # before any model: a bad name is the cheap error
     if version is not None and (dataset_dir / version).exists():
         raise store.StoreError(
             f"version {version} already exists at {dataset_dir / version}; versions are immutable"

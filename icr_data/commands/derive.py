@@ -19,8 +19,10 @@ from datasets import Dataset
 from icr_data.base.config import Recipe, RecipeError, from_dict, validate_scoring
 from icr_data.base.errors import IcrError
 from icr_data.base.languages import scoring_prompt
+from icr_data.core.executor import writing
 from icr_data.stages import models
 from icr_data.store import store
+from icr_data.store.integrity import require_whole
 
 
 class DeriveError(IcrError):
@@ -75,6 +77,7 @@ def rescore(
     if name is not None:
         store.check_version_name(name)
     version_dir = store.resolve_version(version)
+    require_whole(version_dir)  # sizes and footers: a damaged file is one line, before any work
     parent_manifest, recipe = parent_recipe(version_dir)
     if policy:
         recipe.models.policy = policy
@@ -159,6 +162,7 @@ def repair(
     if name is not None:
         store.check_version_name(name)
     version_dir = store.resolve_version(version)
+    require_whole(version_dir)  # sizes and footers: a damaged file is one line, before any work
     parent_manifest, recipe = parent_recipe(version_dir)
     if pairing:
         recipe.pairing = dataclasses.replace(recipe.pairing, **pairing)
@@ -209,8 +213,9 @@ def write_child(
         return manifest
 
     dataset_dir = version_dir.parent
-    path, manifest, same = write_paired(dataset_dir, candidates, recipe.pairing, manifest_for,
-                                        name, if_changed, candidate_files)  # fmt: skip
+    with writing(dataset_dir):  # a full disk: one line, the unfinished version removed
+        path, manifest, same = write_paired(dataset_dir, candidates, recipe.pairing,
+                                            manifest_for, name, if_changed, candidate_files)  # fmt: skip
     if same:
         from icr_data.base.console import stderr_console
 

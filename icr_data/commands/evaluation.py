@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import icr_data
-from icr_data.base.config import SamplingConfig
+from icr_data.base.config import SamplingConfig, validate_sampling
 from icr_data.base.errors import IcrError
 from icr_data.base.registry import JUDGES, RegistryError
 from icr_data.base.yamlconf import load, resolve_path
@@ -151,6 +151,14 @@ def check(cfg: EvalConfig, where: str) -> None:
         parse_judge(j, where)
     if cfg.sampling.n != 1:
         raise EvalError(f"{where}: 'sampling.n' must be 1 (one answer per prompt and model)")
+    validate_sampling(cfg.sampling, where, EvalError)
+    if cfg.prompts.limit is not None and cfg.prompts.limit < 1:
+        raise EvalError(f"{where}: 'prompts.limit' must be >= 1 (or null for all), "
+                        f"got {cfg.prompts.limit}")  # fmt: skip
+    if cfg.shard_prompts < 1 or cfg.judge_max_tokens < 1:
+        raise EvalError(f"{where}: 'shard_prompts' and 'judge_max_tokens' must be >= 1")
+    if not (cfg.beta > 0 and cfg.beta != float("inf")):
+        raise EvalError(f"{where}: 'beta' must be a finite number > 0, got {cfg.beta}")
     if not cfg.prompts.source:
         raise EvalError(f"{where}: 'prompts.source' is required")
 
@@ -244,6 +252,22 @@ class EvalRun:
         return list(out["response"])
 
 
+def check_record_name(cfg: EvalConfig) -> None:
+    """An eval record is a version of its own `name` in the store: refused when that name is a
+    dataset's (its record would become the dataset's next version)."""
+    from icr_data.store.store import read_manifest, versions
+
+    folder = Path(cfg.store) / cfg.name
+    for v in versions(folder) if folder.is_dir() else []:
+        try:
+            kind = read_manifest(folder / v).get("kind")
+        except IcrError:
+            kind = None
+        if kind != "eval":
+            raise EvalError(f"name: {cfg.name!r} is a dataset in {cfg.store} ({folder / v}); "
+                            "an eval record needs a name of its own")  # fmt: skip
+
+
 def evaluate(
     cfg: EvalConfig, console=None, progress=None, version: str | None = None
 ) -> tuple[Path, dict]:
@@ -257,10 +281,15 @@ def evaluate(
     from icr_data.stages import models
     from icr_data.stages.stages import LangIdStage
     from icr_data.store.shards import WorkDir
-    from icr_data.store.store import write_version
+    from icr_data.store.store import check_version_name, write_version
 
     rows = _prompts(cfg)  # before any model: bad prompts are the cheap error
+    if version is not None:
+        check_version_name(version)
+    check_record_name(cfg)
     judges = [parse_judge(j) for j in cfg.judges]
+    for judge in judges:  # a missing or placeholder-less template, before any model answers
+        judge.prompt_template(cfg)
     named = {k: getattr(cfg, k) for k in ("candidate", "baseline")}
     for i, j in enumerate(judges):  # the key names the judge: judges[0], judges[1] policy, ...
         named.update({f"judges[{i}]" + (f" {part.lower()}" if len(j.names) > 1 else ""): m

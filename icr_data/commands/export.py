@@ -34,6 +34,7 @@ one registry line (docs/export.md, "Adding a format").
 
 from __future__ import annotations
 
+import errno
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from icr_data.base.errors import IcrError
 from icr_data.base.files import atomic_write, atomic_write_text
 from icr_data.base.registry import EXPORT_FORMATS, RegistryError
 from icr_data.store import store, version_ref
+from icr_data.store.integrity import require_whole
 
 FORMATS = EXPORT_FORMATS  # the format names, iterated (the registry is the one list)
 
@@ -311,6 +313,7 @@ def export(
         raise ExportError(f"--ref-logps applies to --format {', '.join(carry)} only (the "
                           "formats whose trainers read those columns)")  # fmt: skip
     version_dir = store.resolve_version(version)
+    require_whole(version_dir)  # sizes and footers: a damaged file is one line, before any work
     manifest = store.read_manifest(version_dir)
     out = Path(out)
     name = f"{manifest['dataset']}_{manifest['version']}"
@@ -331,4 +334,8 @@ def export(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ExportError(f"cannot create {out}: {e.strerror}") from None
-    return form.write(Job(version_dir, manifest, out, name, files, ref_logps, batch_rows))
+    try:  # each file is written whole or not at all (atomic_write): a full disk leaves none
+        return form.write(Job(version_dir, manifest, out, name, files, ref_logps, batch_rows))
+    except OSError as e:
+        hint = " (disk full)" if e.errno == errno.ENOSPC else ""
+        raise ExportError(f"cannot write the export into {out}: {e.strerror or e}{hint}") from None

@@ -15,7 +15,6 @@ not called `inspect`, which would shadow the standard library's.)
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -274,7 +273,7 @@ def recipe_digest(manifest: dict) -> str | None:
 def _manifest(version_dir: Path) -> dict:
     try:
         return store.read_manifest(version_dir)
-    except (OSError, json.JSONDecodeError) as e:
+    except store.StoreError as e:  # not JSON, not an object, unreadable: one line, named
         raise store.StoreError(f"{version_dir / 'manifest.json'}: unreadable ({e})") from None
 
 

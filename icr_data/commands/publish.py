@@ -159,6 +159,11 @@ def plan_publish(
         raise PublishError(f"{src}: version name {tag!r} is not vN, cannot be a tag")
     for p in src.rglob("*"):
         check_source(src, p.relative_to(src).as_posix())
+    from icr_data.store.integrity import check
+
+    if problems := check(src, full=True):  # every byte against its name: nothing damaged goes up
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise PublishError(f"{problems[0]}{more}; `icr-data verify` lists every problem")
     # Hidden names are OS or editor droppings (.DS_Store) or the store's local-only file
     # (store.LOCAL_FILE, this machine's paths): never uploaded.
     paths = sorted(

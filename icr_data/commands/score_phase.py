@@ -55,6 +55,7 @@ def candidate_columns(present: list[str], translated: bool) -> list[str]:
     columns = list(CANDIDATE_COLUMNS)
     if translated:
         columns.insert(columns.index("response") + 1, "response_en")
+        columns.insert(columns.index("response_tokens") + 1, "response_en_tokens")
     return columns + [c for c in ("judge_reward", "reward_native") if c in present]
 
 
@@ -155,6 +156,16 @@ class ScorePhase:
                     if not work.done(self.judge.name, content_task(self.judge, s.index, s.rows).key)]  # fmt: skip
         return out
 
+    def native_tokens(self, rows: Dataset) -> list[int]:
+        """The response tokens of each row's own response, counted as the scorer counts them
+        (score.encode_candidates: the reward pair's tokenizer, its end-of-turn policy)."""
+        from icr_data.stages.models import pair_tokenizer
+        from icr_data.stages.score import encode_candidates
+
+        stage = self.passes["policy"]
+        tok = pair_tokenizer(*stage.tokenizer_from, stage.chat_template)
+        return [len(e.response_ids) for e in encode_candidates(rows, tok, stage.count_eot)]
+
     # ---------------------------------------------------------------- the result
     def assemble(self, work, shard: Shard) -> Dataset:
         """The shard's candidates: its rows with response_en (translate_en), response_tokens,
@@ -167,7 +178,12 @@ class ScorePhase:
         scoring = self.scoring_rows(work, shard)
         lp, lr = (out(self.passes[r], scoring) for r in ROLES)
         rows = self.with_english(work, shard)
+        if "response_en_tokens" in rows.column_names:  # a parent's: counted again below
+            rows = rows.remove_columns("response_en_tokens")
         scored = with_rewards(rows, lp["response_tokens"], lp["logp"], lr["logp"], self.beta)
+        if self.translated:  # the pairs train on the responses: their tokens, not the English's
+            scored = scored.rename_column("response_tokens", "response_en_tokens")
+            scored = scored.add_column("response_tokens", self.native_tokens(shard.rows))
         if self.langid is not None:
             lid = out(self.langid, shard.rows)
             for c in ("lid_lang", "lid_score"):

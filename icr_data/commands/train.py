@@ -36,10 +36,10 @@ from rich.table import Table
 
 from icr_data.base.console import progress_bar, stderr_console
 from icr_data.base.hf import library_bars_off
-from icr_data.base.train_config import DataConfig, TrainConfig, TrainError
+from icr_data.base.train_config import DataConfig, TrainConfig, TrainError, validate_train
 from icr_data.stages import models
 from icr_data.stages.chat import ChatEncoder
-from icr_data.store import version_ref
+from icr_data.store import store, version_ref
 
 TRL_MIN = (1, 16)
 """loss_type as a list with 'sft' and loss_weights, and the reference cache columns, as used here."""
@@ -523,8 +523,13 @@ def train(cfg: TrainConfig, console: Console | None = None) -> dict:
     """Train; return (and write to output_dir/training.json) the training record. Under
     `accelerate launch` every process calls this; the main one reports and writes."""
     console = console or stderr_console()
+    validate_train(cfg, "training config")  # a config built in code is checked as a file's is
     main = int(os.environ.get("RANK", "0")) == 0
     out = Path(cfg.output_dir)
+    try:  # the model and its checkpoints never go into a version (immutable)
+        store.refuse_inside_version(out, "output_dir", "the trained model ")
+    except store.StoreError as e:
+        raise TrainError(str(e)) from None
     if (out / "training.json").exists():
         raise TrainError(f"output_dir {out} already holds a trained model; choose another")
     # bad input is named before any model is loaded (tokenizers only)

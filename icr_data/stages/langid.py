@@ -12,7 +12,8 @@ and pickling, and each loads the models again. The thread count is `workers`, el
 $ICR_LID_WORKERS, else the cores this process may use; lingua fixes it at its first parallel call
 in a process, so a later call asking for another count gets the first one. With one worker each
 text is detected on its own on this thread. Both paths give the same languages; lingua sums
-confidences in threads, so `lid_score` may differ in its last bits (1e-15) between them.
+confidences in threads, so its confidences may differ in their last bits (1e-15) between them:
+`lid_score` keeps 6 decimals (SCORE_DIGITS), which makes identical builds byte-identical.
 """
 
 from __future__ import annotations
@@ -57,10 +58,15 @@ def _detector(isos: tuple):
     return LanguageDetectorBuilder.from_iso_codes_639_1(*isos).build()
 
 
+SCORE_DIGITS = 6
+"""lid_score is kept to 6 decimals: lingua sums confidences in threads, in an order that varies,
+so the last bits differ between runs; rounded, identical builds write identical bytes."""
+
+
 def _top(text: str, ranked) -> tuple[str | None, float]:
     if not text.strip() or not ranked or ranked[0].value == 0:
         return None, 0.0
-    return ranked[0].language.iso_code_639_1.name.lower(), float(ranked[0].value)
+    return ranked[0].language.iso_code_639_1.name.lower(), round(ranked[0].value, SCORE_DIGITS)
 
 
 def identify(

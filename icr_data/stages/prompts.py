@@ -49,6 +49,9 @@ def read_rows(source: str) -> list[dict]:
                                   f"give the folder of one split (e.g. {source}/train)")  # fmt: skip
             ds = next(iter(ds.values()))
         return ds.to_list()
+    if not path.is_file():  # a FIFO, a socket, a device: reading it could block forever
+        raise PromptError(f"{source}: not a regular file or a folder; give a JSONL, JSON or "
+                          "Parquet file, or a datasets folder")  # fmt: skip
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 

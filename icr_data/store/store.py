@@ -300,8 +300,35 @@ def within(path: str | Path, folder: str | Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def read_manifest(version_dir: str | Path) -> dict:
-    return json.loads((Path(version_dir) / "manifest.json").read_text(encoding="utf-8"))
+class Manifest(dict):
+    """A version's manifest.json as read: a dict whose missing top-level key is one StoreError
+    naming the key and the file (a damaged or foreign manifest), not a KeyError."""
+
+    path: Path
+
+    def __missing__(self, key):
+        raise StoreError(f"{self.path}: has no '{key}' (damaged, or not written by icr-data); "
+                         "`icr-data verify` checks a version")  # fmt: skip
+
+
+def read_manifest(version_dir: str | Path) -> Manifest:
+    """A version's manifest: one StoreError naming the file when it is missing, unreadable, not
+    JSON or not an object."""
+    path = Path(version_dir) / "manifest.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise StoreError(f"{path}: cannot be read ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise StoreError(f"{path}: not UTF-8 text (damaged)") from None
+    except ValueError as e:
+        raise StoreError(f"{path}: not valid JSON (line {getattr(e, 'lineno', '?')}): "
+                         f"damaged or half-written") from None  # fmt: skip
+    if not isinstance(data, dict):
+        raise StoreError(f"{path}: holds a JSON {type(data).__name__}, not a manifest object")
+    out = Manifest(data)
+    out.path = path
+    return out
 
 
 def local_info(version_dir: str | Path) -> dict:
