@@ -124,3 +124,46 @@ def test_language_id_reports_its_rate():
     outs, report = run_once(LangIdStage(languages=("en", "de")), [Shard(0, rows)])
     assert outs[0]["lid_lang"] == ["de", "en", None]
     assert report["stats"]["texts"] == 3 and report["stats"]["texts_per_s"] > 0
+
+
+def test_the_bar_says_when_a_model_is_loading_and_keeps_drawing_through_an_engine_start(
+    tmp_path, monkeypatch
+):
+    """While a stage opens, its bar reads '<label> (loading the model)'; an engine started with
+    this process's descriptors pointed at the log file (logs.engine_output_to_file) does not
+    take the live display with it: it keeps drawing to the terminal's descriptor."""
+    import os
+
+    from icr_data.base import logs
+    from icr_data.base.console import progress_bar
+
+    seen = []
+    drawn = []
+
+    class Loading(WordCount):
+        def open(self):
+            seen.append(progress.tasks[-1].description)
+            with logs.engine_output_to_file():  # what VLLMBackend does around LLM(...)
+                console.print("while the engine starts")  # the live display's writes
+                drawn.append(console.file.fileno() != 2)  # the terminal's copy, not fd 2
+
+    monkeypatch.setenv(logs.LOG_FILE_ENV, str(tmp_path / "third_party.log"))
+    monkeypatch.delenv(logs.VERBOSE_ENV, raising=False)
+    r, w = os.pipe()
+    saved = os.dup(2)
+    os.dup2(w, 2)  # fd 2 is "the terminal" here: a pipe we read back
+    try:
+        console = Console(file=None, stderr=True, force_terminal=False)
+        with progress_bar(console) as progress:
+            ex = LocalExecutor(MemoryWork(), console, progress)
+            ex.run(Loading(), tasks(Loading(), [Shard(0, candidates())]), "words")
+        console.file.flush()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(w)
+    with open(r, encoding="utf-8") as pipe:
+        out = pipe.read()
+    assert seen == ["words (loading the model)"] and drawn == [True]
+    assert "while the engine starts" in out  # on the terminal, not in the log
+    assert "while the engine starts" not in (tmp_path / "third_party.log").read_text()

@@ -39,6 +39,25 @@ class _ShownWithItsFirstTask(Progress):
         return super().add_task(*args, **kwargs)
 
 
+LIVE: list[Console] = []
+"""The consoles drawing a progress display now: while an engine starts with this process's file
+descriptors pointed at the log file (logs.engine_output_to_file), they keep drawing to the
+terminal (keep_on_terminal), so the clock moves while the engine loads."""
+
+
+@contextmanager
+def keep_on_terminal(stream) -> Iterator[None]:
+    """The live consoles write to `stream` (the terminal's saved descriptor) meanwhile."""
+    kept = [(c, c._file) for c in LIVE]
+    try:
+        for c, _ in kept:
+            c.file = stream
+        yield
+    finally:
+        for c, original in kept:
+            c._file = original  # None again for a console that follows sys.stderr
+
+
 @contextmanager
 def progress_bar(console: Console) -> Iterator[Progress]:
     """Progress for long work; tasks carry a `rate` field (e.g. tokens/s)."""
@@ -51,9 +70,11 @@ def progress_bar(console: Console) -> Iterator[Progress]:
         TimeRemainingColumn(),
         console=console,
     )
+    LIVE.append(console)
     try:
         yield progress
     finally:
+        LIVE.remove(console)
         if progress.live.is_started:
             progress.stop()
 

@@ -69,15 +69,20 @@ def engine_output_to_file():
     """While an engine is imported and started: this process's stdout and stderr file
     descriptors point at the log file, so the engine's processes (which inherit them) print
     there for their whole life: C++ warnings (NUMA), Triton notices, their own progress bars.
-    Restored when the engine is up; with -v nothing is redirected."""
+    Our live progress keeps drawing on the terminal meanwhile (console.keep_on_terminal), so its
+    clock moves while the engine starts. Restored when the engine is up; with -v nothing is
+    redirected."""
     if verbose():
         yield None
         return
+    from icr_data.base.console import keep_on_terminal
+
     path = log_file()
     sys.stdout.flush()
     sys.stderr.flush()
     saved = {fd: os.dup(fd) for fd in (1, 2)}
-    with open(path, "ab") as log:
+    terminal = os.fdopen(os.dup(saved[2]), "w", encoding="utf-8", errors="replace")
+    with open(path, "ab") as log, terminal, keep_on_terminal(terminal):
         try:
             for fd in saved:
                 os.dup2(log.fileno(), fd)

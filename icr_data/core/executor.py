@@ -114,6 +114,19 @@ class LocalExecutor:
 
         yield advance
 
+    @contextmanager
+    def opening(self, label: str):
+        """The current bar reads '<label> (loading the model)' while a stage opens."""
+        if self.progress is None or not self.progress.tasks:
+            yield
+            return
+        task = self.progress.tasks[-1].id
+        self.progress.update(task, description=f"{label} (loading the model)")
+        try:
+            yield
+        finally:
+            self.progress.update(task, description=label)
+
     def run(self, stage: Stage, todo: list[Task], label: str | None = None) -> dict:
         """Run `stage` on every task not finished earlier; the report: done, skipped, stats."""
         label = label or stage.name
@@ -122,7 +135,8 @@ class LocalExecutor:
             return report
         per_shard: list[dict] = []
         with self.bar(label, sum(t.size for t in left)) as advance:
-            stage.open()
+            with self.opening(label):  # the bar says what happens while a model or engine loads
+                stage.open()
             try:
                 for t in left:
                     out = stage.run(t.load(), advance)
