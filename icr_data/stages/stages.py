@@ -119,6 +119,8 @@ class LogprobStage(Stage):
     token_budget: int | None = None
     max_batch_size: int = 64
     backend: str = "transformers"
+    tensor_parallel_size: int = 1
+    """GPUs one engine spans (scoring.tensor_parallel_size; the vllm backend)."""
     model_id: dict = field(default_factory=dict)
     _scorer: object = field(default=None, repr=False, compare=False)
     _stats: dict | None = field(default=None, repr=False, compare=False)
@@ -131,6 +133,10 @@ class LogprobStage(Stage):
                "chat_template": self.chat_template, "convention": SCORING_CONVENTION}  # fmt: skip
         if self.backend != "transformers":
             out["backend"] = self.backend
+            # what else the backend's numbers depend on (vllm: its log-prob mode)
+            out.update(getattr(SCORERS.load(self.backend), "keyed", {}))
+        if self.tensor_parallel_size > 1:  # an engine over several GPUs sums in another order
+            out["tensor_parallel_size"] = self.tensor_parallel_size
         return out
 
     def key(self, shard: Shard) -> str:
@@ -158,6 +164,9 @@ class LogprobStage(Stage):
     def stats(self) -> dict | None:
         return self._stats
 
+    def gpus(self) -> float:
+        return self.tensor_parallel_size if self.requires_gpu() else 0
+
     @staticmethod
     def summarize(per_shard: list[dict]) -> dict | None:
         from icr_data.stages.score import ScoreStats
@@ -167,7 +176,8 @@ class LogprobStage(Stage):
             for f in ("rows", "tokens", "padded_tokens", "response_tokens", "batches",
                       "seconds", "duplicates_skipped"):  # fmt: skip
                 setattr(total, f, getattr(total, f) + s[f])
-        return total.as_dict()
+        engine = next((s["engine"] for s in per_shard if "engine" in s), None)
+        return {**total.as_dict(), "engine": engine} if engine else total.as_dict()
 
 
 def logprob_stages(
@@ -181,7 +191,8 @@ def logprob_stages(
             role=role, model=path, model_key=model_key(ident), tokenizer_from=(policy, reference),
             chat_template=chat_template, count_eot=scoring.count_eot, device=device,
             dtype=scoring.dtype, token_budget=scoring.token_budget,
-            max_batch_size=scoring.max_batch_size, backend=scoring.backend, model_id=ident,
+            max_batch_size=scoring.max_batch_size, backend=scoring.backend,
+            tensor_parallel_size=scoring.tensor_parallel_size, model_id=ident,
         )  # fmt: skip
 
     return [stage("policy", policy), stage("reference", reference)]

@@ -3,6 +3,9 @@ are the training reference's, and their values for given pairs. `export --ref-lo
 recipe (`ref_logps: auto|version`) both ask here, so both refuse for the same reasons.
 
 They are the training reference's under the training prompt only when the version was scored
+- by the transformers scorer backend, the trainer's own forward (`scoring.backend`: another
+  backend's sums, vLLM's, differ from it in their last digits and are never mixed with a
+  training run's own),
 - in native mode (training's prompt is each pair's own instruction, not the English one),
 - by the training reference itself (the same content hash; the same name where none was recorded),
 - counting the end-of-turn token (training trains on it),
@@ -13,11 +16,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+TRAINER_BACKEND = "transformers"
+"""The scorer backend whose log-probs are those of training's own forward."""
+
 
 def refusal(manifest: dict, reference: dict | None, chat_template: str | None) -> str | None:
     """Why `manifest`'s reference scores are not those of `reference` (a models.identity record)
     under `chat_template`, or None when they are."""
     scoring = manifest.get("scoring", {})
+    backend = ((manifest.get("recipe") or {}).get("scoring") or {}).get("backend", "transformers")
+    if backend != TRAINER_BACKEND:
+        return (
+            f"the version's log-probs were computed by the {backend} scorer backend, not by the "
+            f"trainer's own forward ({TRAINER_BACKEND}), so they are not the training "
+            f"reference's; rescore it with --backend {TRAINER_BACKEND}"
+        )
     if scoring.get("mode") != "native":
         scored = (
             "y = each response's English translation, x = the English instruction"
