@@ -1,4 +1,5 @@
 """Build recipes: dataclasses loaded from YAML, unknown keys refused, any key overridable.
+Over 400 lines: one job (the recipe's dataclasses, each key documented, and their checks).
 
 A recipe is one YAML file whose top-level keys are the fields of `Recipe` below, e.g.
 
@@ -305,21 +306,7 @@ def validate(recipe: Recipe, where: str = "recipe") -> None:
     if recipe.prompts.limit is not None and recipe.prompts.limit < 1:
         raise RecipeError(f"{where}: 'prompts.limit' must be >= 1 (or null for all), "
                           f"got {recipe.prompts.limit}")  # fmt: skip
-    s = recipe.sampling
-    if s.chunk_prompts < 1:
-        raise RecipeError(f"{where}: 'sampling.chunk_prompts' must be >= 1, got {s.chunk_prompts}")
-    if s.max_model_len is not None and s.max_model_len < 1:
-        raise RecipeError(f"{where}: 'sampling.max_model_len' must be >= 1, got {s.max_model_len}")
-    if s.n < 1:
-        raise RecipeError(f"{where}: 'sampling.n' must be >= 1, got {s.n}")
-    if s.max_tokens < 1:
-        raise RecipeError(f"{where}: 'sampling.max_tokens' must be >= 1, got {s.max_tokens}")
-    if not 0 < s.top_p <= 1:
-        raise RecipeError(f"{where}: 'sampling.top_p' must be in (0, 1], got {s.top_p}")
-    if s.temperature < 0:
-        raise RecipeError(f"{where}: 'sampling.temperature' must be >= 0, got {s.temperature}")
-    if s.tensor_parallel_size < 1:
-        raise RecipeError(f"{where}: 'sampling.tensor_parallel_size' must be >= 1")
+    validate_sampling(recipe.sampling, where)
     r = recipe.ray
     if (r.num_actors is not None and r.num_actors < 1) or r.batch_size < 1:
         raise RecipeError(f"{where}: 'ray.num_actors' and 'ray.batch_size' must be >= 1")
@@ -340,10 +327,35 @@ def validate(recipe: Recipe, where: str = "recipe") -> None:
     validate_pairing(p, where)
 
 
+def validate_sampling(s: SamplingConfig, where: str, error: type[Exception] = RecipeError) -> None:
+    """Sampling values an engine cannot take (build recipes and eval recipes alike), before any
+    model loads; NaN and infinities refused."""
+    import math
+
+    if s.chunk_prompts < 1:
+        raise error(f"{where}: 'sampling.chunk_prompts' must be >= 1, got {s.chunk_prompts}")
+    if s.max_model_len is not None and s.max_model_len < 1:
+        raise error(f"{where}: 'sampling.max_model_len' must be >= 1, got {s.max_model_len}")
+    if s.n < 1:
+        raise error(f"{where}: 'sampling.n' must be >= 1, got {s.n}")
+    if s.max_tokens < 1:
+        raise error(f"{where}: 'sampling.max_tokens' must be >= 1, got {s.max_tokens}")
+    if not 0 < s.top_p <= 1:  # also refuses NaN
+        raise error(f"{where}: 'sampling.top_p' must be in (0, 1], got {s.top_p}")
+    if not (s.temperature >= 0 and math.isfinite(s.temperature)):
+        raise error(f"{where}: 'sampling.temperature' must be a finite number >= 0, "
+                    f"got {s.temperature}")  # fmt: skip
+    if s.tensor_parallel_size < 1:
+        raise error(f"{where}: 'sampling.tensor_parallel_size' must be >= 1")
+    if s.gpu_memory_utilization is not None and not 0 < s.gpu_memory_utilization <= 1:
+        raise error(f"{where}: 'sampling.gpu_memory_utilization' must be in (0, 1], "
+                    f"got {s.gpu_memory_utilization}")  # fmt: skip
+
+
 def validate_scoring(s: ScoringConfig, where: str = "scoring") -> None:
     """Scoring values that make no reward (beta <= 0) or name no device (rescore uses it too)."""
-    if not s.beta > 0:  # also refuses NaN
-        raise RecipeError(f"{where}: 'scoring.beta' must be > 0 (reward = beta * log-ratio), "
+    if not (s.beta > 0 and s.beta != float("inf")):  # also refuses NaN
+        raise RecipeError(f"{where}: 'scoring.beta' must be a finite number > 0 (reward = beta * log-ratio), "
                           f"got {s.beta}")  # fmt: skip
     try:
         SCORERS.check(s.backend, where)

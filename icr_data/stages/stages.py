@@ -206,8 +206,8 @@ def model_key(identity: dict) -> str:
 # ------------------------------------------------------------------------------------ language ID
 @dataclass
 class LangIdStage(Stage):
-    """The language of each response (lingua, restricted to the languages in play). lingua sums
-    confidences in threads, so `lid_score` may differ in its last bits between runs."""
+    """The language of each response (lingua, restricted to the languages in play), and its
+    confidence to 6 decimals (langid.SCORE_DIGITS: lingua's threads sum in varying order)."""
 
     name: ClassVar[str] = "langid"
     inputs: ClassVar[tuple[str, ...]] = ("lang", "response")
@@ -222,6 +222,7 @@ class LangIdStage(Stage):
         return {
             "languages": sorted(self.languages),
             "detector": f"lingua {version('lingua-language-detector')}",
+            "score_digits": 6,
         }
 
     def made_of(self, shard: Shard) -> dict:
