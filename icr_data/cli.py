@@ -5,6 +5,8 @@ app of many commands, each a few lines of option parsing.
 
 Errors: any `errors.IcrError` (a bad recipe, file, option or model) raised by a command becomes
 one line `error: ...` on stderr and exit code 2; anything else is a bug and keeps its traceback.
+Ctrl-C stops the command and its child processes (an engine starting included) in seconds, one
+line, exit code 130; finished work is kept and resumes.
 
     icr-data build recipes/demo.yaml --store icr_store --set sampling.n=4
 """
@@ -39,6 +41,8 @@ class _App(typer.Typer):
                     return fn(*a, **k)
                 except IcrError as e:
                     _fail(str(e))
+                except KeyboardInterrupt:
+                    _interrupted()
 
             return register(run)
 
@@ -791,6 +795,16 @@ def list_evals(
     from icr_data.commands.reports import evals_table
 
     _stdout().print(evals_table(find(store)))
+
+
+def _interrupted() -> NoReturn:
+    """One Ctrl-C: stop this process's children (an engine's processes, starting or running),
+    say what is kept, exit 130 (the shell's code for SIGINT) within seconds."""
+    from icr_data.base.processes import INTERRUPTED, stop_children
+
+    stop_children()
+    err.print(f"[yellow]{INTERRUPTED}[/]", highlight=False, soft_wrap=True)
+    raise typer.Exit(130)
 
 
 def _fail(message: str) -> NoReturn:

@@ -87,11 +87,20 @@ def open_engine(
     kwargs: dict = {"max_model_len": max_model_len} if max_model_len else {}
     if tensor_parallel_size > 1:  # one engine over several GPUs (vLLM's own workers)
         kwargs["tensor_parallel_size"] = tensor_parallel_size
-    with engine_output_to_file():  # what its processes print goes to the log file
+    from icr_data.base.processes import interruptible
+
+    # what its processes print goes to the log file; one Ctrl-C stops its start-up in seconds
+    with engine_output_to_file(), interruptible():
         from vllm import LLM
 
-        return LLM(model=model, dtype=dtype, seed=seed, gpu_memory_utilization=mem,
-                   enforce_eager=eager, **kwargs, **engine_args)  # fmt: skip
+        try:
+            return LLM(model=model, dtype=dtype, seed=seed, gpu_memory_utilization=mem,
+                       enforce_eager=eager, **kwargs, **engine_args)  # fmt: skip
+        except KeyboardInterrupt:  # a Ctrl-C while it starts: its processes go too, at once
+            from icr_data.base.processes import stop_children
+
+            stop_children()
+            raise
 
 
 def close_engine(llm) -> None:
