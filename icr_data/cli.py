@@ -32,9 +32,12 @@ class _App(typer.Typer):
     """A Typer app whose every command turns an IcrError into one `error: ...` line, exit 2."""
 
     def command(self, *args: Any, **kwargs: Any) -> Callable[[Callable], Callable]:
-        register = super().command(*args, **kwargs)
-
         def decorate(fn: Callable) -> Callable:
+            doc = _reflowed(fn.__doc__ or "")
+            kwargs.setdefault("help", doc)
+            kwargs.setdefault("short_help", _first_sentence(doc))
+            register = super(_App, self).command(*args, **kwargs)
+
             @functools.wraps(fn)
             def run(*a: Any, **k: Any) -> Any:
                 try:
@@ -47,6 +50,23 @@ class _App(typer.Typer):
             return register(run)
 
         return decorate
+
+
+def _reflowed(doc: str) -> str:
+    """A docstring as help text: each paragraph's lines joined (the terminal wraps them), the
+    blank lines between paragraphs kept."""
+    import inspect
+    import re
+
+    paragraphs = re.split(r"\n\s*\n", inspect.cleandoc(doc))
+    return "\n\n".join(" ".join(p.split()) for p in paragraphs)
+
+
+def _first_sentence(doc: str) -> str:
+    """The command list's line: the help's first sentence."""
+    first = doc.split("\n\n", 1)[0]
+    end = first.find(". ")
+    return first if end < 0 else first[: end + 1]
 
 
 app = _App(

@@ -131,3 +131,16 @@ def test_export_formats_write_whole_files_only(capsys, tmp_path):
     before = (out / "pairs.jsonl").read_bytes()
     code, _, err = run(capsys, "export", str(v1), "--out", str(out), "--format", "jsonl")
     assert code == 2 and "already exists" in err and (out / "pairs.jsonl").read_bytes() == before
+
+
+def test_help_is_reflowed_and_the_command_list_gives_one_sentence_each():
+    """`--help` reads as paragraphs the terminal wraps, not the docstrings' hard line breaks;
+    the command list shows each command's first sentence."""
+    from typer.testing import CliRunner
+
+    out = CliRunner().invoke(cli.app, ["--help"], env={"COLUMNS": "100"}).output
+    assert "candidates, their responses and scores are reused" in out  # one line, not two
+    assert "(their starting models first) into the cache." in out
+    assert "build, rescore, check-reward" not in out  # the rest of prepare's help stays there
+    assert cli._reflowed("a\n    b\n\n    c") == "a b\n\nc"
+    assert cli._first_sentence("One thing. Then more.\n\nElse.") == "One thing."
