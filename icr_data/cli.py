@@ -564,19 +564,19 @@ def inspect_version(
     if bins < 1 or (top or 0) < 0 or (bottom or 0) < 0:
         _fail("--bins must be >= 1 and --top/--bottom >= 0")
     path = _version(version, store)
-    if st.read_manifest(path).get("kind") != "eval":  # a dataset version: whole, or one line
-        from icr_data.store.integrity import require_whole
-
-        require_whole(path)
-    if st.read_manifest(path).get("kind") == "eval":  # an eval record: its tables and rows
+    manifest = st.read_manifest(path)
+    if manifest.get("kind") == "eval":  # an eval record: its tables and rows
         from icr_data.commands.reports import eval_rows_table, eval_tables
 
-        manifest, rows = st.read_manifest(path), st.read_table(path, "rows").to_list()
+        rows = st.read_table(path, "rows").to_list()
         out = _stdout()
         for table in eval_tables(manifest):
             out.print(table)
         out.print(eval_rows_table(rows, lang, 3 if top is None else top, max_chars))
         return
+    from icr_data.store.integrity import require_whole
+
+    require_whole(path)  # a dataset version: whole (sizes, footers, row counts), or one line
     if plot is not None:  # any version folder, not only this one: all are immutable
         st.refuse_inside_version(plot, "--plot", "the PNG ")
     report = ins.inspect_version(path, lang, length_unit, sort, top, bottom, bins)

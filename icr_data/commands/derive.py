@@ -38,6 +38,16 @@ def parent_recipe(version_dir: Path) -> tuple[dict, Recipe]:
     return manifest, from_dict(Recipe, recipe, where=str(version_dir / "manifest.json"))
 
 
+def open_parent(version: str | Path, name: str | None) -> tuple[Path, dict, Recipe]:
+    """The version a new one derives from, checked before any work: the new version's `name`,
+    the folder (whole: sizes and footers, a damaged file is one line), its manifest and recipe."""
+    if name is not None:
+        store.check_version_name(name)
+    version_dir = store.resolve_version(version)
+    require_whole(version_dir)
+    return (version_dir, *parent_recipe(version_dir))
+
+
 def rescoring_prompts(candidates: Dataset, mode: str) -> list[str]:
     """Scoring prompts for `mode`, using the English rows the candidates carry."""
     english = {p: x for p, lang, x in zip(candidates["prompt_id"], candidates["lang"], candidates["instruction"]) if lang == "en"}  # fmt: skip
@@ -74,11 +84,7 @@ def rescore(
     from icr_data.store.shards import WorkDir
 
     console = console or stderr_console()
-    if name is not None:
-        store.check_version_name(name)
-    version_dir = store.resolve_version(version)
-    require_whole(version_dir)  # sizes and footers: a damaged file is one line, before any work
-    parent_manifest, recipe = parent_recipe(version_dir)
+    version_dir, parent_manifest, recipe = open_parent(version, name)
     if policy:
         recipe.models.policy = policy
     if reference:
@@ -159,11 +165,7 @@ def repair(
     from icr_data.base.config import RecipeError, validate_pairing
     from icr_data.pairing.pairs import READS
 
-    if name is not None:
-        store.check_version_name(name)
-    version_dir = store.resolve_version(version)
-    require_whole(version_dir)  # sizes and footers: a damaged file is one line, before any work
-    parent_manifest, recipe = parent_recipe(version_dir)
+    version_dir, parent_manifest, recipe = open_parent(version, name)
     if pairing:
         recipe.pairing = dataclasses.replace(recipe.pairing, **pairing)
     try:

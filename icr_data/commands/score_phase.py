@@ -26,7 +26,7 @@ The steps, in order (each a stage of stages/stages.py):
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from datasets import Dataset
 
@@ -72,6 +72,8 @@ class ScorePhase:
     """scoring.agreement: native: the same passes under each sample's own instruction."""
     judge: RewardStage | None = None
     langid: LangIdStage | None = None
+    _tokenizer: object = field(default=None, repr=False, compare=False)
+    """The reward pair's tokenizer, once native_tokens needs it (translate_en)."""
 
     # ---------------------------------------------------------------- inputs of each stage
     def _requests(self, shard: Shard) -> Dataset:
@@ -103,7 +105,10 @@ class ScorePhase:
     def scoring_rows(self, work, shard: Shard) -> Dataset:
         """What the log-prob passes score: the samples, or their English translations (as
         `response`) under the English instruction."""
-        rows = self.with_english(work, shard)
+        return self._scored(self.with_english(work, shard))
+
+    def _scored(self, rows: Dataset) -> Dataset:
+        """`rows` (with response_en in translate_en) as the log-prob passes read them."""
         if not self.translated:
             return rows
         return rows.remove_columns("response").rename_column("response_en", "response")
@@ -163,8 +168,10 @@ class ScorePhase:
         from icr_data.stages.score import encode_candidates
 
         stage = self.passes["policy"]
-        tok = pair_tokenizer(*stage.tokenizer_from, stage.chat_template)
-        return [len(e.response_ids) for e in encode_candidates(rows, tok, stage.count_eot)]
+        if self._tokenizer is None:  # loaded once, not once per shard
+            self._tokenizer = pair_tokenizer(*stage.tokenizer_from, stage.chat_template)
+        return [len(e.response_ids)
+                for e in encode_candidates(rows, self._tokenizer, stage.count_eot)]  # fmt: skip
 
     # ---------------------------------------------------------------- the result
     def assemble(self, work, shard: Shard) -> Dataset:
@@ -175,9 +182,9 @@ class ScorePhase:
         def out(stage, rows: Dataset) -> Dataset:
             return work.load(stage.name, content_task(stage, shard.index, rows).key)
 
-        scoring = self.scoring_rows(work, shard)
+        rows = self.with_english(work, shard)  # the translations read once, for both uses
+        scoring = self._scored(rows)
         lp, lr = (out(self.passes[r], scoring) for r in ROLES)
-        rows = self.with_english(work, shard)
         if "response_en_tokens" in rows.column_names:  # a parent's: counted again below
             rows = rows.remove_columns("response_en_tokens")
         scored = with_rewards(rows, lp["response_tokens"], lp["logp"], lr["logp"], self.beta)
