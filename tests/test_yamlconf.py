@@ -105,7 +105,12 @@ def test_relative_paths_resolve_against_the_files_folder_when_they_name_somethin
     w = load(path, Widget, paths=paths)
     assert w.source == str(conf / "data.jsonl")  # there: resolved (absolute)
     assert w.model == f"train:{conf / 'dpo.yaml'}"  # the prefix kept, the path resolved
-    assert w.inner.path == "elsewhere.txt"  # not there: as written (from the working directory)
+    assert w.inner.path == str(conf / "elsewhere.txt")  # in neither place: named in the folder
+    (tmp_path / "elsewhere.txt").write_text("")
+    w = load(path, Widget, paths=paths)
+    assert w.inner.path == "elsewhere.txt"  # only from the working directory: as written
+    w = load(path, Widget, ["source=org/model-7b"], paths=paths)
+    assert w.source == "org/model-7b"  # no file suffix, in neither place: a Hub id, as written
     w = load(path, Widget, ["source=/abs/x", "model=builtin:tiny", "name=previous"], paths=paths,
              keep=("previous",))  # fmt: skip
     assert (w.source, w.model, w.name) == ("/abs/x", "builtin:tiny", "previous")

@@ -177,15 +177,27 @@ def from_dict(cls: type, data: Any, where: str, prefix: str = "",
 
 
 # ------------------------------------------------------------------------------ relative paths
+FILE_SUFFIXES = (".yaml", ".yml", ".json", ".jsonl", ".parquet", ".csv", ".txt", ".jinja", ".md")
+"""Names that can only be files: when one is found neither in the config file's folder nor in
+the working directory, it is reported in the config file's folder (where the rule looks first)."""
+
+
 def resolve_relative(value: str, base: Path) -> str:
-    """`value` as a path from `base` (the config file's folder) when something is there by that
-    name; anything else as written: an absolute path, a name with a scheme (builtin:x, hf:...), a
-    Hub id, a relative path that exists only from the working directory."""
+    """The one rule for a relative path in a config file: looked up first in `base` (the config
+    file's folder), then in the working directory. Found in `base`: that path (absolute). Found
+    only from the working directory: as written. Found in neither: a file name (FILE_SUFFIXES)
+    becomes its path in `base`, so the "not found" error says where it was looked for first;
+    anything else stays as written (a Hub id, a word). Absolute paths and names with a scheme
+    (builtin:x, hf:...) are kept as they are."""
     if not value or Path(value).is_absolute() or ":" in value.split("/")[0]:
         return value
     candidate = base / value
     try:
-        return str(candidate.resolve()) if candidate.exists() else value
+        if candidate.exists():
+            return str(candidate.resolve())
+        if Path(value).exists() or not value.lower().endswith(FILE_SUFFIXES):
+            return value
+        return str(candidate.resolve())
     except OSError:  # not a file name at all (an inline chat template, say)
         return value
 
