@@ -2,6 +2,7 @@
 
     python benchmarks/demo.py                 # demo_tiny, then the SmolLM2 demo (tens of minutes)
     python benchmarks/demo.py --only tiny     # demo_tiny only
+    python benchmarks/demo.py --with-checks   # also check-reward and translate on the demo models
 
 Each phase runs as the command a user runs, in its own process under /usr/bin/time, with the model
 cache (ICR_DATA_CACHE) and the store in a fresh temporary folder, so nothing is reused:
@@ -10,7 +11,10 @@ cache (ICR_DATA_CACHE) and the store in a fresh temporary folder, so nothing is 
 - `icr-data prepare train:recipes/dpo_demo.yaml`: the demo's English LoRA DPO (the policy), with
   its reference pass and its steps as training.json records them;
 - `icr-data build recipes/demo.yaml`: generation, scoring (and its native agreement pass),
-  pairing, with the stage times the manifest records.
+  pairing, with the stage times the manifest records;
+- with `--with-checks`, after the demo: `icr-data check-reward` on the shipped labelled pairs
+  (recipes/data/check_pairs.jsonl, the demo's reward pair, models prepared) and `icr-data
+  translate` of 3 demo prompts into es and de (6 translations) with the demo's 135M reference.
 It prints wall seconds, peak RSS and the machine (cores, load average before and after): figures
 from a loaded machine are not those of an idle one, so the load is part of the result.
 """
@@ -48,9 +52,37 @@ def stage_times(version: Path) -> str:
     return ", ".join(parts)
 
 
+def checks(icr: str, env: dict, tmp: Path) -> list[tuple]:
+    """check-reward on the shipped pairs and 6 translations, with the demo's models prepared."""
+    pairs = ROOT / "recipes/data/check_pairs.jsonl"
+    n = sum(1 for line in pairs.read_text().splitlines() if line.strip())
+    wall, rss, _ = run([icr, "check-reward", "--policy", "train:recipes/dpo_demo.yaml",
+                        "--reference", "builtin:smollm2-135m-instruct", "--pairs", str(pairs),
+                        "--json", str(tmp / "check.json")], env)  # fmt: skip
+    out = [("check-reward --pairs recipes/data/check_pairs.jsonl", wall, rss,
+            f"{n} labelled pairs, {2 * n} responses x 2 models, cross-lingual")]  # fmt: skip
+    wall, rss, _ = run([icr, "translate", "recipes/data/demo_prompts.jsonl", "--to", "es,de",
+                        "--limit", "3", "--model", "builtin:smollm2-135m-instruct",
+                        "--out", str(tmp / "store"), "--name", "translated"], env)  # fmt: skip
+    out.append(
+        (
+            "translate --limit 3 --to es,de",
+            wall,
+            rss,
+            "6 translations, greedy, vLLM start-up included",
+        )
+    )
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", choices=["tiny", "smollm2"], help="run one demo only")
+    ap.add_argument(
+        "--with-checks",
+        action="store_true",
+        help="also time check-reward and translate (after the SmolLM2 demo)",
+    )
     ap.add_argument("--keep", type=Path, help="an empty folder for the cache and store, kept after")
     args = ap.parse_args()
     icr = str(Path(sys.executable).with_name("icr-data"))
@@ -77,6 +109,8 @@ def main() -> None:
                                   f"store={store}"], env)  # fmt: skip
             rows.append(("build demo.yaml (models prepared)", wall, rss,
                          stage_times(Path(out.split()[-1]))))  # fmt: skip
+            if args.with_checks:
+                rows += checks(icr, env, Path(tmp))
     print(f"load average after: {os.getloadavg()[0]:.2f}\n")
     print("| command | seconds | peak RSS | what |\n| --- | ---: | ---: | --- |")
     for name, wall, rss, what in rows:
