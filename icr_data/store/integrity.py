@@ -6,7 +6,8 @@
 A version's data files are named by a digest of their bytes (`...-<16 hex of sha256>.parquet`,
 store._write_parquet) and listed in its manifest (`files`, and the text-features sidecar). The
 checks, each naming the file:
-- the manifest reads (store.read_manifest) and has `dataset`, `version` and `files`;
+- the manifest reads (store.read_manifest: JSON, an object, a schema this code reads) and
+  has every key its kind must have (store.REQUIRED_KEYS), all missing ones named;
 - every listed file exists, is a regular file inside the version, and its Parquet footer reads
   (a truncated file has lost it);
 - no Parquet file lies under data/ that the manifest does not list;
@@ -43,10 +44,12 @@ def check(version_dir: str | Path, full: bool = False) -> list[str]:
         manifest = read_manifest(root)
     except StoreError as e:
         return [str(e)]
-    problems = [f"{root / 'manifest.json'}: has no '{k}'"
-                for k in ("dataset", "version", "files") if k not in manifest]  # fmt: skip
-    if problems:  # the rest is read against the manifest
-        return problems
+    if absent := manifest.missing():  # the rest is read against the manifest
+        return [
+            f"{root / 'manifest.json'}: has no {', '.join(repr(k) for k in absent)} (keys a "
+            f"manifest of schema {manifest.get('schema', 1)} must have)"
+        ]
+    problems = []
     if not isinstance(manifest["files"], dict):
         return [f"{root / 'manifest.json'}: 'files' is not a mapping"]
     rows: dict[str, int] = {}

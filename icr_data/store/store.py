@@ -33,6 +33,7 @@ from pathlib import Path
 
 from datasets import Dataset
 
+import icr_data
 from icr_data.base.errors import IcrError
 from icr_data.base.files import atomic_write, new_dir_mode, new_file_mode
 
@@ -41,6 +42,13 @@ DATASET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 CONFIGS = ("pairs", "candidates")
 LOCAL_FILE = ".local.json"  # this machine's paths; hidden, so never published
 LOCAL_KEY = "_local"  # a manifest's key for LOCAL_FILE's content (popped before writing)
+MANIFEST_SCHEMA = 1  # manifest.json's layout; a manifest without "schema" (older) is schema 1
+REQUIRED_KEYS = {  # by the manifest's "kind": what every reader of that kind may index
+    "data": ("dataset", "version", "files", "recipe", "models", "scoring", "pairing", "counts",
+             "margins", "totals"),
+    "eval": ("dataset", "version", "files", "models", "results", "languages", "totals"),
+    "prompts": ("dataset", "version", "files", "source", "languages", "counts", "totals"),
+}  # fmt: skip
 
 
 class StoreError(IcrError):
@@ -221,7 +229,7 @@ def write_version(
     # machine goes into manifest.json or the card; make_manifest already made its paths relative.
     clean = portable(manifest)
     manifest.clear()
-    manifest.update(clean)
+    manifest.update({"schema": MANIFEST_SCHEMA, **clean})
     try:
         dataset_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -306,14 +314,21 @@ class Manifest(dict):
 
     path: Path
 
+    def missing(self) -> list[str]:
+        """The keys a manifest of its kind must have (REQUIRED_KEYS) that it lacks."""
+        return [k for k in REQUIRED_KEYS.get(self.get("kind", "data"), ()) if k not in self]
+
     def __missing__(self, key):
-        raise StoreError(f"{self.path}: has no '{key}' (damaged, or not written by icr-data); "
+        absent = self.missing()
+        keys = ", ".join(repr(k) for k in (absent if key in absent else [key]))
+        raise StoreError(f"{self.path}: has no {keys} (damaged, or not written by icr-data); "
                          "`icr-data verify` checks a version")  # fmt: skip
 
 
 def read_manifest(version_dir: str | Path) -> Manifest:
     """A version's manifest: one StoreError naming the file when it is missing, unreadable, not
-    JSON or not an object."""
+    JSON, not an object, or of a schema newer than this code reads (MANIFEST_SCHEMA; one without
+    "schema", written before there was one, is schema 1). Missing keys are Manifest.missing()."""
     path = Path(version_dir) / "manifest.json"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -326,6 +341,14 @@ def read_manifest(version_dir: str | Path) -> Manifest:
                          f"damaged or half-written") from None  # fmt: skip
     if not isinstance(data, dict):
         raise StoreError(f"{path}: holds a JSON {type(data).__name__}, not a manifest object")
+    schema = data.get("schema", 1)
+    if type(schema) is not int or schema < 1:
+        raise StoreError(f"{path}: 'schema' is {str(schema)[:40]!r}, not a schema number "
+                         "(1, 2, ...): damaged")  # fmt: skip
+    if schema > MANIFEST_SCHEMA:
+        raise StoreError(f"{path}: written with manifest schema {schema}, newer than this "
+                         f"icr-data {icr_data.__version__} reads (up to {MANIFEST_SCHEMA}): upgrade "
+                         "icr-data to read it")  # fmt: skip
     out = Manifest(data)
     out.path = path
     return out
