@@ -66,15 +66,24 @@ def test_any_damaged_file_fails_verify_and_publish_naming_it(tmp_path, capsys, d
 
 
 @pytest.mark.parametrize("damage", ["truncated", "removed"])
-def test_pair_and_export_name_a_damaged_file_in_one_line(tmp_path, capsys, damage):
+@pytest.mark.parametrize("config", ["pairs", "candidates"])
+def test_every_reader_names_a_damaged_file_in_one_line(tmp_path, capsys, tiny_pair, damage,
+                                                        config):  # fmt: skip
+    """pair, score VERSION, export and train verify (sizes, footers, row counts) what they read
+    before any work or model; publish (full digests) is tested above."""
     v = write(tmp_path)
-    (f,) = store.config_files(v, "candidates")
+    (f,) = store.config_files(v, config)
     DAMAGE[damage](f)
-    code, err = run(capsys, "pair", str(v), "--strategy", "max_min")
-    assert code == 2 and err.count("\n") == 1 and "data/candidates/" in err, err
+    train_cfg = tmp_path / "dpo.yaml"
+    train_cfg.write_text(f"data: {{source: {v}}}\nmodel: {tiny_pair[0]}\n"
+                         f"output_dir: {tmp_path / 'model'}\n")  # fmt: skip
+    for args in (["pair", str(v), "--strategy", "max_min"], ["score", str(v), "--beta", "2"],
+                 ["export", str(v), "--format", "jsonl", "--out", str(tmp_path / "o")],
+                 ["train", str(train_cfg)]):  # fmt: skip
+        code, err = run(capsys, *args)
+        assert code == 2 and err.count("\n") == 1 and f"{f.parent}/" in err, (args, err)
     assert store.versions(v.parent) == ["v1"]  # nothing written
-    code, err = run(capsys, "export", str(v), "--format", "jsonl", "--out", str(tmp_path / "o"))
-    assert code == 2 and err.count("\n") == 1 and "data/candidates/" in err, err
+    assert not any((tmp_path / d).exists() for d in ("o", "model"))
 
 
 @pytest.mark.parametrize(

@@ -140,20 +140,33 @@ def test_bad_training_inputs_name_the_problem(version, tiny_pair, tmp_path):
         load_train_config(_config(tmp_path, version, policy, learning_rte=1.0))
 
 
-def _edited_copy(version, dest, edit):
+def _edited_copy(version, dest, edit, damage=None):
     """A copy of `version` whose pairs tables went through `edit` (a pyarrow Table -> Table), or
-    without pairs at all when `edit` is None."""
+    without pairs at all when `edit` is None; its manifest follows (a whole version), unless
+    `damage` (a function of the pairs file) then damages it behind the manifest's back."""
     import shutil
 
     import pyarrow.parquet as pq
 
     shutil.copytree(version, dest)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    rows = 0
     for f in (dest / "data" / "pairs").glob("*.parquet"):
         if edit is None:
             f.unlink()
+            manifest["files"].pop("pairs")
         else:
             pq.write_table(edit(pq.read_table(f)), f)
+            rows += pq.read_metadata(f).num_rows
+        if damage is not None:
+            damage(f)
+    manifest["totals"]["pairs"] = rows
+    (dest / "manifest.json").write_text(json.dumps(manifest))
     return dest
+
+
+def _truncate(f):
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
 
 
 def test_bad_versions_and_trainer_keys_are_named_before_any_model_loads(
@@ -181,6 +194,19 @@ def test_bad_versions_and_trainer_keys_are_named_before_any_model_loads(
     for name, (edit, message) in cases.items():
         copy = _edited_copy(version, tmp_path / name / "v", edit)
         with pytest.raises(TrainError, match=message):
+            train(load_train_config(_config(tmp_path / name, copy, policy)))
+    damaged = {  # verified (sizes, footers, row counts) before any model: the file named
+        "truncated": (_truncate, r"data/pairs/[^ ]+\.parquet: not a readable Parquet file"),
+        "removed": (Path.unlink, r"data/pairs/[^ ]+\.parquet: listed in manifest.json but missing"),
+        "rows": (lambda f: None, r"data/pairs: \d+ rows, but the manifest counts 0"),
+    }
+    for name, (damage, message) in damaged.items():
+        copy = _edited_copy(version, tmp_path / name / "v", lambda t: t, damage)
+        if name == "rows":  # the manifest counts no pairs, the file holds them
+            m = json.loads((copy / "manifest.json").read_text())
+            m["totals"]["pairs"] = 0
+            (copy / "manifest.json").write_text(json.dumps(m))
+        with pytest.raises(TrainError, match=rf"^data.source {copy}: {copy}/{message}"):
             train(load_train_config(_config(tmp_path / name, copy, policy)))
     refused = {
         "gradient_checkpointng": r"unknown key 'trainer.gradient_checkpointng': not a TRL "

@@ -40,6 +40,7 @@ from icr_data.base.train_config import DataConfig, TrainConfig, TrainError, vali
 from icr_data.stages import models
 from icr_data.stages.chat import ChatEncoder
 from icr_data.store import store, version_ref
+from icr_data.store.integrity import require_whole
 
 TRL_MIN = (1, 16)
 """loss_type as a list with 'sft' and loss_weights, and the reference cache columns, as used here."""
@@ -71,9 +72,8 @@ def load_pairs(cfg: DataConfig) -> tuple[list[dict], dict]:
     info: dict = {"source": cfg.source, "revision": cfg.revision}
     try:
         if src.is_dir():
-            from icr_data.store import store
-
             manifest = store.read_manifest(src)
+            require_whole(src)  # sizes, footers, row counts: a damaged file is named, no model
             info.update(dataset=manifest.get("dataset"), version=manifest.get("version"),
                         manifest_sha256=store.sha256_file(src / "manifest.json"),
                         rounds=manifest.get("rounds"), _manifest=manifest)  # fmt: skip
@@ -98,6 +98,8 @@ def load_pairs(cfg: DataConfig) -> tuple[list[dict], dict]:
             raise TrainError(f"data.source not found: {cfg.source}")
     except TrainError:
         raise
+    except store.StoreError as e:  # a damaged version: the file, in one line
+        raise TrainError(f"data.source {cfg.source}: {e}") from None
     except Exception as e:  # datasets raises many types; name the source
         raise TrainError(f"data.source {cfg.source}: cannot load pairs ({e})") from None
     if "prompt" not in ds.column_names and "instruction" in ds.column_names:
