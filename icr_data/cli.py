@@ -353,6 +353,34 @@ def pair(
 
 
 @app.command()
+def drop(
+    version_dir: VersionRef,
+    pairs: Annotated[
+        Path,
+        typer.Option(
+            help="JSONL or CSV naming the pairs to drop: prompt_id, lang, chosen_sample_idx, "
+            "rejected_sample_idx and reason (other columns are ignored)."
+        ),
+    ],
+    reason: Annotated[
+        str | None, typer.Option(help="The reason for rows without a reason of their own.")
+    ] = None,
+    version: VersionOpt = None,
+    store: StoreDirOpt = "icr_store",
+) -> None:
+    """Write a new version without the pairs --pairs names, each dropped by hand for its reason
+    (curation that stays versioned: the parent is never edited).
+
+    Pairing is not run again: the parent's other pairs are kept as they are, its candidates are
+    reused, and the new version's manifest and card name the parent, the dropped pairs and why."""
+    from icr_data.commands.curate import drop_file
+
+    path, manifest = drop_file(_version(version_dir, store), pairs, reason, name=version,
+                               console=err)  # fmt: skip
+    _report_version(path, manifest)
+
+
+@app.command()
 def merge(
     recipe: RecipeArg, store: StoreOpt = None, version: VersionOpt = None, set_: SetOpt = None,
     if_changed: IfChangedOpt = False,

@@ -160,10 +160,7 @@ def repair(
 ) -> tuple[Path, dict]:  # fmt: skip
     """Pair the parent's scored candidates again under new pairing settings (nothing regenerated
     or rescored); write and return a new version."""
-    import pyarrow.parquet as pq
-
     from icr_data.base.config import RecipeError, validate_pairing
-    from icr_data.pairing.pairs import READS
 
     version_dir, parent_manifest, recipe = open_parent(version, name)
     if pairing:
@@ -172,26 +169,35 @@ def repair(
         validate_pairing(recipe.pairing, "icr-data pair")
     except RecipeError as e:
         raise DeriveError(str(e)) from None
-    # the candidates are reused as they are: their files are linked or copied, and only what pairing and
-    # the manifest read is decoded (responses and instructions a row group at a time, in pairing)
-    files = store.config_files(version_dir, "candidates")
-    present = pq.read_schema(files[0]).names
-    wanted = [c for c in (*READS, "reward_native") if c not in ("response", "instruction")]
-    candidates = store.read_table(version_dir, "candidates", [c for c in wanted if c in present])
+    candidates, files = reused_candidates(version_dir)
     return write_child(version_dir, parent_manifest, recipe, candidates, parent_manifest["models"], {},
                        {"operation": "pair", "reused": ["candidates (responses and scores)"]}, name,
                        if_changed, console, candidate_files=files)  # fmt: skip
 
 
+def reused_candidates(version_dir: Path) -> tuple[Dataset, list[Path]]:
+    """A version's candidates reused as they are (pair, drop): their files, to be linked or
+    copied, and a table of only what pairing and the manifest read (responses and instructions
+    are read a row group at a time, in pairing)."""
+    import pyarrow.parquet as pq
+
+    from icr_data.pairing.pairs import READS
+
+    files = store.config_files(version_dir, "candidates")
+    present = pq.read_schema(files[0]).names
+    wanted = [c for c in (*READS, "reward_native") if c not in ("response", "instruction")]
+    return store.read_table(version_dir, "candidates", [c for c in wanted if c in present]), files
+
+
 def write_child(
     version_dir: Path, parent_manifest: dict, recipe: Recipe, candidates: Dataset, model_ids: dict,
     timings: dict, derived: dict, name: str | None, if_changed: bool = False, console=None,
-    candidate_files: list[Path] | None = None,
+    candidate_files: list[Path] | None = None, paired: tuple[Dataset, object] | None = None,
 ) -> tuple[Path, dict]:  # fmt: skip
     """Pair `candidates` under `recipe` and write them as a new version whose parent is the given
     one (with `candidate_files`, the parent's candidates, linked or copied; versioning.write_paired). When the
     latest version already holds this content, say so; with `if_changed`, write nothing and
-    return that version."""
+    return that version. With `paired` (pairs, pair stats: curate's drop), no pairing runs."""
     from icr_data.commands.versioning import version_manifest, write_paired
 
     counts = parent_manifest["counts"]
@@ -217,7 +223,8 @@ def write_child(
     dataset_dir = version_dir.parent
     with writing(dataset_dir):  # a full disk: one line, the unfinished version removed
         path, manifest, same = write_paired(dataset_dir, candidates, recipe.pairing,
-                                            manifest_for, name, if_changed, candidate_files)  # fmt: skip
+                                            manifest_for, name, if_changed, candidate_files,
+                                            paired)  # fmt: skip
     if same:
         from icr_data.base.console import stderr_console
 

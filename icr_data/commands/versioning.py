@@ -127,6 +127,7 @@ def _same_content(version: Path, tables: dict[str, Dataset | list[Path]], manife
 
 def write_paired(dataset_dir: Path, candidates: Dataset, pairing, manifest_for, name: str | None,
                  if_changed: bool, candidate_files: list[Path] | None = None,
+                 paired: tuple[Dataset, object] | None = None,
                  ) -> tuple[Path, dict, str | None]:  # fmt: skip
     """Pair `candidates` (PairStage) and write both as a new version of `dataset_dir`, with the
     manifest `manifest_for(pairs, pair_stats)` gives: (path, manifest, the newest earlier version
@@ -134,7 +135,10 @@ def write_paired(dataset_dir: Path, candidates: Dataset, pairing, manifest_for, 
     and the path and manifest are that version's. With `candidate_files` (another version's
     candidates, unchanged) those files are the version's candidates (linked or copied), and `candidates`
     need hold only the columns pairing and the manifest read: responses and instructions are
-    read from the files a row group at a time. build.merge and derive's new versions share it."""
+    read from the files a row group at a time. With `paired` (pairs, pair stats), pairing is
+    not run: those pairs are written as they are (curate's pairs dropped by hand), and the text
+    features the parent carries travel on unchanged. build.merge and derive's new versions share
+    it."""
     from icr_data.pairing.textfeatures import ParquetTexts
 
     texts, kept, parent = None, None, None
@@ -143,9 +147,11 @@ def write_paired(dataset_dir: Path, candidates: Dataset, pairing, manifest_for, 
         parent = candidate_files[0].parent.parent.parent  # <version>/data/candidates/<file>
         kept = load_text_features(parent, pairing)
     features = kept if kept is not None else {}  # empty: the pair stage fills it
-    stage = PairStage(pairing=pairing, texts=texts, features=features)
-    pairs = pair(stage, candidates)
-    manifest = manifest_for(pairs, stage.pair_stats)
+    if paired is None:
+        stage = PairStage(pairing=pairing, texts=texts, features=features)
+        paired = pair(stage, candidates), stage.pair_stats
+    pairs, stats = paired
+    manifest = manifest_for(pairs, stats)
     tables = {"pairs": pairs, "candidates": candidate_files or candidates}
     same = identical_version(dataset_dir, tables, manifest)
     if same and if_changed:
