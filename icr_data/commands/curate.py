@@ -199,8 +199,10 @@ def _rows(path: Path, text: str, kind: str):
         if raw.strip():
             try:
                 yield line, json.loads(raw)
-            except ValueError as e:
-                raise CurateError(f"{path}, line {line}: not JSON ({e.args[0]})") from None
+            except json.JSONDecodeError as e:
+                raise CurateError(
+                    f"{path}, line {line}: not JSON ({e.msg}, column {e.colno})"
+                ) from None
 
 
 def _text(row: dict, column: str, where: str) -> str:
