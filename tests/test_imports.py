@@ -232,7 +232,7 @@ def test_no_module_imports_another_modules_private_names():
     assert not offences, "\n".join(offences)
 
 
-LAYERS = ("base", "store", "core", "pairing", "stages", "commands", "cli")
+LAYERS = ("base", "store", "core", "pairing", "stages", "commands", "view", "cli")
 """The package's floors, lowest first: a module imports only from its own floor or below."""
 
 

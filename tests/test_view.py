@@ -1,0 +1,296 @@
+"""`icr-data view`: every page of the web app fetched as a browser would, its figures checked
+against the manifest and the Parquet files; paging, filters and sorts against polars; the
+prompt page's filter verdicts against the pair stage's funnel; refusals of names outside the
+store; a damaged version; curation through commands.curate; and the real server started by the
+CLI on a free port, fetched with httpx and stopped with Ctrl-C.
+
+    pytest tests/test_view.py
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+
+import numpy as np
+import polars as pl
+import pytest
+from datasets import Dataset
+from starlette.testclient import TestClient
+
+from icr_data.base.config import Recipe
+from icr_data.commands.versioning import run_facts
+from icr_data.pairing.pairs import PAIR_FEATURES, PairingConfig, PairStats, make_pairs
+from icr_data.store import store
+from icr_data.store.card import render_card
+from icr_data.store.manifest import make_manifest, margin_summary
+from icr_data.view import pairs_query
+from icr_data.view.app import create_app
+
+TOL = 1e-9  # figures are written with repr(float) or more digits than this
+
+
+def attrs(page: str, element: str, attr: str) -> list[str]:
+    """The values of `attr` on every `element` opening tag (unescaped)."""
+    return [html.unescape(v) for v in re.findall(rf'<{element}\b[^>]*\b{attr}="([^"]*)"', page)]
+
+
+def cells(page: str, cls: str) -> list[float]:
+    """data-value of every <td> whose class list holds `cls`, as numbers (None: nan)."""
+    found = re.findall(rf'<td class="[^"]*\b{cls}\b[^"]*" data-value="([^"]*)"', page)
+    return [float("nan") if v in ("None", "") else float(v) for v in found]
+
+
+def keys(page: str) -> list[tuple]:
+    return [tuple(json.loads(k)) for k in attrs(page, "tr", "data-pair-key")]
+
+
+def write(root, pairs_rows, cand_rows, langs, name=None):
+    """A version written through the real manifest and store code."""
+    cands = Dataset.from_list(cand_rows)
+    if pairs_rows is None:  # paired by the pair stage, its funnel recorded
+        pairs, stats = make_pairs(cands, PairingConfig())
+    else:
+        pairs, stats = Dataset.from_list(pairs_rows, features=PAIR_FEATURES), PairStats()
+    prompts = Dataset.from_dict({"lang": [r["lang"] for r in cand_rows if r["sample_idx"] == 0]})
+    counts, margins = margin_summary(pairs, cands, prompts, langs)
+    recipe = Recipe(dataset="t", license="apache-2.0")
+    recipe.prompts.source = "p.jsonl"
+    ids = {r: {"name": r} for r in ("generator", "policy", "reference")}
+    manifest = make_manifest(recipe, ids, run_facts(recipe, ids, stats, None), counts, margins, {})
+    return store.write_version(root, "t", {"pairs": pairs, "candidates": cands}, manifest,
+                               render_card, name=name)  # fmt: skip
+
+
+# ------------------------------------------------------------------------ a many-pairs version
+LANGS = ("de", "fr", "ru")
+N_PER_LANG = 70
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory):
+    """210 pairs with seeded margins (some tied) and token counts; 'needle' in 7 prompts."""
+    rng = np.random.default_rng(3)
+    pairs, cands = [], []
+    for lang in LANGS:
+        for i in range(N_PER_LANG):
+            pid = f"p{i:03d}"
+            m = float(np.round(rng.uniform(-0.5, 3.0), 1))  # one decimal: ties happen
+            ct, rt = (int(x) for x in rng.integers(1, 60, 2))
+            text = f"question {i} in {lang}" + (" with a Needle" if i % 10 == 3 else "")
+            pairs.append({"prompt_id": pid, "lang": lang,
+                          "prompt": [{"role": "user", "content": text}],
+                          "chosen": [{"role": "assistant", "content": f"good {lang} {i}"}],
+                          "rejected": [{"role": "assistant", "content": f"bad {lang} {i}"}],
+                          "chosen_reward": m + 0.5, "rejected_reward": 0.5, "margin": m,
+                          "chosen_tokens": ct, "rejected_tokens": rt, "chosen_sample_idx": 1,
+                          "rejected_sample_idx": 0})  # fmt: skip
+            for k, (reward, lid) in enumerate(((0.5, "en"), (m + 0.5, lang))):
+                cands.append({"prompt_id": pid, "lang": lang, "instruction": text,
+                              "scoring_prompt": text, "sample_idx": k,
+                              "response": ("bad" if k == 0 else "good") + f" {lang} {i}",
+                              "finish_reason": "stop", "response_tokens": rt if k == 0 else ct,
+                              "reward": reward, "lid_lang": lid, "lid_score": 0.5 + 0.1 * k})  # fmt: skip
+    root = tmp_path_factory.mktemp("store")
+    write(root, pairs, cands, list(LANGS))
+    return root, pl.DataFrame(pairs).with_row_index("row").with_columns(
+        length_diff=pl.col("chosen_tokens") - pl.col("rejected_tokens")
+    )
+
+
+@pytest.fixture(scope="module")
+def client(big):
+    return TestClient(create_app(big[0]))
+
+
+@pytest.mark.parametrize("params", [
+    {},
+    {"lang": "fr"},
+    {"lang": "ru", "min_margin": "1.0", "max_margin": "2.0", "sort": "length_diff"},
+    {"min_len_diff": "-5", "max_len_diff": "10", "order": "asc", "per_page": "9"},
+    {"q": "needle", "sort": "margin", "order": "asc"},
+])  # fmt: skip
+def test_pages_filter_and_sort_like_polars(client, big, params):
+    _, df = big
+    want = df
+    if params.get("lang"):
+        want = want.filter(pl.col("lang") == params["lang"])
+    for col, lo, hi in (("margin", "min_margin", "max_margin"),
+                        ("length_diff", "min_len_diff", "max_len_diff")):  # fmt: skip
+        if lo in params:
+            want = want.filter(pl.col(col) >= float(params[lo]))
+        if hi in params:
+            want = want.filter(pl.col(col) <= float(params[hi]))
+    if params.get("q"):
+        want = want.filter(pl.col("prompt").list.last().struct.field("content")
+                           .str.to_lowercase().str.contains(params["q"]))  # fmt: skip
+    sort, desc = params.get("sort", "margin"), params.get("order", "desc") == "desc"
+    want = want.sort([sort, "row"], descending=[desc, False])
+    per = int(params.get("per_page", 25))
+    seen_rows, seen_margins = [], []
+    page, pages = 1, None
+    while pages is None or page <= pages:
+        r = client.get("/v/t/v1/pairs", params={**params, "page": page})
+        assert r.status_code == 200, r.text[:500]
+        assert int(attrs(r.text, "p", "data-total")[0]) == want.height
+        pages = int(attrs(r.text, "span", "data-pages")[0])
+        rows = [int(x) for x in attrs(r.text, "tr", "data-row")]
+        assert 0 < len(rows) <= per or want.height == 0
+        seen_rows += rows
+        seen_margins += cells(r.text, "margin")
+        page += 1
+    assert pages == max(1, -(-want.height // per))
+    assert seen_rows == want["row"].to_list()  # every matching pair once, in order, ties by row
+    np.testing.assert_allclose(seen_margins, want["margin"].to_numpy(), atol=TOL)
+    assert ('id="page-next"' in r.text) is False
+
+
+def test_a_pair_row_shows_texts_rewards_tokens_and_language_ids(client, big):
+    _, df = big
+    r = client.get("/v/t/v1/pairs", params={"lang": "de", "sort": "length_diff", "per_page": 1})
+    top = df.filter(pl.col("lang") == "de").sort(["length_diff", "row"],
+                                                 descending=[True, False]).row(0, named=True)  # fmt: skip
+    assert keys(r.text) == [(top["prompt_id"], "de", 1, 0)]
+    assert f"good de {int(top['prompt_id'][1:])}" in r.text
+    assert (
+        f"{top['chosen_tokens']} tokens" in r.text and f"{top['rejected_tokens']} tokens" in r.text
+    )
+    # language ID joined from the candidates: the rejected sample was written as 'en', off-target
+    assert re.search(r'class="lid off">en 0\.50<', r.text)
+    assert re.search(r'class="lid">de 0\.60<', r.text)
+    assert cells(r.text, "length-diff") == [top["length_diff"]]
+
+
+def test_texts_read_only_the_row_groups_asked_for(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "v1" / "data" / "pairs"
+    folder.mkdir(parents=True)
+    rows = [{"prompt": [{"role": "user", "content": f"q{i}"}],
+             "chosen": [{"role": "assistant", "content": f"c{i}"}],
+             "rejected": [{"role": "assistant", "content": f"r{i}"}]} for i in range(50)]  # fmt: skip
+    for part in (0, 1):  # two files of 25 rows, row groups of 7
+        pq.write_table(pa.Table.from_pylist(rows[25 * part : 25 * part + 25]),
+                       folder / f"train-{part}.parquet", row_group_size=7)  # fmt: skip
+    got = pairs_query.texts(tmp_path / "v1", [49, 3, 27, 3, 13])
+    assert got == {i: {"prompt": f"q{i}", "chosen": f"c{i}", "rejected": f"r{i}"}
+                   for i in (3, 13, 27, 49)}  # fmt: skip
+
+
+@pytest.mark.parametrize("params, bad", [({"min_margin": "x"}, "min_margin"),
+                                         ({"sort": "reward"}, "sort"), ({"page": "0"}, "page"),
+                                         ({"max_len_diff": "nan"}, "max_len_diff")])  # fmt: skip
+def test_a_bad_parameter_is_a_400_naming_it(client, params, bad):
+    r = client.get("/v/t/v1/pairs", params=params)
+    assert r.status_code == 400 and bad in r.text
+
+
+@pytest.mark.parametrize("url", [
+    "/v/t/v9", "/v/t/v1/prompt?prompt_id=nope&lang=de", "/v/../v1", "/v/t/..", "/v/.t/v1",
+    "/v/t/v1%2F..%2F..", "/v/%2e%2e/v1/pairs", "/diff?a=../../etc&b=t/v1",
+    "/diff?a=/etc/passwd&b=t/v1", "/diff?a=t/v1/..&b=t/v1", "/static/../app.py",
+    "/static/..%2Fapp.py", "/v/t/v1/.local.json", "/v/t/v1/manifest.json", "/nothing",
+])  # fmt: skip
+def test_names_outside_the_store_and_unknown_versions_are_404(client, url):
+    r = client.get(url)
+    assert r.status_code == 404, (url, r.text[:300])
+    assert 'id="error" data-status="404"' in r.text
+
+
+def test_store_version_and_diff_pages_against_the_manifests(big, tmp_path):
+    root, df = big
+    other = [{**r, "margin": r["margin"] + 1.0, "chosen_reward": r["chosen_reward"] + 1.0}
+             for r in df.drop("row", "length_diff").to_dicts() if r["lang"] != "ru"]  # fmt: skip
+    cands = pl.read_parquet(store.config_files(root / "t" / "v1", "candidates")).to_dicts()
+    v2 = write(root, other, [c for c in cands if c["lang"] != "ru"], ["de", "fr"], name="v2")
+    c = TestClient(create_app(root))
+    page = c.get("/").text
+    assert attrs(page, "tr", "data-version")[:2] == ["t/v1", "t/v2"]
+    assert re.search(r'data-lang="fr" data-pairs="70">fr 70/140/70<', page)
+    m1 = store.read_manifest(root / "t" / "v1")
+    page = c.get("/v/t/v1").text
+    assert cells(page, "pairs") == [m1["counts"][lang]["pairs"] for lang in LANGS]
+    assert cells(page, "candidates") == [140, 140, 140]
+    np.testing.assert_allclose(cells(page, "margin-mean"),
+                               [m1["margins"][lang]["mean"] for lang in LANGS], atol=TOL)  # fmt: skip
+    totals = attrs(page, "svg", "data-total")  # one histogram per language: its pairs
+    assert totals == ["70", "70", "70"]
+    counts = [list(map(int, x.split(","))) for x in attrs(page, "svg", "data-counts")]
+    edges = np.linspace(df["margin"].min(), df["margin"].max(), 25)
+    for lang, got in zip(LANGS, counts):
+        want, _ = np.histogram(df.filter(pl.col("lang") == lang)["margin"].to_numpy(), edges)
+        assert got == want.tolist()
+    assert attrs(page, "svg", "data-points") == ["140", "140", "140"]  # candidates per scatter
+    page = c.get("/diff", params={"a": "t/v1", "b": "t/v2"}).text
+    assert attrs(page, "tr", "data-lang")[:3] == ["de", "fr", "ru"]
+    np.testing.assert_allclose(cells(page, "mean-delta")[:2], [1.0, 1.0], atol=1e-9)
+    assert attrs(page, "svg", "data-totals")[:2] == ["70,70", "70,70"]
+    assert v2.name == "v2"
+
+
+# -------------------------------------------------------------- filters, as the pair stage sees
+def _cand(pid, lang, k, text, reward, lid=None, finish="stop"):
+    return {"prompt_id": pid, "lang": lang, "instruction": f"{pid} {lang}", "scoring_prompt": pid,
+            "sample_idx": k, "response": text, "finish_reason": finish,
+            "response_tokens": len(text.split()) + 1, "reward": reward,
+            "lid_lang": lid or lang, "lid_score": 0.9}  # fmt: skip
+
+
+FILTER_CASES = [  # (prompt, lang, sample, text, reward, lid, finish, the filter that drops it)
+    ("p1", "de", 0, "hallo welt eins", 0.5, None, "stop", None),
+    ("p1", "de", 1, "   ", 0.9, None, "stop", "empty"),
+    ("p1", "de", 2, "Hallo  welt EINS", 0.7, None, "stop", "duplicate"),
+    ("p1", "de", 3, "x y x y x y x y x y x y", 0.8, None, "stop", "repetition"),
+    ("p1", "de", 4, "bonjour le monde", 0.9, "fr", "stop", "off_target"),
+    ("p1", "de", 5, "abgeschnitten", 0.9, None, "length", "truncated"),
+    ("p1", "de", 6, "guten tag zusammen allerseits", 0.1, None, "stop", None),
+    ("p2", "de", 0, "nur eine", 0.3, None, "stop", None),
+    ("p2", "de", 1, "nur zwei", 0.2, None, "length", "truncated"),
+    ("p3", "fr", 0, "un deux trois", 0.4, None, "length", "truncated"),
+    ("p3", "fr", 1, "Un deux  trois", 0.6, None, "stop", None),  # its twin was dropped first
+    ("p3", "fr", 2, "quatre cinq", -0.2, None, "stop", None),
+    ("p3", "fr", 3, "six", 0.1, "de", "stop", "off_target"),
+]
+
+
+def test_the_prompt_page_tells_why_each_candidate_was_dropped_as_the_funnel_counts(tmp_path):
+    rows = [_cand(p, lg, k, t, r, lid, fin) for p, lg, k, t, r, lid, fin, _ in FILTER_CASES]
+    version = write(tmp_path, None, rows, ["de", "fr"])
+    manifest = store.read_manifest(version)
+    c = TestClient(create_app(tmp_path))
+    found: dict[str, dict[str, int]] = {}
+    pairs = pl.read_parquet(store.config_files(version, "pairs"))
+    for pid, lang in (("p1", "de"), ("p2", "de"), ("p3", "fr")):
+        r = c.get("/v/t/v1/prompt", params={"prompt_id": pid, "lang": lang})
+        assert r.status_code == 200, r.text[:400]
+        filtered = attrs(r.text, "tr", "data-filtered")
+        want = [why or "" for p, lg, *_, why in FILTER_CASES if (p, lg) == (pid, lang)]
+        assert filtered == want
+        for why in filter(None, filtered):
+            found.setdefault(lang, {})[why] = found.setdefault(lang, {}).get(why, 0) + 1
+        roles = dict(zip(map(int, attrs(r.text, "tr", "data-sample-idx")),
+                         attrs(r.text, "tr", "data-roles")))  # fmt: skip
+        mine = pairs.filter((pl.col("prompt_id") == pid) & (pl.col("lang") == lang))
+        for p in mine.iter_rows(named=True):
+            assert "chosen" in roles[p["chosen_sample_idx"]].split()
+            assert "rejected" in roles[p["rejected_sample_idx"]].split()
+        assert ('id="why-no-pair"' in r.text) == mine.is_empty()
+    for lang in ("de", "fr"):
+        assert found[lang] == manifest["funnel"][lang]["dropped_candidates"]
+    assert manifest["funnel"]["de"]["prompts_without_pair"] == {"fewer_than_two_kept": 1}
+
+
+def test_a_damaged_version_is_an_error_page_naming_the_file(tmp_path):
+    from synthetic import tables
+
+    t, m = tables()
+    v = store.write_version(tmp_path, "t", t, m, render_card)
+    f = store.config_files(v, "pairs")[0]
+    f.write_bytes(f.read_bytes()[:-20])  # the footer gone
+    c = TestClient(create_app(tmp_path))
+    for url in ("/v/t/v1", "/v/t/v1/pairs", "/diff?a=t/v1&b=t/v1"):
+        r = c.get(url)
+        assert r.status_code == 500 and f.name in r.text and "damaged or truncated" in r.text
+    assert c.get("/").status_code == 200  # the store page still lists it
