@@ -455,9 +455,11 @@ def train(
     Writes the trained model, its LoRA adapter and training.json to the config's output_dir."""
     from icr_data.base.train_config import load_train_config
     from icr_data.commands import prepare
+    from icr_data.commands.train import check_output_dir
     from icr_data.commands.train import train as run_train
 
     cfg = load_train_config(config, list(set_ or []))
+    check_output_dir(cfg)  # not inside a version, not a trained model: before any model
     from accelerate import PartialState  # one process, or one of several under accelerate launch
 
     state = PartialState()
@@ -517,6 +519,10 @@ def check_reward(
 
     if mode not in ("cross_lingual", "native"):
         _fail(f"--mode must be cross_lingual or native, got {mode!r}")
+    if json_out is not None:  # before any model: never into a version (immutable)
+        from icr_data.store.store import refuse_inside_version
+
+        refuse_inside_version(json_out, "--json", "the report ")
     with progress_bar(err) as progress:
         report = run_check(policy, reference, pairs, ScoringConfig(mode=mode, beta=beta),
                            console=err, progress=progress, agreement=agreement)  # fmt: skip

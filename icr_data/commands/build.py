@@ -146,6 +146,7 @@ def build(
         raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")
     console = console or stderr_console()
     dataset_dir = Path(recipe.store) / recipe.dataset
+    store.refuse_inside_version(dataset_dir, "store", "versions and their work ")  # no model yet
     if version is not None:
         store.check_version_name(version)  # before any model: a bad name is the cheap error
     if version is not None and (dataset_dir / version).exists():

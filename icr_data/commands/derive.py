@@ -44,6 +44,8 @@ def open_parent(version: str | Path, name: str | None) -> tuple[Path, dict, Reci
     if name is not None:
         store.check_version_name(name)
     version_dir = store.resolve_version(version)
+    # the new version goes beside its parent: never inside another version (immutable)
+    store.refuse_inside_version(version_dir.parent, "the dataset folder", "the new version ")
     require_whole(version_dir)
     return (version_dir, *parent_recipe(version_dir))
 

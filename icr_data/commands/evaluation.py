@@ -255,9 +255,10 @@ class EvalRun:
 def check_record_name(cfg: EvalConfig) -> None:
     """An eval record is a version of its own `name` in the store: refused when that name is a
     dataset's (its record would become the dataset's next version)."""
-    from icr_data.store.store import read_manifest, versions
+    from icr_data.store.store import read_manifest, refuse_inside_version, versions
 
     folder = Path(cfg.store) / cfg.name
+    refuse_inside_version(folder, "store", "the eval record ")  # versions are immutable
     for v in versions(folder) if folder.is_dir() else []:
         try:
             kind = read_manifest(folder / v).get("kind")

@@ -32,6 +32,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from icr_data.base.console import progress_bar, stderr_console
+from icr_data.base.files import cache_dir
 from icr_data.stages import models
 from icr_data.stages.models import ModelError, NotPrepared
 
@@ -114,6 +115,7 @@ def run(
     prepared when its turn comes (another step or process made it) is skipped. Updates each
     step's `path` and `done`."""
     from icr_data.base.hf import quiet_transformers
+    from icr_data.store.store import refuse_inside_version
 
     console = console or stderr_console()
     quiet_transformers()  # our progress reports the work, not transformers' own bars
@@ -122,6 +124,8 @@ def run(
         step.done = step.path is not None and models.is_prepared(step.spec, step.path)
         if step.done:
             continue
+        # what is prepared goes into the cache: never into a version (immutable)
+        refuse_inside_version(cache_dir(), "$ICR_DATA_CACHE", "prepared models ")
         t0 = time.perf_counter()
         if step.what == "train":
             console.print(f"[bold]prepare[/] {step.spec}: train")

@@ -521,19 +521,27 @@ def _save(trainer, tok, dest: Path, cfg: TrainConfig, start: str, main: bool) ->
     trainer.accelerator.wait_for_everyone()
 
 
+def check_output_dir(cfg: TrainConfig) -> Path:
+    """output_dir, refused inside a version (the model and its checkpoints never go into one:
+    versions are immutable) or where a trained model already is; the CLI asks before it
+    prepares any model, train() again."""
+    out = Path(cfg.output_dir)
+    try:
+        store.refuse_inside_version(out, "output_dir", "the trained model ")
+    except store.StoreError as e:
+        raise TrainError(str(e)) from None
+    if (out / "training.json").exists():
+        raise TrainError(f"output_dir {out} already holds a trained model; choose another")
+    return out
+
+
 def train(cfg: TrainConfig, console: Console | None = None) -> dict:
     """Train; return (and write to output_dir/training.json) the training record. Under
     `accelerate launch` every process calls this; the main one reports and writes."""
     console = console or stderr_console()
     validate_train(cfg, "training config")  # a config built in code is checked as a file's is
     main = int(os.environ.get("RANK", "0")) == 0
-    out = Path(cfg.output_dir)
-    try:  # the model and its checkpoints never go into a version (immutable)
-        store.refuse_inside_version(out, "output_dir", "the trained model ")
-    except store.StoreError as e:
-        raise TrainError(str(e)) from None
-    if (out / "training.json").exists():
-        raise TrainError(f"output_dir {out} already holds a trained model; choose another")
+    out = check_output_dir(cfg)
     # bad input is named before any model is loaded (tokenizers only)
     rows, data_info = load_pairs(cfg.data)
     start = models.resolve(cfg.model, key="model")

@@ -37,6 +37,7 @@ import icr_data
 from icr_data.base.errors import IcrError
 from icr_data.base.languages import language_name
 from icr_data.commands.translate_gates import GATES, detect_languages, gate_reasons, near_key
+from icr_data.store.store import refuse_inside_version
 
 
 class TranslateError(IcrError):
@@ -111,6 +112,7 @@ def check_config(cfg: TranslateConfig) -> None:
             raise TranslateError(f"--to: {e.args[0]}") from None
     if not cfg.name or "/" in cfg.name or cfg.name.startswith("."):
         raise TranslateError(f"--name must be a plain name, got {cfg.name!r}")
+    refuse_inside_version(Path(cfg.out) / cfg.name, "--out", "the prompts version ")
     if cfg.limit is not None and cfg.limit < 1:
         raise TranslateError(f"--limit must be >= 1, got {cfg.limit}")
     if cfg.max_tokens < 1:

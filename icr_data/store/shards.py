@@ -73,6 +73,9 @@ def digest(obj) -> str:
 
 class WorkDir:
     def __init__(self, root: str | Path):
+        from icr_data.store.store import refuse_inside_version
+
+        refuse_inside_version(root, "the work folder", "work ")  # versions are immutable
         self.root = Path(root)
 
     def _paths(self, stage: str, key: str) -> tuple[Path, Path]:

@@ -224,6 +224,7 @@ def write_version(
     if name is not None:
         check_version_name(name)
     dataset_dir = inside(Path(store) / dataset, store, "dataset folder")
+    refuse_inside_version(dataset_dir, "the dataset folder", "the new version ")
     local = manifest.pop(LOCAL_KEY, None)
     # Whatever wrote the manifest (a build, a rescore, translate), no absolute path of this
     # machine goes into manifest.json or the card; make_manifest already made its paths relative.
