@@ -851,6 +851,26 @@ def list_evals(
     _stdout().print(evals_table(find(store)))
 
 
+@app.command("view")
+def view(
+    store: Annotated[str, typer.Argument(help="The store folder to look at.")] = DEFAULT_STORE,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (default: this machine only).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: a free one).")] = 0,
+) -> None:
+    """Look at a store in a browser: versions, dashboards, pairs, prompts, diffs and eval
+    records, and curate a version by hand into a child version. Prints the URL and serves until
+    Ctrl-C; versions are only read (a curated version is a new one, written as `pair` writes)."""
+    from icr_data.view.app import serve
+
+    def announce(url: str) -> None:
+        err.print(f"[green]serving[/] {store} at {url} (Ctrl-C stops)", highlight=False)
+        print(url, flush=True)  # stdout: the URL alone, for a script to read
+
+    serve(store, host, port, announce=announce)
+
+
 def _interrupted() -> NoReturn:
     """One Ctrl-C: stop this process's children (an engine's processes, starting or running),
     say what is kept, exit 130 (the shell's code for SIGINT) within seconds."""
