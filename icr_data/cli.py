@@ -484,15 +484,19 @@ def check_reward(
     ],
     reference: Annotated[str, typer.Option(help="pi_ref of the implicit reward.")],
     pairs: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             help="Labelled pairs (JSONL/Parquet): prompt_id, lang, instruction, chosen, "
-            "rejected, with the English row of every prompt."
+            "rejected, with the English row of every prompt. Or give --benchmark."
         ),
-    ],
+    ] = None,
     mode: Annotated[
-        str, typer.Option(help="cross_lingual (English instruction + directive) or native.")
-    ] = "cross_lingual",
+        str | None,
+        typer.Option(
+            help="cross_lingual (English instruction + directive) or native; default "
+            "cross_lingual (native for mm-eval, whose items have no English twins)."
+        ),
+    ] = None,
     beta: Annotated[float, typer.Option(help="reward = beta * (logp_policy - logp_ref).")] = 1.0,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Also write the report as JSON here.")
@@ -505,11 +509,50 @@ def check_reward(
             "language, the Kendall tau per prompt between the two rewards.",
         ),
     ] = False,
+    benchmark: Annotated[
+        str | None,
+        typer.Option(
+            help="A public benchmark instead of --pairs: m-rewardbench (Hub "
+            "CohereLabsCommunity/multilingual-reward-bench, parallel to English RewardBench) or "
+            "mm-eval (prometheus-eval/MM-Eval). Writes a record listed by `icr-data evals`."
+        ),
+    ] = None,
+    benchmark_path: Annotated[
+        Path | None,
+        typer.Option(help="A local copy of the benchmark in its Hub layout (offline use)."),
+    ] = None,
+    languages: Annotated[
+        str | None, typer.Option(help="Benchmark languages, e.g. es,de,fr,ru (default: all).")
+    ] = None,
+    subset: Annotated[
+        str | None,
+        typer.Option(help="Benchmark categories, e.g. chat,safety,reasoning (default: all)."),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Only the benchmark's first N items (in every language).")
+    ] = None,
+    floor: Annotated[
+        float, typer.Option(help="Verdict: build only if the 95% interval lies above this.")
+    ] = 0.5,
+    max_drop: Annotated[
+        float,
+        typer.Option(help="Verdict: build only if accuracy drops at most this against English."),
+    ] = 0.05,
+    name: Annotated[
+        str | None, typer.Option(help="Record name (default: check-BENCHMARK).")
+    ] = None,
+    store: Annotated[str, typer.Option(help="Store folder for the record.")] = DEFAULT_STORE,
+    version: VersionOpt = None,
 ) -> None:
     """How well an implicit reward ranks labelled pairs, per language, before generating anything.
 
     Prints accuracy (reward(chosen) > reward(rejected)) with a 95% Wilson interval, ties, the mean
-    margin, and accuracy by length difference (chosen shorter / similar / longer by 20%)."""
+    margin, and accuracy by length difference (chosen shorter / similar / longer by 20%).
+
+    With --benchmark: per language accuracy with its interval, the transfer gap (accuracy minus
+    English accuracy on the same items), cross-lingual vs native accuracy, per category, and a
+    verdict (build / doubtful / do not build, by the rule printed with it); written as a record
+    (card, manifest, rows) whose path is printed."""
     import json
 
     from icr_data.base.config import ScoringConfig
@@ -517,8 +560,19 @@ def check_reward(
     from icr_data.commands.reports import check_table
     from icr_data.stages.agreement import noise_verdicts
 
-    if mode not in ("cross_lingual", "native"):
+    if mode not in (None, "cross_lingual", "native"):
         _fail(f"--mode must be cross_lingual or native, got {mode!r}")
+    if (pairs is None) == (benchmark is None):
+        _fail("give either --pairs FILE or --benchmark NAME (m-rewardbench, mm-eval)")
+    if benchmark is not None:
+        if agreement or json_out:
+            _fail("--agreement and --json go with --pairs; a benchmark check compares the modes "
+                  "and writes its record anyway")  # fmt: skip
+        mode = mode or ("native" if benchmark == "mm-eval" else "cross_lingual")
+        return _check_benchmark(benchmark, policy, reference, ScoringConfig(mode=mode, beta=beta),
+                                benchmark_path, languages, subset, limit, floor, max_drop, name,
+                                store, version)  # fmt: skip
+    mode = mode or "cross_lingual"
     if json_out is not None:  # before any model: never into a version (immutable)
         from icr_data.store.store import refuse_inside_version
 
@@ -544,6 +598,31 @@ def check_reward(
     if json_out:
         json_out.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
         err.print(f"[green]wrote[/] {json_out}")
+
+
+def _check_benchmark(benchmark, policy, reference, scoring, path, languages, subset, limit,
+                     floor, max_drop, name, store, version) -> None:  # fmt: skip
+    """check-reward --benchmark: run it (commands/reward_check.py), print its tables, the rule
+    and each language's verdict on stderr, the record's path on stdout."""
+    from icr_data.commands.reward_check import VerdictRule, check_benchmark, tables
+
+    def listed(text: str | None) -> list[str] | None:
+        return [x.strip() for x in text.split(",") if x.strip()] if text else None
+
+    rule = VerdictRule(floor=floor, max_drop=max_drop)
+    with progress_bar(err) as progress:
+        path, manifest = check_benchmark(
+            benchmark, policy, reference, scoring, languages=listed(languages),
+            subsets=listed(subset), path=path, limit=limit, rule=rule, store=store, name=name,
+            version=version, console=err, progress=progress,
+        )  # fmt: skip
+    for table in tables(manifest):
+        err.print(table)
+    err.print(f"verdict rule: {rule.text()}", highlight=False)
+    for lang, r in manifest["results"].items():
+        err.print(f"{lang}: {r['verdict']}: {r['reason']}", highlight=False)
+    err.print(f"[green]wrote[/] {path}")
+    print(path)
 
 
 def _stdout():

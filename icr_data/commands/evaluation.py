@@ -382,10 +382,16 @@ def render_eval_card(manifest: dict) -> str:
 
 def list_evals(store: str | Path) -> list[dict]:
     """Every eval record in the store: record, training data version, candidate, per judge and
-    language WR and LC."""
+    language WR and LC; and every reward-check record (reward_check.list_rows: per language
+    accuracy and transfer gap in those places)."""
     out = []
     for f in sorted(Path(store).glob("*/v*/manifest.json")):
         m = json.loads(f.read_text(encoding="utf-8"))
+        if m.get("kind") == "reward_check":
+            from icr_data.commands.reward_check import list_rows
+
+            out.extend(list_rows(m))
+            continue
         if m.get("kind") != "eval":
             continue
         lin = m.get("lineage") or {}

@@ -335,7 +335,7 @@ def eval_tables(manifest: dict) -> list[Fitted]:
 def evals_table(rows: list[dict]) -> Table:
     """evals: every eval record, training data -> candidate -> per-language WR / LC."""
     langs = list(dict.fromkeys(lang for r in rows for lang in r["languages"]))
-    table = Table(title="eval records (per language: WR / LC)")
+    table = Table(title="eval records (per language: WR / LC; reward checks: accuracy / gap)")
     for col in ("record", "trained on", "candidate", "judge", *langs):
         table.add_column(col, justify="right" if col in langs else "left")
     for r in rows:
