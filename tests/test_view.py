@@ -46,19 +46,22 @@ def keys(page: str) -> list[tuple]:
     return [tuple(json.loads(k)) for k in attrs(page, "tr", "data-pair-key")]
 
 
-def write(root, pairs_rows, cand_rows, langs, name=None):
-    """A version written through the real manifest and store code."""
+def write(root, pairs_rows, cand_rows, langs, name=None, modes=None, judge=None):
+    """A version written through the real manifest and store code (`modes`: mode agreement per
+    language, `judge`: the judge's agreement per language, as the stages measure them)."""
     cands = Dataset.from_list(cand_rows)
     if pairs_rows is None:  # paired by the pair stage, its funnel recorded
         pairs, stats = make_pairs(cands, PairingConfig())
     else:
-        pairs, stats = Dataset.from_list(pairs_rows, features=PAIR_FEATURES), PairStats()
+        pairs = Dataset.from_list(pairs_rows, features=PAIR_FEATURES)
+        stats = PairStats(judge_agreement=judge or {})
     prompts = Dataset.from_dict({"lang": [r["lang"] for r in cand_rows if r["sample_idx"] == 0]})
     counts, margins = margin_summary(pairs, cands, prompts, langs)
     recipe = Recipe(dataset="t", license="apache-2.0")
     recipe.prompts.source = "p.jsonl"
     ids = {r: {"name": r} for r in ("generator", "policy", "reference")}
-    manifest = make_manifest(recipe, ids, run_facts(recipe, ids, stats, None), counts, margins, {})
+    facts = run_facts(recipe, ids, stats, modes)
+    manifest = make_manifest(recipe, ids, facts, counts, margins, {})
     return store.write_version(root, "t", {"pairs": pairs, "candidates": cands}, manifest,
                                render_card, name=name)  # fmt: skip
 
@@ -294,3 +297,217 @@ def test_a_damaged_version_is_an_error_page_naming_the_file(tmp_path):
         r = c.get(url)
         assert r.status_code == 500 and f.name in r.text and "damaged or truncated" in r.text
     assert c.get("/").status_code == 200  # the store page still lists it
+
+
+# --------------------------------------------------------------- the tiny demo build, end to end
+@pytest.fixture(scope="module")
+def tiny(build_tiny, tmp_path_factory):
+    root = tmp_path_factory.mktemp("tinyview") / "store"
+    v1 = build_tiny(root, "sampling.max_tokens=8", "prompts.limit=3", "prompts.languages=[en, de, fr]")  # fmt: skip
+    return root, v1
+
+
+def test_the_demo_versions_pages_show_its_manifest_and_why_each_pair_was_chosen(tiny, tiny_pair):
+    root, v1 = tiny
+    m = store.read_manifest(v1)
+    langs = list(m["counts"])
+    c = TestClient(create_app(root))
+    pages = {"/": c.get("/").text, "/v": c.get("/v/demo-tiny/v1").text}
+    page = pages["/v"]
+    for col, key in (("prompts", "prompts"), ("candidates", "candidates"), ("kept", "kept_candidates"),
+                     ("pairs", "pairs")):  # fmt: skip
+        assert cells(page, col) == [m["funnel"][lang][key] for lang in langs]
+    np.testing.assert_allclose(cells(page, "alpha"), [m["pairing"]["alphas"][x] for x in langs])
+    assert attrs(page, "svg", "data-total") == [str(m["counts"][x]["pairs"]) for x in langs]
+    assert attrs(page, "svg", "data-points") == [str(m["counts"][x]["candidates"]) for x in langs]
+    slopes = [float(s) for s in attrs(page, "line", "data-slope")]
+    assert sorted(set(slopes)) == sorted({0.0, *m["pairing"]["alphas"].values()})
+    pairs = pl.read_parquet(store.config_files(v1, "pairs"))
+    r = c.get("/v/demo-tiny/v1/pairs", params={"per_page": 200, "sort": "margin", "order": "asc"})
+    assert int(attrs(r.text, "p", "data-total")[0]) == m["totals"]["pairs"] == pairs.height
+    np.testing.assert_allclose(cells(r.text, "margin"), np.sort(pairs["margin"].to_numpy()))
+    for p in pairs.iter_rows(named=True):  # max_min after length control: the prompt page's
+        url = "/v/demo-tiny/v1/prompt"  # scores must make the chosen the best of the kept
+        page = c.get(url, params={"prompt_id": p["prompt_id"], "lang": p["lang"]}).text
+        pages[url + p["prompt_id"] + p["lang"]] = page
+        kept = [(int(i), a) for i, a, why in zip(attrs(page, "tr", "data-sample-idx"),
+                                                 cells(page, "adjusted"), attrs(page, "tr", "data-filtered"))
+                if not why]  # fmt: skip
+        best = max(a for _, a in kept)
+        worst = min(a for _, a in kept)
+        score = dict(kept)
+        assert score[p["chosen_sample_idx"]] == pytest.approx(best, abs=1e-9)
+        assert score[p["rejected_sample_idx"]] == pytest.approx(worst, abs=1e-9)
+        rewards = dict(zip(map(int, attrs(page, "tr", "data-sample-idx")), cells(page, "reward")))
+        assert rewards[p["chosen_sample_idx"]] == pytest.approx(p["chosen_reward"], abs=1e-9)
+    for page in pages.values():  # nothing of this machine's folders, nor the hidden local file
+        assert str(root.parent) not in page and str(tiny_pair[0]) not in page
+        assert ".local.json" not in page
+
+
+def test_marked_pairs_become_a_curated_child_version(tiny):
+    from synthetic import digest
+
+    root, v1 = tiny
+    before = digest(v1)
+    c = TestClient(create_app(root), follow_redirects=False)
+    first, second = keys(c.get("/v/demo-tiny/v1/pairs").text)[:2]
+
+    def post(action, key=None, **extra):
+        form = dict(
+            zip(("prompt_id", "lang", "chosen_sample_idx", "rejected_sample_idx"), key or ())
+        )
+        return c.post("/v/demo-tiny/v1/marks", data={"action": action, **form, **extra})
+
+    assert post("mark", first, reason="  ").status_code == 400  # a reason is needed
+    r = post("mark", first, reason="wrong  language", next="/v/demo-tiny/v1/pairs?lang=de")
+    assert r.status_code == 303 and r.headers["location"] == "/v/demo-tiny/v1/pairs?lang=de"
+    r = post("mark", second, reason="x", next="//elsewhere.example/")
+    assert r.headers["location"] == "/v/demo-tiny/v1"  # only this app's pages
+    assert post("unmark", second).status_code == 303
+    page = c.get("/v/demo-tiny/v1").text
+    assert attrs(page, "span", "data-count") == ["1"]
+    assert [tuple(json.loads(k)) for k in attrs(page, "li", "data-pair-key")] == [first]
+    r = c.post("/v/demo-tiny/v1/write", data={"name": "v7"})
+    assert r.status_code == 303 and r.headers["location"] == "/v/demo-tiny/v7?dropped=1"
+    child = root / "demo-tiny" / "v7"
+    m = store.read_manifest(child)
+    assert m["parent"] == "demo-tiny/v1"
+    dropped = m["derived"]["dropped"]
+    assert [(d["prompt_id"], d["lang"], d["chosen_sample_idx"], d["rejected_sample_idx"],
+             d["reason"]) for d in dropped] == [(*first, "wrong language")]  # fmt: skip
+    assert m["totals"]["pairs"] == store.read_manifest(v1)["totals"]["pairs"] - 1
+    page = c.get(r.headers["location"]).text
+    assert attrs(page, "p", "data-dropped") == ["1"] and first not in keys(page)
+    assert digest(v1) == before  # the parent is never touched
+    assert attrs(c.get("/v/demo-tiny/v1").text, "span", "data-count") == ["0"]  # marks written
+    assert c.post("/v/demo-tiny/v1/write").status_code == 400  # nothing marked
+    post("mark", ("no-such-prompt", "de", 0, 1), reason="x")
+    r = c.post("/v/demo-tiny/v1/write")
+    assert r.status_code == 400 and "no-such-prompt" in r.text
+    assert store.versions(root / "demo-tiny") == ["v1", "v7"]  # nothing written
+
+
+def test_the_cli_serves_on_a_free_port_and_stops_on_ctrl_c(big):
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    root, _ = big
+    proc = subprocess.Popen([sys.executable, "-m", "icr_data.cli", "view", str(root)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        url = proc.stdout.readline().strip()
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/", url), proc.stderr.read()
+        assert httpx.get(url, timeout=30).status_code == 200
+        r = httpx.get(url + "v/t/v1/pairs", params={"lang": "ru"}, timeout=30)
+        assert r.status_code == 200 and int(attrs(r.text, "p", "data-total")[0]) == N_PER_LANG
+        assert httpx.get(url + "v/t/v9", timeout=30).status_code == 404
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_port_in_use_or_a_missing_store_is_one_error_line(big, tmp_path, capsys):
+    import socket
+
+    from icr_data.cli import main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(SystemExit) as e:
+            main(["view", str(big[0]), "--port", str(port)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--port {port}: cannot listen there" in err and err.count("error:") == 1
+    with pytest.raises(SystemExit) as e:
+        main(["view", str(tmp_path / "nowhere")])
+    assert e.value.code == 2 and "no such store folder" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- records of a store
+def test_an_eval_record_page_shows_each_judges_figures_and_the_answers(tmp_path):
+    from icr_data.commands.winrates import summarize
+
+    rows = []
+    for judge, kind in (("llm:judge", "llm"), ("implicit:p,r", "implicit")):
+        for lang in ("en", "de"):
+            for i in range(5):
+                ab, ba = ("A", "B") if i % 2 else ("B", "B")
+                win = {"llm": 1.0 if i % 2 else 0.5, "implicit": float(i > 1)}[kind]
+                rows.append({"judge": judge, "kind": kind, "prompt_id": f"q{i}", "lang": lang,
+                             "instruction": f"ask {i} {lang}", "candidate": f"cand {judge} {lang} {i}",
+                             "baseline": f"base {lang} {i}", "verdict_ab": ab if kind == "llm" else None,
+                             "verdict_ba": ba if kind == "llm" else None, "win": win,
+                             "consistent": bool(i % 2) if kind == "llm" else None,
+                             "candidate_reward": None if kind == "llm" else 0.1 * i,
+                             "baseline_reward": None if kind == "llm" else 0.2,
+                             "candidate_chars": 10 + i, "baseline_chars": 12,
+                             "candidate_lid": lang, "baseline_lid": "en", "in_training": False})  # fmt: skip
+    results = summarize(rows)
+    manifest = {"kind": "eval", "dataset": "ev", "version": None, "created": "2026-01-01",
+                "models": {"candidate": {"name": "cand"}, "baseline": {"name": "base"}},
+                "lineage": {"dataset": "t", "version": "v1"}, "languages": ["en", "de"],
+                "results": results, "totals": {"prompts": 10, "rows": len(rows)}}  # fmt: skip
+    store.write_version(
+        tmp_path, "ev", {"rows": Dataset.from_list(rows)}, manifest, lambda m: "card"
+    )
+    c = TestClient(create_app(tmp_path))
+    page = c.get("/").text
+    assert attrs(page, "tr", "data-record") == ["ev/v1", "ev/v1"]
+    assert f">{results['llm:judge']['de']['win_rate']:.2f} / " in page
+    page = c.get("/v/ev/v1").text
+    got = list(zip(attrs(page, "tr", "data-judge"), cells(page, "wr"), cells(page, "lc")))
+    want = [
+        (j, r["win_rate"], r["lc_win_rate"]) for j, langs in results.items() for r in langs.values()
+    ]
+    assert [g[0] for g in got] == [w[0] for w in want]
+    np.testing.assert_allclose([g[1:] for g in got], [w[1:] for w in want], atol=TOL)
+    np.testing.assert_allclose(cells(page, "consistency")[:2],
+                               [results["llm:judge"][x]["position_consistency"] for x in ("en", "de")])  # fmt: skip
+    assert int(attrs(page, "p", "data-total")[0]) == 20
+    page = c.get("/v/ev/v1", params={"judge": "llm:judge", "lang": "de"}).text
+    assert int(attrs(page, "p", "data-total")[0]) == 5
+    assert re.search(r"cand llm:judge de 3</td>\s*<td[^>]*>.*base de 3</td>\s*<td class=\"verdicts\">"
+                     r"A / B \(consistent\)", page, re.S)  # fmt: skip
+    assert c.get("/v/ev/v1/pairs").status_code == 404  # a record has no pairs
+
+
+def test_a_translated_prompts_version_is_shown_as_a_record(tmp_path):
+    rows = Dataset.from_list([{"prompt_id": f"p{i}", "lang": lang, "instruction": f"{lang} {i}"}
+                              for lang in ("en", "de") for i in range(3)])  # fmt: skip
+    manifest = {"kind": "prompts", "dataset": "prompts", "version": None, "source": {"rows": 3},
+                "languages": ["en", "de"], "counts": {"de": {"kept": 3, "failed": 0}},
+                "totals": {"rows": 6}}  # fmt: skip
+    store.write_version(tmp_path, "prompts", {"prompts": rows}, manifest, lambda m: "card")
+    c = TestClient(create_app(tmp_path))
+    assert 'data-version="prompts/v1"' in c.get("/").text
+    page = c.get("/v/prompts/v1").text
+    assert '<tr data-key="de"><td>de</td><td class="num">3</td>' in page
+    assert "the first 6 of 6 rows" in page
+
+
+def test_agreement_and_likely_noise_flags_are_on_the_version_page(big, tmp_path):
+    from icr_data.stages.agreement import mode_agreement
+
+    root, df = big
+    cands = pl.read_parquet(store.config_files(root / "t" / "v1", "candidates")).to_dicts()
+    ranked = [r["reward"] for r in cands]  # de agrees with itself; fr and ru reversed
+    other = [x if r["lang"] == "de" else -x for r, x in zip(cands, ranked)]
+    modes = mode_agreement(cands, ranked, other)
+    judge = {"de": {"pairs": 70, "agree": 60, "rate": 60 / 70}, "fr": {"pairs": 70, "agree": 36,
+             "rate": 36 / 70}}  # fmt: skip
+    pairs = df.drop("row", "length_diff").to_dicts()
+    write(tmp_path, pairs, cands, list(LANGS), modes=modes, judge=judge)
+    page = TestClient(create_app(tmp_path)).get("/v/t/v1").text
+    flags = dict(zip(attrs(page, "tr", "data-lang")[-3:], attrs(page, "tr", "data-noise")))
+    assert flags == {"de": "no", "fr": "yes", "ru": "yes"}
+    assert ">60/70<" in page and ">36/70<" in page
+    warned = re.findall(r'class="warning noise" data-lang="(\w+)"', page)
+    assert set(warned) == {"fr", "ru"}  # a warning line per reason a language is flagged

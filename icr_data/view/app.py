@@ -116,6 +116,9 @@ def create_app(root: Path) -> Starlette:
         path, manifest = q.open_version(root, ds, v)
         if manifest.get("kind") == "eval":
             return eval_page(request, path, manifest)
+        if manifest.get("kind", "data") != "data":  # translated prompts, a reward check, ...
+            return render(request, "record.html", m=manifest, r=q.record_view(path, manifest),
+                          ref=f"{ds}/{v}", title=f"{ds}/{v}")  # fmt: skip
         written = request.query_params.get("dropped")
         return render(request, "version.html", m=manifest, d=q.dashboard(path, manifest),
                       ref=f"{ds}/{v}", marks=marks.of(path), written=written,
@@ -224,8 +227,8 @@ def create_app(root: Path) -> Starlette:
 
 
 def _dataset_only(manifest, ds: str, v: str) -> None:
-    if manifest.get("kind") == "eval":
-        raise q.NotFound(f"{ds}/{v} is an eval record: it has no pairs or prompts")
+    if manifest.get("kind", "data") != "data":
+        raise q.NotFound(f"{ds}/{v} is a record of kind {manifest['kind']!r}: it has no pairs")
 
 
 def _int(raw: str | None, name: str, default: int) -> int:

@@ -25,6 +25,8 @@ from icr_data.commands import inspection as ins
 from icr_data.store import integrity, store
 
 HIST_BINS = 24
+RECORD_KINDS = ("eval", "reward_check")
+"""Kinds of version listed with the eval records (evaluation.list_evals), not as datasets."""
 SCATTER_POINTS = 400
 """At most this many candidates per language in a reward-vs-length scatter (a seeded sample)."""
 
@@ -92,7 +94,7 @@ def store_summary(root: Path) -> dict:
     except store.StoreError:  # an empty store
         rows = []
     for r in rows:
-        r["kind"], r["langs"] = "dataset", {}
+        r["kind"], r["langs"] = "data", {}
         if r.get("error"):
             errors.append(r["error"])
             continue
@@ -101,8 +103,8 @@ def store_summary(root: Path) -> dict:
         except store.StoreError as e:
             errors.append(str(e))
             continue
-        r["kind"] = m.get("kind") or "dataset"
-        r["langs"] = m.get("counts") or {}
+        r["kind"] = m.get("kind") or "data"
+        r["langs"] = (m.get("counts") or {}) if r["kind"] == "data" else {}
     try:
         evals = list_evals(root)
     except (IcrError, ValueError, KeyError, TypeError) as e:  # a damaged record's manifest
@@ -111,7 +113,7 @@ def store_summary(root: Path) -> dict:
         e["href"] = "/v/" + e["record"]
         lin = e["data"].split("/")
         e["data_href"] = "/v/" + e["data"] if len(lin) == 2 and lin[1][:1] == "v" else None
-    datasets = [r for r in rows if r["kind"] != "eval"]
+    datasets = [r for r in rows if r["kind"] not in RECORD_KINDS]
     return {"versions": datasets, "evals": evals, "errors": errors}
 
 
@@ -265,3 +267,41 @@ def eval_rows(path: Path, judge: str | None, lang: str | None, page: int, per_pa
     except (pl.exceptions.PolarsError, OSError) as e:
         raise Damaged([f"{path / 'data' / 'rows'}: cannot be read: {e}"]) from None
     return {"total": total, "rows": rows}
+
+
+# ------------------------------------------------------- any other kind of record (prompts, ...)
+PREVIEW_ROWS = 20
+
+
+def record_view(path: Path, manifest: dict) -> dict:
+    """A record of another kind (a translated prompts version, a reward check): its scalar
+    facts, each per-key table of the manifest (a mapping of mappings, e.g. per language), and
+    the first rows of its first table."""
+    facts, tables = [], []
+    for key, value in manifest.items():
+        if key in ("files", "recipe", "textfeatures"):
+            continue
+        if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
+            cols = list(dict.fromkeys(c for v in value.values() for c, x in v.items()
+                                      if not isinstance(x, (dict, list))))  # fmt: skip
+            tables.append({"name": key, "columns": cols,
+                           "rows": [(k, [v.get(c) for c in cols]) for k, v in value.items()]})  # fmt: skip
+        elif not isinstance(value, (dict, list)):
+            facts.append((key, value))
+    preview = None
+    configs = list((manifest.get("files") or {}).keys())
+    if configs:
+        try:
+            lf = pl.scan_parquet(store.config_files(path, configs[0]))
+            total = lf.select(pl.len()).collect().item()
+            df = lf.head(PREVIEW_ROWS).collect()
+        except (pl.exceptions.PolarsError, OSError, store.StoreError) as e:
+            raise Damaged([f"{path / 'data' / configs[0]}: cannot be read: {e}"]) from None
+        rows = [[_short(v) for v in r] for r in df.iter_rows()]
+        preview = {"config": configs[0], "columns": df.columns, "rows": rows, "total": total}
+    return {"facts": facts, "tables": tables, "preview": preview}
+
+
+def _short(value, n: int = 300) -> str:
+    text = "-" if value is None else str(value)
+    return text if len(text) <= n else text[: n - 1] + "…"
