@@ -687,6 +687,15 @@ def inspect_version(
             out.print(table)
         out.print(eval_rows_table(rows, lang, 3 if top is None else top, max_chars))
         return
+    if manifest.get("kind") == "reward_check":  # check-reward --benchmark: its report
+        from icr_data.commands.reward_check import tables
+
+        out = _stdout()
+        for table in tables(manifest):
+            out.print(table)
+        for code, r in manifest["results"].items():
+            out.print(f"{code}: {r['verdict']}: {r['reason']}", highlight=False)
+        return
     from icr_data.store.integrity import require_whole
 
     require_whole(path)  # a dataset version: whole (sizes, footers, row counts), or one line

@@ -10,6 +10,7 @@ import pytest
 from datasets import Dataset
 
 from icr_data.base.config import ScoringConfig
+from icr_data.base.errors import IcrError
 from icr_data.commands.reward_check import CheckError, VerdictRule, check_benchmark, summarize
 from icr_data.stages.agreement import wilson
 from icr_data.stages.pref_benchmarks import BenchmarkError, load_benchmark
@@ -279,3 +280,33 @@ def test_a_record_name_taken_by_a_dataset_is_refused(tmp_path):
     with pytest.raises(CheckError, match="--name 'check-m-rewardbench' is taken in .*not a reward"):
         check_benchmark("m-rewardbench", "p", "r", ScoringConfig(), languages=["es"], path=root,
                         store=tmp_path / "store")  # fmt: skip
+    inside = tmp_path / "store" / "check-m-rewardbench" / "v1" / "records"
+    with pytest.raises(IcrError, match=r"--store .*records/check-x is inside the version"):
+        check_benchmark("m-rewardbench", "p", "r", ScoringConfig(), languages=["es"], path=root,
+                        store=inside, name="check-x")  # fmt: skip
+    assert not inside.exists()
+
+
+def test_check_reward_on_mm_eval_scores_natively_without_a_gap(tiny_pair, tmp_path, capsys):
+    from icr_data import cli
+    from icr_data.store.store import read_manifest, read_table
+
+    policy, reference = tiny_pair
+    root = write_mm_eval(tmp_path / "mm")
+    with pytest.raises(SystemExit) as e:  # no --mode: native, mm-eval has no English twins
+        cli.main(["check-reward", "--benchmark", "mm-eval", "--benchmark-path", str(root),
+                  "--languages", "en,de", "--subset", "chat", "--policy", str(policy),
+                  "--reference", str(reference), "--store", str(tmp_path / "s")])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert e.value.code == 0, err
+    m = read_manifest(Path(out.strip()))
+    rows = read_table(Path(out.strip()), "rows").to_list()
+    assert m["scoring"]["mode"] == "native" and not m["benchmark"]["parallel"]
+    assert len(rows) == 6 and all(
+        r["cross_lingual_chosen"] is None for r in rows if r["lang"] == "de"
+    )
+    for lang in ("en", "de"):
+        got, mine = m["results"][lang], [r for r in rows if r["lang"] == lang]
+        k = sum(r["native_chosen"] > r["native_rejected"] for r in mine)
+        assert got["accuracy"] == pytest.approx(k / 3, abs=1e-12) and got["gap"] is None
+        assert got["modes"] is None and list(got["by_category"]) == ["chat"]

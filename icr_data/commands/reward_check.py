@@ -88,7 +88,8 @@ def score_rows(bench: Benchmark, mode: str, policy: str, reference: str, scoring
     from icr_data.commands.score_phase import score_candidates
     from icr_data.stages import models
 
-    english = {r["item_id"]: r["instruction"] for r in bench.rows if r["lang"] == "en"}
+    english = {r["item_id"]: r["instruction"] for r in bench.rows
+               if r["lang"] == "en" and bench.parallel}  # else an equal id is no twin  # fmt: skip
     if mode == "cross_lingual":
         if not bench.parallel:
             raise CheckError(f"{bench.name}: its items are not parallel (no English twins), so "
@@ -166,7 +167,7 @@ def summarize(rows: list[dict], mode: str, parallel: bool, rule: VerdictRule,
               identical: dict[str, int] | None = None) -> dict:  # fmt: skip
     """Per language (see the module docstring): figures in `mode`, the gap, the modes compared,
     per category, and the verdict with its reason."""
-    english = {r["item_id"]: margin(r, mode) for r in rows if r["lang"] == "en"}
+    english = {r["item_id"]: margin(r, mode) for r in rows if r["lang"] == "en" and parallel}
     out = {}
     for lang in dict.fromkeys(r["lang"] for r in rows):
         mine = [r for r in rows if r["lang"] == lang]
@@ -194,13 +195,14 @@ def summarize(rows: list[dict], mode: str, parallel: bool, rule: VerdictRule,
 def check_record_name(store: str | Path, name: str) -> None:
     """A reward-check record is a version of its own `name`: refused when that name holds
     anything else (a dataset, an eval record), which it would join as a version."""
-    from icr_data.store.store import check_dataset_name, read_manifest, versions
+    from icr_data.store import store as st
 
-    check_dataset_name(name)
+    st.check_dataset_name(name)
     folder = Path(store) / name
-    for v in versions(folder) if folder.is_dir() else []:
+    st.refuse_inside_version(folder, "--store", "the record ")  # versions are immutable
+    for v in st.versions(folder) if folder.is_dir() else []:
         try:
-            kind = read_manifest(folder / v).get("kind")
+            kind = st.read_manifest(folder / v).get("kind")
         except IcrError:
             kind = None
         if kind != "reward_check":

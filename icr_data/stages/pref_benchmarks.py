@@ -153,7 +153,7 @@ def _m_rewardbench(languages: list[str] | None, path) -> Benchmark:
     if missing:
         where = M_REWARDBENCH if local is None else str(local)
         raise BenchmarkError(f"m-rewardbench has no language {', '.join(missing)} in {where}; "
-                             f"available: {', '.join(['en', *available])}")  # fmt: skip
+                             f"available: {', '.join(['en', *sorted(available)])}")  # fmt: skip
     bench = Benchmark("m-rewardbench", M_REWARDBENCH, True, str(path or M_REWARDBENCH))
     if local is None:
         parts = [(lang, f"{M_REWARDBENCH} {cfg or ENGLISH_HUB_FILE}",
@@ -279,7 +279,8 @@ def _hub(hub_id: str, config: str | None, split: str):
             return load_dataset(hub_id, data_files={split: ENGLISH_HUB_FILE}, split=split)
         return load_dataset(hub_id, config, split=split)
     except Exception as e:  # noqa: BLE001
-        raise BenchmarkError(f"cannot load {hub_id} {config or ''} from the Hub "
+        what = f"{hub_id} {config or ENGLISH_HUB_FILE}" if hub_id == M_REWARDBENCH else hub_id
+        raise BenchmarkError(f"cannot load {what} from the Hub "
                              f"({type(e).__name__}: {str(e)[:160]}); download it "
                              f"(huggingface-cli download {hub_id} --repo-type dataset "
                              "--local-dir DIR) and give --benchmark-path DIR") from None  # fmt: skip
