@@ -95,6 +95,19 @@ def test_m_rewardbench_loader_reads_the_hub_layout(tmp_path):
     assert sorted({r["item_id"] for r in first.rows}) == ["30", "31"] and len(first.rows) == 6
 
 
+def test_the_hub_code_path_on_a_folder_in_the_hub_layout(tmp_path, monkeypatch):
+    """Without --benchmark-path the loader calls load_dataset(HUB_ID, config, split="test") and,
+    for the English twins, load_dataset(HUB_ID, data_files=eng_Latn/filtered.json): the same
+    calls, with the Hub id replaced by a folder in its layout (the card's configs)."""
+    from icr_data.stages import pref_benchmarks
+
+    root = write_mrb(tmp_path / "mrb", langs=("es", "ru"))
+    local = load_benchmark("m-rewardbench", ["es", "ru"], path=root)
+    monkeypatch.setattr(pref_benchmarks, "M_REWARDBENCH", str(root))
+    hub = load_benchmark("m-rewardbench", ["es", "ru"])
+    assert hub.source == str(root) and hub.rows == local.rows and len(hub.rows) == 15
+
+
 def test_m_rewardbench_errors_name_the_language_file_and_row(tmp_path):
     root = write_mrb(tmp_path / "mrb", langs=("es", "de"))
     with pytest.raises(BenchmarkError, match=r"no language sw, fr in .*mrb; available: en, de, es"):
