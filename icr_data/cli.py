@@ -14,6 +14,7 @@ line, exit code 130; finished work is kept and resumes.
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +30,9 @@ from icr_data.base.registry import PAIRING_RULES as RULES
 
 
 class _App(typer.Typer):
-    """A Typer app whose every command turns an IcrError into one `error: ...` line, exit 2."""
+    """A Typer app whose every command turns an IcrError into one `error: ...` line, exit 2,
+    and refuses a NaN or infinite number option (`--beta nan`: no option means one) before the
+    command starts."""
 
     def command(self, *args: Any, **kwargs: Any) -> Callable[[Callable], Callable]:
         def decorate(fn: Callable) -> Callable:
@@ -40,6 +43,9 @@ class _App(typer.Typer):
 
             @functools.wraps(fn)
             def run(*a: Any, **k: Any) -> Any:
+                for name, value in k.items():
+                    if isinstance(value, float) and not math.isfinite(value):
+                        _fail(f"--{name.replace('_', '-')} must be a finite number, got {value}")
                 try:
                     return fn(*a, **k)
                 except IcrError as e:

@@ -225,7 +225,6 @@ models: {generator: g, policy: p, reference: r}
     "override, message",
     [("scoring.beta=0", "'scoring.beta' must be a finite number > 0"),
      ("scoring.beta=-0.5", "'scoring.beta' must be a finite number > 0"),
-     ("scoring.beta=.nan", "'scoring.beta' must be a finite number > 0"),
      ("prompts.limit=-1", "'prompts.limit' must be >= 1"),
      ("sampling.chunk_prompts=0", "'sampling.chunk_prompts' must be >= 1"),
      ("sampling.max_model_len=0", "'sampling.max_model_len' must be >= 1"),

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from icr_data.base.errors import IcrError
-from icr_data.base.yamlconf import load, shown
+from icr_data.base.yamlconf import load, non_finite, shown
 
 
 class TrainError(IcrError):
@@ -132,6 +132,8 @@ def validate_train(cfg: TrainConfig, where: str) -> None:
     for key, value in finite.items():
         if not math.isfinite(value):
             bad(key, value, "a finite number")
+    if (passed := non_finite(cfg.trainer, "trainer")) is not None:  # what goes to TRL as it is
+        bad(*passed, "a finite number")
     if cfg.beta <= 0:
         bad("beta", cfg.beta, "> 0 (the DPO loss scales the log-ratio by it)")
     if cfg.learning_rate <= 0:

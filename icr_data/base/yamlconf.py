@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Iterable
@@ -127,6 +128,26 @@ def _origin(key: str, where: str, origins: dict[str, str]) -> str:
     return where
 
 
+def non_finite(value: Any, key: str) -> tuple[str, float] | None:
+    """(dotted key, value) of the first NaN or infinity in `value` (a number, or one inside its
+    lists and mappings, e.g. `trainer.adam_beta1`), else None. No option of any config means
+    NaN or an infinity, and such a value would reach an engine (a NaN temperature, an infinite
+    beta). Each list or mapping is walked once however often YAML aliases share it, so an alias
+    bomb costs its distinct nodes, not its expansion."""
+    seen: set[int] = set()
+    todo = [(key, value)]
+    while todo:
+        k, v = todo.pop()
+        if isinstance(v, float) and not math.isfinite(v):
+            return k, v
+        if isinstance(v, (list, tuple, dict)) and id(v) not in seen:
+            seen.add(id(v))
+            items = v.items() if isinstance(v, dict) else enumerate(v)
+            todo.extend((f"{k}.{i}" if isinstance(v, dict) else f"{k}[{i}]", x)
+                        for i, x in items)  # fmt: skip
+    return None
+
+
 def shown(value: Any, limit: int = 80) -> str:
     """repr(value) cut to `limit` characters: an error message never formats an unbounded value
     (a YAML alias bomb expands to billions of items; repr would never end). Containers are
@@ -171,6 +192,9 @@ def from_dict(cls: type, data: Any, where: str, prefix: str = "",
         elif not _type_ok(value, tp):
             at = _origin(f"{prefix}{name}", where, origins)
             raise error(f"{at}: '{prefix}{name}' must be {_describe(tp)}, got {shown(value)}")
+        elif (bad := non_finite(value, f"{prefix}{name}")) is not None:
+            at = _origin(f"{prefix}{name}", where, origins)
+            raise error(f"{at}: '{bad[0]}' must be a finite number, got {bad[1]!r}")
         else:
             kwargs[name] = float(value) if tp is float else value
     return cls(**kwargs)

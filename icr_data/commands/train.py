@@ -38,6 +38,7 @@ from icr_data.base.console import progress_bar, stderr_console
 from icr_data.base.hf import library_bars_off
 from icr_data.base.train_config import DataConfig, TrainConfig, TrainError, validate_train
 from icr_data.stages import models
+from icr_data.stages.architecture import check_lora_targets
 from icr_data.stages.chat import ChatEncoder
 from icr_data.store import store, version_ref
 from icr_data.store.integrity import require_whole
@@ -546,6 +547,12 @@ def train(cfg: TrainConfig, console: Console | None = None) -> dict:
     rows, data_info = load_pairs(cfg.data)
     start = models.resolve(cfg.model, key="model")
     ref = models.resolve(cfg.reference, key="reference") if cfg.reference else start
+    if cfg.finetune == "lora":  # the module names, from the config on the meta device
+        try:
+            check_lora_targets(start, cfg.lora.target_modules, f"'lora.target_modules' (model "
+                               f"{cfg.model})")  # fmt: skip
+        except models.ModelError as e:
+            raise TrainError(str(e)) from None
     tok = models.load_tokenizer(start, cfg.chat_template)
     if ref != start:
         models.check_same_tokenizer(tok, models.load_tokenizer(ref, cfg.chat_template),

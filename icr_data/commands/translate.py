@@ -123,8 +123,8 @@ def check_config(cfg: TranslateConfig) -> None:
             f"--ratio: {', '.join(stray)} not among --to {','.join(cfg.languages)}"
         )
     for lang, (lo, hi) in {"default": cfg.ratio, **cfg.ratio_by_lang}.items():
-        if not 0 <= lo < hi:
-            raise TranslateError(f"--ratio ({lang}): need 0 <= LO < HI, got {lo}:{hi}")
+        if not 0 <= lo < hi < float("inf"):  # NaN fails every comparison
+            raise TranslateError(f"--ratio ({lang}): need finite 0 <= LO < HI, got {lo}:{hi}")
 
 
 def parse_column_map(text: str | None) -> dict[str, str]:
@@ -284,11 +284,16 @@ def greedy_stage(model_path: str, model_id: dict, sampling, chat_template: str |
                          chat_template=chat_template, model_id=model_id)  # fmt: skip
 
 
-def response_translator(model_path: str, model_id: dict, sampling, chat_template: str | None):
+def response_translator(model_path: str, model_id: dict, sampling, chat_template: str | None,
+                        option: str = "scoring.translator"):  # fmt: skip
     """scoring.mode translate_en: the stage that translates responses to English, greedily, with
-    up to twice the responses' own token limit (a translation can be longer than its source)."""
+    up to twice the responses' own token limit (a translation can be longer than its source).
+    A classifier (an explicit reward model) is refused here, from its config, before it loads."""
     import dataclasses
 
+    from icr_data.stages.architecture import check_causal_lm
+
+    check_causal_lm(model_path, f"{option}: model {model_id.get('name', model_path)}")
     longer = dataclasses.replace(sampling, max_tokens=2 * sampling.max_tokens)
     return greedy_stage(model_path, model_id, longer, chat_template)
 
@@ -320,6 +325,7 @@ def translate(cfg: TranslateConfig, console=None, progress=None) -> tuple[Path, 
     from icr_data.commands import prepare
     from icr_data.core.executor import LocalExecutor
     from icr_data.stages import models
+    from icr_data.stages.architecture import check_causal_lm
     from icr_data.store.shards import WorkDir
     from icr_data.store.store import sha256_file, write_version
 
@@ -328,6 +334,7 @@ def translate(cfg: TranslateConfig, console=None, progress=None) -> tuple[Path, 
     rows = read_source(cfg)  # source errors first: they are the common ones, and cheap to find
     english, other = english_rows(rows, cfg.source, cfg.column_map)
     model_path = prepare.resolve_models({"--model": cfg.model}, console)["--model"]
+    check_causal_lm(model_path, f"--model: model {cfg.model}")  # before it loads
     unique, removed = dedup(english)
     picked = sample_rows(unique, cfg.limit, cfg.seed)
     jobs = [(lang, r) for lang in cfg.languages for r in picked]
