@@ -114,7 +114,9 @@ def client(big):
     {"min_len_diff": "-5", "max_len_diff": "10", "order": "asc", "per_page": "9"},
     {"q": "needle", "sort": "margin", "order": "asc"},
 ])  # fmt: skip
-def test_pages_filter_and_sort_like_polars(client, big, params):
+@pytest.mark.parametrize("shallow", [2000, 5])  # partial sorts; every page from a kept order
+def test_pages_filter_and_sort_like_polars(client, big, params, shallow, monkeypatch):
+    monkeypatch.setattr(pairs_query, "SHALLOW", shallow)
     _, df = big
     want = df
     if params.get("lang"):
@@ -180,6 +182,37 @@ def test_texts_read_only_the_row_groups_asked_for(tmp_path):
     got = pairs_query.texts(tmp_path / "v1", [49, 3, 27, 3, 13])
     assert got == {i: {"prompt": f"q{i}", "chosen": f"c{i}", "rejected": f"r{i}"}
                    for i in (3, 13, 27, 49)}  # fmt: skip
+
+
+def test_the_text_cache_holds_every_row_as_the_parquet_files_do(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from icr_data.view.textcache import BATCH, TextCache
+
+    monkeypatch.setenv("ICR_DATA_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "v1" / "data" / "pairs"
+    folder.mkdir(parents=True)
+    n = 2 * BATCH + 452
+    rows = [{"prompt": [{"role": "user", "content": f"q{i}"}],
+             "chosen": [{"role": "assistant", "content": f"c{i} " + "é" * (i % 7)}],
+             "rejected": [{"role": "user", "content": "x"}, {"role": "assistant", "content": f"r{i}"}]}
+            for i in range(n)]  # fmt: skip
+    cut = 1500  # two files, row groups of 700: batches of the cache straddle both
+    for k, part in enumerate((rows[:cut], rows[cut:])):
+        pq.write_table(
+            pa.Table.from_pylist(part), folder / f"train-{k}.parquet", row_group_size=700
+        )
+    cache = TextCache(tmp_path / "v1")
+    assert cache.get([0]) is None  # not built yet
+    cache.build()
+    assert cache.path.parent == tmp_path / "cache" / "view"
+    want = [0, BATCH - 1, BATCH, cut - 1, cut, 2 * BATCH, n - 1]
+    got = cache.get(want)
+    assert got == {i: {"prompt": f"q{i}", "chosen": f"c{i} " + "é" * (i % 7), "rejected": f"r{i}"}
+                   for i in want}  # fmt: skip
+    assert pairs_query.texts(tmp_path / "v1", want) == got  # the browser reads it once built
+    assert not list((tmp_path / "v1").rglob("*.arrow"))  # nothing written in the version
 
 
 @pytest.mark.parametrize("params, bad", [({"min_margin": "x"}, "min_margin"),

@@ -4,7 +4,8 @@ eval records in a browser, and for curating a version by hand into a new child v
     icr-data view icr_store            # serves http://127.0.0.1:<free port>/ until Ctrl-C
 
 Modules: app.py (routes, marks, the server), queries.py (the store, a version's dashboard, diffs,
-eval rows), pairs_query.py (the pairs browser and the prompt page), charts.py (inline SVG).
+eval rows), pairs_query.py (the pairs browser and the prompt page), textcache.py (a large
+version's texts, one small batch per row, in icr-data's cache folder), charts.py (inline SVG).
 Templates and static files are package data (templates/, static/).
 
 Stable hooks for browser tests (ids unless marked `.class` or `[attribute]`):

@@ -120,6 +120,7 @@ def create_app(root: Path) -> Starlette:
             return render(request, "record.html", m=manifest, r=q.record_view(path, manifest),
                           ref=f"{ds}/{v}", title=f"{ds}/{v}")  # fmt: skip
         written = request.query_params.get("dropped")
+        pq.warm(path, (manifest.get("totals") or {}).get("pairs"))  # before the pairs are asked for
         return render(request, "version.html", m=manifest, d=q.dashboard(path, manifest),
                       ref=f"{ds}/{v}", marks=marks.of(path), written=written,
                       title=f"{ds}/{v}")  # fmt: skip

@@ -8,10 +8,12 @@ filtered or paired.
 
 Staying fast on a million pairs: the pairs' numeric columns (no text) are read once per version
 and kept (versions are immutable and their files named by their content, so the cache key is the
-files' names and sizes; at most CACHED versions); filters, sorts and pages then run in memory. The
-texts of a page are read from the Parquet row groups that hold its rows only, three columns;
-language-ID verdicts come from the candidates, filtered to the page's prompts. Only a text search
-reads every text (of the three message columns). The length difference is in tokens
+files' names and sizes; at most CACHED versions); filters and sorts then run in memory: the first
+SHALLOW pairs of an order by a partial sort, deeper pages and text searches from an order sorted
+once and kept. A page's texts come from the version's text cache (textcache.py, built on a
+thread for versions of CACHE_FROM pairs or more), else from the Parquet row groups that hold its
+rows, three columns; language-ID verdicts come from the candidates, filtered to the page's
+prompts. Only a text search reads every text. The length difference is in tokens
 (chosen_tokens - rejected_tokens), which needs no text.
 
 The prompt page recomputes the candidate filters of pairs.py with their per-row definitions
@@ -37,11 +39,15 @@ from icr_data.base.config import CANDIDATE_FILTERS
 from icr_data.pairing.textfeatures import normalise, repeated_ngram_ratio
 from icr_data.store import store
 from icr_data.view.queries import Damaged, NotFound, ViewError
+from icr_data.view.textcache import TextCache
 
 SORTS = ("margin", "length_diff")
 ORDERS = ("desc", "asc")
 MAX_PER_PAGE = 200
 CACHED = 2
+CACHE_FROM = 100_000
+"""Versions with at least this many pairs get a text cache (textcache.py); smaller ones decode
+their few row groups in well under a second."""
 NUMERIC = ("prompt_id", "lang", "margin", "chosen_reward", "rejected_reward", "chosen_tokens",
            "rejected_tokens", "chosen_sample_idx", "rejected_sample_idx")  # fmt: skip
 TEXTS = ("prompt", "chosen", "rejected")
@@ -98,13 +104,22 @@ class PairQuery:
 
 # ------------------------------------------------------------------------------ the pair table
 _cache: OrderedDict[tuple, pl.DataFrame] = OrderedDict()
+_orders: OrderedDict[tuple, np.ndarray] = OrderedDict()
 _lock = threading.Lock()
+SHALLOW = 2000
+ORDERS_CACHED = 8
+
+
+def _files_key(path: Path) -> tuple:
+    """What identifies a version's pairs: its folder and its files' names (digests) and sizes."""
+    files = store.config_files(path, "pairs")
+    return (str(path.resolve()), tuple((f.name, f.stat().st_size) for f in files))
 
 
 def numeric(path: Path) -> pl.DataFrame:
     """Every pair's numeric columns, its file-order `row` and `length_diff` (tokens), cached."""
     files = store.config_files(path, "pairs")
-    key = (str(path.resolve()), tuple((f.name, f.stat().st_size) for f in files))
+    key = _files_key(path)
     with _lock:
         if key in _cache:
             _cache.move_to_end(key)
@@ -135,14 +150,20 @@ def search(path: Path, text: str) -> pl.Series:
 
 
 def texts(path: Path, rows: list[int]) -> dict[int, dict]:
-    """{row: {prompt, chosen, rejected}} read from the row groups holding `rows` only."""
+    """{row: {prompt, chosen, rejected}}: from the version's text cache (textcache.py) when it
+    is built, else from the Parquet row groups holding `rows` only; a version of more than
+    CACHE_FROM pairs starts building its cache."""
     import pyarrow.parquet as pq
 
+    cache = TextCache(path)
+    if (got := cache.get(rows)) is not None:
+        return got
+    parts = [pq.ParquetFile(f) for f in cache.files]
+    warm(path, sum(pf.metadata.num_rows for pf in parts))
     wanted = sorted(set(rows))
     out: dict[int, dict] = {}
     base = 0
-    for f in store.config_files(path, "pairs"):
-        pf = pq.ParquetFile(f)
+    for pf in parts:
         for g in range(pf.metadata.num_row_groups):
             n = pf.metadata.row_group(g).num_rows
             mine = [r - base for r in wanted if base <= r < base + n]
@@ -152,6 +173,12 @@ def texts(path: Path, rows: list[int]) -> dict[int, dict]:
                 out.update({base + r: t for r, t in zip(mine, part.to_dicts())})
             base += n
     return out
+
+
+def warm(path: Path, pairs: int | None) -> None:
+    """Start building the version's text cache if it has CACHE_FROM pairs or more."""
+    if pairs is not None and pairs >= CACHE_FROM:
+        TextCache(path).start()
 
 
 def language_ids(path: Path, keys: list[tuple[str, str, int]]) -> dict[tuple, tuple]:
@@ -168,10 +195,10 @@ def language_ids(path: Path, keys: list[tuple[str, str, int]]) -> dict[tuple, tu
     return {(p, lg, i): (ll, ls) for p, lg, i, ll, ls in found.iter_rows()}
 
 
-def pairs_page(path: Path, query: PairQuery) -> dict:
-    """One page of the pairs matching `query`, sorted (ties in file order), with their texts and
-    language-ID verdicts; `total` matching, `pages`, and the languages present."""
-    df = numeric(path)
+def page_rows(path: Path, df: pl.DataFrame, query: PairQuery) -> tuple[int, list[int]]:
+    """(pairs matching `query`, the rows of its page in order; ties in file order). The first
+    SHALLOW pairs of an order come from a partial sort (top_k); deeper pages and text searches
+    sort every match once and keep the order (at most ORDERS_CACHED orders)."""
     lf = df.lazy()
     if query.lang:
         lf = lf.filter(pl.col("lang") == query.lang)
@@ -181,14 +208,36 @@ def pairs_page(path: Path, query: PairQuery) -> dict:
             lf = lf.filter(pl.col(col) >= lo)
         if hi is not None:
             lf = lf.filter(pl.col(col) <= hi)
-    if query.q:
-        lf = lf.filter(pl.col("row").is_in(search(path, query.q).implode()))
-    matching = lf.collect()
-    total = matching.height
-    page = (matching.sort([query.sort, "row"], descending=[query.order == "desc", False])
-            .slice((query.page - 1) * query.per_page, query.per_page))  # fmt: skip
-    rows = page.to_dicts()
-    text = texts(path, [r["row"] for r in rows])
+    key, desc = query.sort, query.order == "desc"
+    first, end = (query.page - 1) * query.per_page, query.page * query.per_page
+    cache_key = (_files_key(path), *(v for k, v in asdict(query).items()
+                                     if k not in ("page", "per_page")))  # fmt: skip
+    with _lock:
+        order = _orders.get(cache_key)
+    if order is None and end <= SHALLOW and not query.q:
+        picked = lf.select("row", key).collect()
+        top = picked.top_k(end, by=[key, "row"], reverse=[not desc, True])
+        top = top.sort([key, "row"], descending=[desc, False])
+        return picked.height, top["row"][first:end].to_list()
+    if order is None:
+        if query.q:
+            lf = lf.filter(pl.col("row").is_in(search(path, query.q).implode()))
+        order = lf.select("row", key).sort(key, descending=desc, maintain_order=True).collect()
+        order = order["row"].to_numpy()
+        with _lock:
+            _orders[cache_key] = order
+            while len(_orders) > ORDERS_CACHED:
+                _orders.popitem(last=False)
+    return len(order), order[first:end].tolist()
+
+
+def pairs_page(path: Path, query: PairQuery) -> dict:
+    """One page of the pairs matching `query`, sorted (ties in file order), with their texts and
+    language-ID verdicts; `total` matching, `pages`, and the languages present."""
+    df = numeric(path)
+    total, picked = page_rows(path, df, query)
+    rows = df[picked].to_dicts()  # `row` is the frame's own position
+    text = texts(path, picked)
     keys = [(r["prompt_id"], r["lang"], r[f"{side}_sample_idx"]) for r in rows
             for side in ("chosen", "rejected")]  # fmt: skip
     lid = language_ids(path, keys)
