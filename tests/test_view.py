@@ -398,6 +398,8 @@ def test_marked_pairs_become_a_curated_child_version(tiny):
     r = post("mark", second, reason="x", next="//elsewhere.example/")
     assert r.headers["location"] == "/v/demo-tiny/v1"  # only this app's pages
     assert post("unmark", second).status_code == 303
+    r = c.post("/v/demo-tiny/v1/write", headers={"origin": "http://elsewhere.example"})
+    assert r.status_code == 403  # another site's page cannot post here
     page = c.get("/v/demo-tiny/v1").text
     assert attrs(page, "span", "data-count") == ["1"]
     assert [tuple(json.loads(k)) for k in attrs(page, "li", "data-pair-key")] == [first]

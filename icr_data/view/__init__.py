@@ -9,8 +9,8 @@ version's texts, one small batch per row, in icr-data's cache folder), charts.py
 Templates and static files are package data (templates/, static/).
 
 Stable hooks for browser tests (ids unless marked `.class` or `[attribute]`):
-- every page: `nav` links `#nav-store`; an error page: `#error` with `[data-status]`, each
-  problem an `li.problem`.
+- every page: `nav` links `#nav-store`; an error page: `#error` with `[data-status]`, its
+  message in the `h1`, and an `li.problem` for each problem when there are several.
 - store page: `#versions` (rows `tr.version[data-version="dataset/vN"]`, link `a.version-link`,
   per-language counts `td.langs`), `#evals` (rows `tr.eval[data-record]`, link `a.eval-link`),
   diff form `#diff-form` with `#diff-a`, `#diff-b`, `#diff-go`.

@@ -32,7 +32,7 @@ import socket
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 from jinja2 import Environment, PackageLoader, Undefined, select_autoescape
 from starlette.applications import Starlette
@@ -243,7 +243,12 @@ def _int(raw: str | None, name: str, default: int) -> int:
 
 
 async def _form(request: Request) -> dict[str, str]:
-    """An urlencoded form's fields (the last value of each)."""
+    """An urlencoded form's fields (the last value of each). A form posted from a page of
+    another site (its Origin is not this server) is refused: no web page can mark pairs or
+    write versions through a browser that has this view open."""
+    origin = request.headers.get("origin")
+    if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
+        raise q.Forbidden(f"a form from {origin[:80]} is not this view's; refused")
     body = (await request.body()).decode("utf-8", errors="replace")
     return {k: v[-1] for k, v in parse_qs(body, keep_blank_values=True).items()}
 

@@ -41,6 +41,10 @@ class NotFound(ViewError):
     status = 404
 
 
+class Forbidden(ViewError):
+    status = 403
+
+
 class Damaged(ViewError):
     """A version whose files do not match its manifest: the first problem names the file."""
 
