@@ -22,7 +22,8 @@ Marks (pairs to drop, with a reason) are kept in this process's memory per versi
 version folder; writing them clears them. Everything else is a GET that reads. A name that is
 not a dataset or version of the store (`..`, a path) is a 404, as is an unknown version; a
 damaged version (integrity.check) is a 500 page naming the damaged file; a bad parameter is a
-400 page naming it.
+400 page naming it; a form posted from another site's page (its Origin header is not this
+server) is a 403.
 """
 
 from __future__ import annotations
