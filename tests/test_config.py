@@ -33,6 +33,9 @@ def test_every_shipped_recipe_loads(recipe):
         from icr_data.commands.evaluation import load_eval
 
         cfg = load_eval(recipe)
+        if cfg.prompts.layout == "x-alpacaeval":  # the paper's benchmark: the Hub's or a copy
+            assert cfg.judges and cfg.prompts.source
+            return
         assert cfg.judges and Path(cfg.prompts.source).is_file()
         return
     r = load_recipe(recipe)

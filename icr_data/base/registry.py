@@ -110,5 +110,6 @@ JUDGES = Registry("judge kind", "judges", {
     "llm": "icr_data.commands.judges:LlmJudge",
     "reward": "icr_data.commands.judges:RewardJudge",
     "implicit": "icr_data.commands.judges:ImplicitJudge",
+    "llm:openai": "icr_data.commands.api_judge:OpenAIJudge",
 })  # fmt: skip
 """How an eval compares two answers: a judge kind (commands.judges)."""

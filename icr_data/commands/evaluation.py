@@ -7,12 +7,14 @@ held-out prompts, per language, judged pairwise; the result is a versioned eval 
 Answers come from the build's generation stage (stages.GenerateStage; vLLM, greedy by default),
 shard by shard through the local executor with work under `<store>/<name>/.work`, so a killed
 eval resumes. Judges (`judges:` in the recipe, one or more) are the kinds registry.JUDGES names
-(judges.py: `llm:MODEL` in both orders, `reward:MODEL`, `implicit:POLICY,REFERENCE`); this module
-reaches them only through that registry.
+(judges.py: `llm:MODEL` in both orders, `reward:MODEL`, `implicit:POLICY,REFERENCE`; api_judge.py:
+`llm:openai:MODEL@URL`, a server's model); this module reaches them only through that registry.
 
 Per language: win rate with its standard error, the length-controlled win rate (lc_win_rate), the
 share of answers in the prompt's language (language ID), mean answer lengths, and the LLM judge's
-position consistency (winrates.py). Prompts that also occur in the candidate's training data (exactly, or after
+position consistency (winrates.py); with `lc: alpaca_eval` also AlpacaEval 2's LC (lc_alpaca.py).
+`prompts.layout: x-alpacaeval` reads the paper's X-AlpacaEval (stages/x_alpacaeval.py;
+recipes/eval_paper.yaml). Prompts that also occur in the candidate's training data (exactly, or after
 normalising case, punctuation and whitespace) are flagged and left out unless
 `prompts.keep_overlap`. The record `<store>/<name>/vN/` holds a card, a manifest (with the lineage
 read from the candidate's training.json) and one row per (judge, prompt).
@@ -24,7 +26,7 @@ import datetime as dt
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import icr_data
 from icr_data.base.config import SamplingConfig, validate_sampling
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
     from icr_data.commands.judges import Judge
 
 EVAL_PATHS = ("prompts.source", "prompts.training_version", "judge_template", "previous",
-              "candidate", "baseline")  # fmt: skip
+              "candidate", "baseline", "prompts.extra", "lc_difficulty")  # fmt: skip
 """Fields resolved against the recipe's folder (`train:CONFIG` keeps its prefix); a judge's
 models are resolved too (judge_paths)."""
 
@@ -49,7 +51,12 @@ class EvalError(IcrError):
 @dataclass
 class EvalPrompts:
     source: str = ""
-    """Held-out prompts: a prompts version from `icr-data translate`, or a JSONL/Parquet file."""
+    """Held-out prompts: a prompts version from `icr-data translate`, or a JSONL/Parquet file;
+    with `layout: x-alpacaeval`, an X-AlpacaEval folder or its Hub id (stages/x_alpacaeval.py)."""
+    layout: Literal["rows", "x-alpacaeval"] = "rows"
+    """rows: prompt_id, lang, instruction; x-alpacaeval: one JSON file per language."""
+    extra: str | None = None
+    """x-alpacaeval: a folder with the languages `source` lacks (ru.json ...)."""
     languages: list[str] = field(default_factory=lambda: ["en", "es", "de", "fr", "ru"])
     limit: int | None = None
     """At most this many prompt_ids (the first ones); None: all."""
@@ -72,7 +79,7 @@ class EvalConfig:
     `previous` means the model it trained, as `round.previous` does in a build recipe."""
     judges: list[str] = field(default_factory=list)
     """KIND:MODEL[,MODEL], one or more, of the kinds in registry.JUDGES (judges.py): llm:MODEL,
-    reward:MODEL or implicit:POLICY,REFERENCE."""
+    reward:MODEL, implicit:POLICY,REFERENCE or llm:openai:MODEL@URL (key in $OPENAI_API_KEY)."""
     judge_template: str | None = None
     """File with the pairwise judge prompt ({instruction}, {answer_a}, {answer_b}); None: shipped."""
     judge_max_tokens: int = 64
@@ -84,6 +91,12 @@ class EvalConfig:
         default_factory=lambda: SamplingConfig(n=1, temperature=0.0, max_tokens=512)
     )
     shard_prompts: int = 64
+    lc: Literal["one_pair", "alpaca_eval"] = "one_pair"
+    """one_pair: the one-pair LC (lc_win_rate); alpaca_eval: also AlpacaEval 2's GLM
+    (lc_alpaca.py), as lc_alpaca_eval."""
+    lc_difficulty: str | None = None
+    """lc alpaca_eval: AlpacaEval's instruction_difficulty.csv or df_gamed.csv (regularised), or
+    a table of prompt_id, instruction_difficulty; None: no difficulty term."""
 
 
 def load_eval(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> EvalConfig:
@@ -113,18 +126,17 @@ def judge_paths(spec: str, base: Path) -> str:
 
 
 def judge_label(spec: str) -> str:
-    """A judge as the record names it: its models without this machine's folders."""
-    from icr_data.store.store import portable_path
-
-    judge = parse_judge(spec)
-    models = ",".join(portable_path(m) for m in judge.names)
-    return f"{judge.kind}:{models}" if models else judge.kind
+    """A judge as the record names it (Judge.label): no folder of this machine, no secret."""
+    return parse_judge(spec).label()
 
 
 def parse_judge(spec: str, where: str = "judges") -> Judge:
     """'implicit:P,R' -> that kind's Judge (registry.JUDGES) for [P, R]; an unknown kind (with
     the closest known one) and the wrong number of models are refused."""
     kind, sep, rest = spec.partition(":")
+    for name in JUDGES.names():  # a kind with a colon (llm:openai) before its first word
+        if ":" in name and spec.startswith(name + ":"):
+            kind, sep, rest = name, ":", spec[len(name) + 1 :]
     try:
         JUDGES.check(kind, f"{where}: {spec!r}")
     except RegistryError as e:
@@ -161,14 +173,21 @@ def check(cfg: EvalConfig, where: str) -> None:
         raise EvalError(f"{where}: 'beta' must be a finite number > 0, got {cfg.beta}")
     if not cfg.prompts.source:
         raise EvalError(f"{where}: 'prompts.source' is required")
+    if cfg.lc_difficulty and cfg.lc != "alpaca_eval":
+        raise EvalError(f"{where}: 'lc_difficulty' is read by 'lc: alpaca_eval' only")
 
 
 # ------------------------------------------------------------------------------- the run
 def _prompts(cfg: EvalConfig) -> list[dict]:
     from icr_data.stages.prompts import PromptError, check_rows, read_rows
+    from icr_data.stages.x_alpacaeval import load_x_alpacaeval
 
+    p = cfg.prompts
     try:
-        rows = read_rows(cfg.prompts.source)
+        if p.layout == "x-alpacaeval":
+            rows = load_x_alpacaeval(p.source, p.languages, p.extra)
+        else:
+            rows = read_rows(p.source)
         check_rows(rows, cfg.prompts.source)
     except PromptError as e:
         raise EvalError(str(e)) from None
@@ -285,6 +304,11 @@ def evaluate(
     from icr_data.store.store import check_version_name, write_version
 
     rows = _prompts(cfg)  # before any model: bad prompts are the cheap error
+    difficulty = None  # lc: alpaca_eval's table, checked to cover every prompt before any model
+    if cfg.lc_difficulty:
+        from icr_data.commands.lc_alpaca import difficulty_for
+
+        difficulty = difficulty_for(cfg.lc_difficulty, [r["prompt_id"] for r in rows])
     if version is not None:
         check_version_name(version)
     check_record_name(cfg)
@@ -294,7 +318,7 @@ def evaluate(
     named = {k: getattr(cfg, k) for k in ("candidate", "baseline")}
     for i, j in enumerate(judges):  # the key names the judge: judges[0], judges[1] policy, ...
         named.update({f"judges[{i}]" + (f" {part.lower()}" if len(j.names) > 1 else ""): m
-                      for part, m in zip(j.models, j.names)})  # fmt: skip
+                      for part, m in zip(j.models, j.names) if not j.remote})  # fmt: skip
     paths = prepare.resolve_models(named, console)
     paths = {k: paths[k] for k in ("candidate", "baseline")}
     if paths["candidate"] == paths["baseline"]:
@@ -337,7 +361,7 @@ def evaluate(
                              **v, "candidate_chars": len(cand[i]), "baseline_chars": len(base[i]),
                              "candidate_lid": lid["candidate"][i], "baseline_lid": lid["baseline"][i],
                              "in_training": r["in_training"]})  # fmt: skip
-    results = summarize(out_rows)
+    results = summarize(out_rows, cfg.lc, difficulty)
     templates = [t for j in judges if (t := j.prompt_template(cfg)) is not None]
     manifest = {
         "kind": "eval", "dataset": cfg.name, "version": None,
@@ -351,6 +375,9 @@ def evaluate(
         "decontamination": {"rule": "exact, or equal after NFKC, casefold, punctuation and "
                             "whitespace folded", "flagged": overlap, "kept": cfg.prompts.keep_overlap},
         "lc_formula": "sigmoid(b0) of win ~ sigmoid(b0 + b1 * tanh(d / std(d))), d = chars(candidate) - chars(baseline)",
+        "lc_alpaca_eval": None if cfg.lc != "alpaca_eval" else {
+            "glm": difficulty.glm if difficulty else "length_controlled_minimal",
+            "difficulty": Path(difficulty.source).name if difficulty else None},
         "results": results,
         "totals": {"prompts": len(rows), "rows": len(out_rows)},
     }  # fmt: skip

@@ -13,6 +13,7 @@ The kinds shipped:
 - `llm:MODEL`: a pairwise LLM judge through the generation stage (greedy), with a shipped,
   editable template (cards/judge_pairwise.txt). It sees every pair in both orders; a verdict that
   cannot be parsed is counted, never guessed; a tie counts 0.5.
+- `llm:openai:MODEL@URL`: the same judge, its model on an OpenAI-compatible server (api_judge.py).
 - `reward:MODEL`: an explicit reward model (a sequence-classification checkpoint) scoring each
   answer under its own prompt (stages.RewardStage).
 - `implicit:POLICY,REFERENCE`: the implicit reward of a build, beta * (log pi - log ref), with
@@ -53,6 +54,8 @@ class Judge:
     models: ClassVar[tuple[str, ...]] = ("MODEL",)
     """What follows `KIND:` in a spec, comma-separated, e.g. ("POLICY", "REFERENCE"); () for a
     judge that needs no model (its spec is the bare kind)."""
+    remote: ClassVar[bool] = False
+    """True for a judge whose model is a server's (api_judge.py): nothing to find or prepare."""
 
     def __init__(self, spec: str, names: list[str]):
         self.spec = spec
@@ -63,6 +66,13 @@ class Judge:
     @classmethod
     def usage(cls) -> str:
         return f"{cls.kind}:{','.join(cls.models)}" if cls.models else cls.kind
+
+    def label(self) -> str:
+        """The judge as the record names it: its models without this machine's folders."""
+        from icr_data.store.store import portable_path
+
+        models = ",".join(portable_path(m) for m in self.names)
+        return f"{self.kind}:{models}" if models else self.kind
 
     def resolve(self) -> None:
         """Find the models (folders, identities) and refuse one that cannot judge (check)."""
@@ -119,18 +129,13 @@ class LlmJudge(Judge):
         return judge_template(cfg)
 
     def judge(self, run: EvalRun, rows: list[dict], cand: list[str], base: list[str]) -> list[dict]:
-        cfg = run.cfg
-        template = judge_template(cfg)
+        template = judge_template(run.cfg)
         requests = []
         for r, c, b in zip(rows, cand, base):
             for order, (x, y) in (("ab", (c, b)), ("ba", (b, c))):
                 requests.append({"prompt_id": f"{r['prompt_id']}#{order}", "lang": r["lang"],
                                  "instruction": render_judge(template, r["instruction"], x, y)})  # fmt: skip
-        judge_cfg = SamplingConfig(backend=cfg.sampling.backend, n=1, temperature=0.0,
-                                   max_tokens=cfg.judge_max_tokens, seed=cfg.sampling.seed,
-                                   dtype=cfg.sampling.dtype, max_model_len=cfg.sampling.max_model_len,
-                                   gpu_memory_utilization=cfg.sampling.gpu_memory_utilization)  # fmt: skip
-        raw = run.answers(self.paths[0], self.ids[0], requests, f"judge {self.spec}", judge_cfg)
+        raw = self.outputs(run, requests)
         out = []
         for i in range(len(rows)):
             ab, ba = raw[2 * i], raw[2 * i + 1]
@@ -139,6 +144,16 @@ class LlmJudge(Judge):
             out.append(verdict(win, verdict_ab=v_ab, verdict_ba=v_ba, judge_output_ab=ab,
                                judge_output_ba=ba, consistent=consistent))  # fmt: skip
         return out
+
+    def outputs(self, run: EvalRun, requests: list[dict]) -> list[str]:
+        """The judge model's output for each request (its `instruction` is the filled prompt),
+        greedy, through the generation stage."""
+        cfg = run.cfg
+        judge_cfg = SamplingConfig(backend=cfg.sampling.backend, n=1, temperature=0.0,
+                                   max_tokens=cfg.judge_max_tokens, seed=cfg.sampling.seed,
+                                   dtype=cfg.sampling.dtype, max_model_len=cfg.sampling.max_model_len,
+                                   gpu_memory_utilization=cfg.sampling.gpu_memory_utilization)  # fmt: skip
+        return run.answers(self.paths[0], self.ids[0], requests, f"judge {self.spec}", judge_cfg)
 
 
 # --------------------------------------------------------------------------- the reward judges

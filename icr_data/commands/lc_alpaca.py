@@ -112,6 +112,16 @@ def read_difficulty(path: str | Path) -> Difficulty:
     return Difficulty(by_prompt, gamed or None, str(path))
 
 
+def difficulty_for(path: str | Path, prompt_ids: list[str]) -> Difficulty:
+    """read_difficulty, refused unless it covers every prompt (an eval checks it first)."""
+    table = read_difficulty(path)
+    missing = sorted(set(prompt_ids) - set(table.by_prompt), key=lambda p: (len(p), p))
+    if missing:
+        raise LcError(f"lc_difficulty {path}: no difficulty for prompt_id {missing[0]!r} "
+                      f"({len(missing)} prompts missing)")  # fmt: skip
+    return table
+
+
 def _legacy_penalty() -> bool:
     """scikit-learn before 1.8 names the L1 penalty `penalty="l1"`; 1.8 on, `l1_ratios=(1,)`."""
     import sklearn
