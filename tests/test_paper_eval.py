@@ -354,6 +354,19 @@ def test_openai_judge_end_to_end_key_sent_and_written_nowhere(
         assert got["lc_alpaca_eval"] == pytest.approx(direct["lc"], abs=1e-12)
         assert got["unparseable"] == 0 and got["position_consistency"] == 1.0
     assert m["lc_alpaca_eval"] == {"glm": "length_controlled_minimal", "difficulty": None}
+    card = (path / "README.md").read_text()
+    en = m["results"][label]["en"]
+    assert "length_controlled_minimal" in card and f"| {en['lc_alpaca_eval']:.3f} |" in card
+
+    import io
+
+    from rich.console import Console
+
+    from icr_data.commands.reports import eval_tables
+
+    shown = Console(file=io.StringIO(), width=200)
+    shown.print(*eval_tables(m))
+    assert "LC (AE)" in shown.file.getvalue()
 
     again, _ = evaluate(cfg)  # the judge's answers are kept as work: none is paid for twice
     assert len(stub.seen) == 24 and again.name == "v2"

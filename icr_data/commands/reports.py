@@ -318,13 +318,16 @@ def eval_tables(manifest: dict) -> list[Fitted]:
         table = Table(title=Text(f"{manifest['dataset']} {manifest['version']}: "
                                  f"{manifest['models']['candidate']['name']} vs "
                                  f"{manifest['models']['baseline']['name']}, judged by {judge}"))  # fmt: skip
-        cols = ("lang", "prompts", "WR", "SE", "LC", "ties", "unparseable", "cand. in lang",
-                "base. in lang", "cand. chars", "base. chars", "consistency")  # fmt: skip
+        ae = any("lc_alpaca_eval" in r for r in langs.values())  # lc: alpaca_eval asked for it
+        cols = ("lang", "prompts", "WR", "SE", "LC", *(("LC (AE)",) if ae else ()), "ties",
+                "unparseable", "cand. in lang", "base. in lang", "cand. chars", "base. chars",
+                "consistency")  # fmt: skip
         for col in cols:
             table.add_column(col, justify="left" if col == "lang" else "right", no_wrap=True)
         for lang, r in langs.items():
             table.add_row(lang, str(r["prompts"]), _f(r["win_rate"]), _f(r["se"]),
-                          _f(r["lc_win_rate"]), str(r["ties"]), str(r["unparseable"]),
+                          _f(r["lc_win_rate"]), *((_f(r["lc_alpaca_eval"]),) if ae else ()),
+                          str(r["ties"]), str(r["unparseable"]),
                           _f(r["candidate_in_language"], ".0%"), _f(r["baseline_in_language"], ".0%"),
                           _f(r["candidate_chars"], ".0f"), _f(r["baseline_chars"], ".0f"),
                           _f(r["position_consistency"], ".0%"))  # fmt: skip
