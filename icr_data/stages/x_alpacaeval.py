@@ -119,16 +119,12 @@ def load_x_alpacaeval(source: str, languages: list[str], extra: str | None = Non
         if not Path(extra).is_dir():
             raise PromptError(f"prompts.extra {extra}: not a folder")
         folders.append(Path(extra))
-    rows: list[dict] = []
+    where: dict[str, Path | None] = {}  # every language placed before any is read or fetched
     for lang in languages:
         if lang not in LANGUAGES:
             raise PromptError(f"prompts.languages: unknown language code {lang!r}")
         found = next((p for f in folders for p in candidates(f, lang) if p.is_file()), None)
-        if found is not None:
-            rows += rows_of(read_file(found), lang, str(found))
-        elif hub and lang in HUB_SPLITS:
-            rows += rows_of(from_hub(lang), lang, HUB_ID)
-        else:
+        if found is None and not (hub and lang in HUB_SPLITS):
             looked = ", ".join(str(p) for f in folders for p in candidates(f, lang)) or "nowhere"
             raise PromptError(
                 f"X-AlpacaEval has no {LANGUAGES[lang]} ({lang}) here (looked for {looked}); "
@@ -136,4 +132,11 @@ def load_x_alpacaeval(source: str, languages: list[str], extra: str | None = Non
                 "(id, dataset, instruction), e.g. translated with icr-data translate, and name "
                 "its folder in prompts.source or prompts.extra (docs/paper.md)"
             )
+        where[lang] = found
+    rows: list[dict] = []
+    for lang, found in where.items():
+        if found is not None:
+            rows += rows_of(read_file(found), lang, str(found))
+        else:
+            rows += rows_of(from_hub(lang), lang, HUB_ID)
     return rows
