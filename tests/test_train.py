@@ -518,19 +518,12 @@ def test_fsdp_on_two_cpu_processes_trains_as_one(version, tiny_pair, tmp_path):
     _trains_as_one_process(version, policy, tmp_path, tmp_path / "two")
 
 
-ZERO3_TRL_PASS = (
-    "TRL 1.16 + DeepSpeed 0.19.8: after TRL's reference pass through its own ZeRO-3 inference "
-    "engine, the first training forward fails with IndexError: pop from an empty deque "
-    "(docs/training.md)"
-)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "source",
     [
         "native",  # the version's reference log-probs (ref_logps auto): TRL's pass runs no forward
-        pytest.param("version", marks=pytest.mark.xfail(strict=True, reason=ZERO3_TRL_PASS)),
+        "version",  # cross-lingual scores: TRL's pass runs the policy through its ZeRO-3 engine
     ],
 )
 def test_deepspeed_zero3_on_two_cpu_processes_trains_as_one(source, request, tiny_pair, tmp_path):

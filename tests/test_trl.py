@@ -134,3 +134,24 @@ def test_a_changed_trl_internal_is_named_before_training(monkeypatch):
     assert "DPOTrainer._save_checkpoint" in problems[1] and "is gone" in problems[1]
     with pytest.raises(train.TrainError, match=r"this TRL changed what it relies on:\n  TRL "):
         train._trl_version()
+
+
+def test_a_trl_attribute_relied_on_is_checked(monkeypatch):
+    """train.TRL_ATTRIBUTES: TRL's DeepSpeed engine of its reference pass, which the recipe
+    destroys after the pass (ZeRO-3), is named when a TRL no longer sets it."""
+    import trl
+    from trl import DPOTrainer
+
+    from icr_data.commands import train
+
+    assert [a[0] for a in train.TRL_ATTRIBUTES] == ["_precompute_engine"]
+
+    def init(self, *args, **kwargs):  # a TRL that keeps its engine elsewhere
+        self.reference_engine = None
+
+    monkeypatch.setattr(DPOTrainer, "__init__", init)
+    (problem,) = train.trl_surface_problems()
+    assert (
+        problem.startswith(f"TRL {trl.__version__}") and "DPOTrainer._precompute_engine" in problem
+    )
+    assert problem.endswith("is no longer set in DPOTrainer.__init__")

@@ -62,7 +62,15 @@ TRL_SURFACE = (
 private ones are TRL / transformers internals: why TRL is pinned to its minor version
 (docs/training.md); `trl_surface_problems` checks them all (at training start, and in
 tests/test_trl.py). Also relied on: the policy forward returns TRL's FusedCausalLMOutput with
-per-token `log_probs` (checked there too)."""
+per-token `log_probs` (checked there too), and TRL_ATTRIBUTES."""
+
+TRL_ATTRIBUTES = (
+    ("_precompute_engine", "__init__",
+     "TRL's DeepSpeed inference engine for its reference pass, destroyed once the pass is done: "
+     "under ZeRO-3 its hooks stay on the policy and break the training engine's first forward"),
+)  # fmt: skip
+"""DPOTrainer attributes the recipe reads: (name, the method that sets it, why); checked, as
+TRL_SURFACE is, by `trl_surface_problems` (the method's source still sets `self.<name>`)."""
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -225,6 +233,14 @@ def trl_surface_problems() -> list[str]:
         if have[: len(params)] != list(params):
             problems.append(f"{where}: DPOTrainer.{name}, a {kind} the recipe overrides ({why}), "
                             f"takes ({', '.join(have)}), not ({', '.join(params)}, ...)")  # fmt: skip
+    for name, setter, why in TRL_ATTRIBUTES:
+        try:
+            source = inspect.getsource(getattr(DPOTrainer, setter))
+        except (OSError, TypeError, AttributeError):
+            source = ""
+        if f"self.{name} =" not in source:
+            problems.append(f"{where}: DPOTrainer.{name}, an internal the recipe reads ({why}), "
+                            f"is no longer set in DPOTrainer.{setter}")  # fmt: skip
     try:
         from trl.trainer.utils import FusedCausalLMOutput
 
@@ -370,6 +386,14 @@ def _trainer_class(version_logps: dict | None = None):
             self.lost_checkpoints: list = []
             self.recipe_metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
             super().__init__(*args, **kwargs)
+            # TRL's reference pass (it runs in __init__) ran the policy through a DeepSpeed
+            # inference engine of its own (trl.models.utils.prepare_deepspeed); under ZeRO-3 that
+            # engine's parameter hooks stay on the policy, and the training engine's first
+            # forward fails (IndexError: pop from an empty deque). The pass is done: remove them.
+            engine = getattr(self, "_precompute_engine", None)  # TRL_ATTRIBUTES
+            if engine is not None:
+                engine.destroy()
+                self._precompute_engine = None
 
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             return dataset  # prompt_ids / chosen_ids / rejected_ids from the scorer's encoder
