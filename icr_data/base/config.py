@@ -125,6 +125,16 @@ class ScoringConfig:
     instruction (one more policy and reference pass; candidates gain `reward_native`), and the
     manifest, card and build summary report per language the Kendall tau per prompt between the
     two rewards, flagging a language whose tau is not clearly above 0 (agreement.py)."""
+    stability_sample: float = 0.02
+    """Score stability: the share of candidates rescored by both models in other batches
+    (seeded; at least 16, all when fewer; commands/stability.py), whose largest |difference|
+    the manifest and card report. 0: not measured."""
+    stability_bound: float = 1e-2
+    """The largest |difference| in a summed log-prob (nats) the stability check accepts; above
+    it the build stops before writing a version (its work kept). float32 on a CPU measured
+    3.8e-6 (tiny models) and 7.0e-5 (SmolLM2-135M): 1e-2 leaves room for far longer responses
+    and still catches a scorer defect (whole nats). bfloat16 measured 7.8e-3 on the tiny models:
+    on a GPU it may need a larger bound (docs/trusting.md)."""
 
 
 CANDIDATE_FILTERS = ("truncated", "empty", "duplicate", "repetition", "off_target")
@@ -383,6 +393,16 @@ def validate_scoring(s: ScoringConfig, where: str = "scoring") -> None:
     if s.judge is not None and (not s.judge.startswith("reward:") or not s.judge[7:]):
         raise RecipeError(f"{where}: 'scoring.judge' must be reward:MODEL (an explicit reward "
                           f"model), got {s.judge!r}")  # fmt: skip
+    if not _number(s.stability_sample) or not 0 <= s.stability_sample <= 1:  # NaN too
+        raise RecipeError(f"{where}: 'scoring.stability_sample' must be a fraction in [0, 1] "
+                          f"(0: not measured), got {s.stability_sample!r}")  # fmt: skip
+    if not _number(s.stability_bound) or not 0 < s.stability_bound < float("inf"):
+        raise RecipeError(f"{where}: 'scoring.stability_bound' must be a finite number > 0 "
+                          f"(nats), got {s.stability_bound!r}")  # fmt: skip
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def validate_pairing(p: PairingConfig, where: str = "pairing") -> None:

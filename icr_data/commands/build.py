@@ -30,6 +30,8 @@ from icr_data.base.console import progress_bar, stderr_console
 from icr_data.base.logs import log_to
 from icr_data.commands.plan import Plan, make_plan
 from icr_data.commands.score_phase import ROLES, candidate_columns
+from icr_data.commands.stability import not_measured
+from icr_data.commands.stability import require as require_stable
 from icr_data.commands.versioning import version_manifest, write_paired
 from icr_data.core import runner
 from icr_data.core.executor import LocalExecutor, Task, writing
@@ -88,9 +90,10 @@ def score_steps(plan: Plan, part):
     yield from plan.phase.steps(plan.work, [plan.samples(s) for s in shards], langid=False)
 
 
-def assemble(plan: Plan, executor=None) -> tuple[Dataset, dict]:
+def assemble(plan: Plan, executor=None) -> tuple[Dataset, dict, dict]:
     """The candidates table of the whole recipe, from finished shards, in shard order; language
-    ID is run here (locally, unless `executor` says) for the shards that lack it."""
+    ID is run here (locally, unless `executor` says) for the shards that lack it; and the score
+    stability (a StabilityError above scoring.stability_bound, before language ID)."""
     missing = [f"{s.index} (generate)" for s in plan.shards if not plan.generated(s)]
     samples = [plan.samples(s) for s in plan.shards if plan.generated(s)]
     missing += plan.phase.missing(plan.work, samples)
@@ -98,12 +101,16 @@ def assemble(plan: Plan, executor=None) -> tuple[Dataset, dict]:
         raise MissingWork(
             f"unfinished shard(s): {', '.join(missing)}; run `icr-data generate` and `icr-data score` for them (or `icr-data build`)"
         )
+    stability = plan.phase.stability_facts(plan.work, samples)
+    if stability is None:  # scoring.stability_sample: 0
+        stability = not_measured(plan.recipe.scoring.stability_bound)
+    require_stable(stability)
     executor = executor or LocalExecutor(plan.work)
     report = runner.run(executor, [plan.phase.langid_step(samples)])["langid"]
     parts = [plan.phase.assemble(plan.work, s) for s in samples]
     candidates = concatenate_datasets(parts)
     columns = candidate_columns(candidates.column_names, plan.phase.translated)
-    return candidates.select_columns(columns), report
+    return candidates.select_columns(columns), report, stability
 
 
 def merge(plan: Plan, version: str | None = None, timings: dict | None = None,
@@ -114,14 +121,15 @@ def merge(plan: Plan, version: str | None = None, timings: dict | None = None,
     recipe = plan.recipe
     timings = dict(timings or {})
     t0 = time.perf_counter()
-    candidates, lid = assemble(plan, executor)
+    candidates, lid, stability = assemble(plan, executor)
     if lid["done"]:
         timings["langid_s"] = round(time.perf_counter() - t0, 2)
         timings["langid"] = lid.get("stats")  # texts, seconds, texts_per_s
 
     def manifest_for(pairs: Dataset, stats) -> dict:
         return version_manifest(recipe, plan.ids, pairs, stats, candidates, plan.prompts,
-                                plan.langs, timings, skipped_english=plan.skipped_english)  # fmt: skip
+                                plan.langs, timings, skipped_english=plan.skipped_english,
+                                stability=stability)  # fmt: skip
 
     dataset_dir = Path(recipe.store) / recipe.dataset
     with writing(dataset_dir):

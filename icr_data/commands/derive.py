@@ -82,6 +82,8 @@ def rescore(
     from icr_data.base.console import progress_bar, stderr_console
     from icr_data.commands import prepare
     from icr_data.commands.score_phase import candidate_columns, score_phase
+    from icr_data.commands.stability import not_measured
+    from icr_data.commands.stability import require as require_stable
     from icr_data.core import runner
     from icr_data.store.shards import WorkDir
 
@@ -138,13 +140,15 @@ def rescore(
     languages = None if "lid_lang" in candidates.column_names else tuple(parent_manifest["counts"])
     phase = score_phase(resolved["policy"], resolved["reference"], ids, recipe.scoring,
                         recipe.models.chat_template, models.pick_device(recipe.scoring.device),
-                        translator, languages=languages)  # fmt: skip
+                        translator, languages=languages, seed=recipe.sampling.seed)  # fmt: skip
     work = WorkDir(version_dir.parent / ".work")
     shards, positions = runner.candidate_shards(candidates, recipe.shard_prompts)
     t0 = time.perf_counter()
     with progress_bar(console) as progress:
         ex = runner.make_executor(executor, work, console, progress, address, recipe.ray)
         reports = runner.run(ex, phase.steps(work, shards))
+    stability = phase.stability_facts(work, shards) or not_measured(recipe.scoring.stability_bound)
+    require_stable(stability)  # before any pairing: above the bound, no version
     parts = [phase.assemble(work, s) for s in shards]
     scored = runner.in_order(parts, positions, len(candidates))
     scored = scored.select_columns(candidate_columns(scored.column_names, phase.translated))
@@ -152,7 +156,7 @@ def rescore(
                "scoring_throughput": {r: reports[r].get("stats") for r in ("policy", "reference")}}  # fmt: skip
     path, manifest = write_child(version_dir, parent_manifest, recipe, scored, ids, timings,
                                  {"operation": "rescore", "reused": ["candidates (responses)"]}, name,
-                                 if_changed, console)  # fmt: skip
+                                 if_changed, console, stability=stability)  # fmt: skip
     return path, manifest
 
 
@@ -195,11 +199,13 @@ def write_child(
     version_dir: Path, parent_manifest: dict, recipe: Recipe, candidates: Dataset, model_ids: dict,
     timings: dict, derived: dict, name: str | None, if_changed: bool = False, console=None,
     candidate_files: list[Path] | None = None, paired: tuple[Dataset, object] | None = None,
+    stability: dict | None = None,
 ) -> tuple[Path, dict]:  # fmt: skip
     """Pair `candidates` under `recipe` and write them as a new version whose parent is the given
     one (with `candidate_files`, the parent's candidates, linked or copied; versioning.write_paired). When the
     latest version already holds this content, say so; with `if_changed`, write nothing and
-    return that version. With `paired` (pairs, pair stats: curate's drop), no pairing runs."""
+    return that version. With `paired` (pairs, pair stats: curate's drop), no pairing runs.
+    `stability`: the rescore's score stability; None: the scores are the parent's, and so is it."""
     from icr_data.commands.versioning import version_manifest, write_paired
 
     counts = parent_manifest["counts"]
@@ -213,9 +219,12 @@ def write_child(
             "reference": model_ids.get("reference"),
         }
 
+    if stability is None:
+        stability = (parent_manifest.get("scoring") or {}).get("stability")
+
     def manifest_for(pairs: Dataset, stats) -> dict:
         manifest = version_manifest(recipe, model_ids, pairs, stats, candidates, prompts,
-                                    list(counts), timings,
+                                    list(counts), timings, stability=stability,
                                     parent=f"{parent_manifest['dataset']}/{parent_manifest['version']}",
                                     rounds=rounds or None,
                                     recipe_dir=store.local_info(version_dir).get("recipe_dir"))  # fmt: skip

@@ -183,7 +183,9 @@ def make_plan(recipe: Recipe, console=None) -> Plan:
                                          recipe.sampling, recipe.models.chat_template)  # fmt: skip
     plan.phase = score_phase(resolved["policy"], resolved["reference"], ids, recipe.scoring,
                              recipe.models.chat_template, device, translator, judge,
-                             tuple(langs))  # fmt: skip
+                             tuple(langs), seed=recipe.sampling.seed)  # fmt: skip
+    if plan.phase.stability is not None:  # every shard's share of the sample, whoever scores it
+        plan.phase.stability.total = len(prompts) * recipe.sampling.n
     for shard in shards:
         plan.gen_keys[shard.index] = plan.generate.key(plan.stage_shard(shard))
     return plan

@@ -17,8 +17,10 @@ The steps, in order (each a stage of stages/stages.py):
 1. translate (scoring.mode translate_en, when the rows have no response_en): each non-English
    response to English (the generation stage, greedy);
 2. per role (policy, then reference: one model resident at a time) the log-prob pass over the
-   scoring rows (the responses, or their translations), and with `agreement` the same pass
-   under each sample's own instruction while the model is loaded;
+   scoring rows (the responses, or their translations), and while the model is loaded, with
+   `agreement` the same pass under each sample's own instruction, and with `stability` a seeded
+   sample of the scoring rows again in other batches (stability.py; `stability_facts` compares
+   the two and is checked before a version is written);
 3. judge (scoring.judge): the explicit reward model over (instruction, response);
 4. language ID over (lang, response).
 """
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 
 from datasets import Dataset
 
+from icr_data.commands.stability import Stability
 from icr_data.core.runner import Step, content_task
 from icr_data.core.stage import Shard
 from icr_data.stages.score import rewards, with_rewards
@@ -72,6 +75,8 @@ class ScorePhase:
     """scoring.agreement: native: the same passes under each sample's own instruction."""
     judge: RewardStage | None = None
     langid: LangIdStage | None = None
+    stability: Stability | None = None
+    """scoring.stability_sample > 0: the sample rescored in other batches (stability.py)."""
     _tokenizer: object = field(default=None, repr=False, compare=False)
     """The reward pair's tokenizer, once native_tokens needs it (translate_en)."""
 
@@ -113,13 +118,25 @@ class ScorePhase:
             return rows
         return rows.remove_columns("response").rename_column("response_en", "response")
 
-    def _logp_tasks(self, work, role: str, shards: list[Shard]):
+    def _logp_tasks(self, work, role: str, shards: list[Shard]) -> list[tuple[str, object]]:
+        """(kind, task) of each piece of the role's pass: logp, native logp, stability."""
         stage = self.passes[role]
-        todo = [content_task(stage, s.index, self.scoring_rows(work, s)) for s in shards]
+        scoring = [self.scoring_rows(work, s) for s in shards]
+        todo = [("logp", content_task(stage, s.index, x)) for s, x in zip(shards, scoring)]
         if self.agreement:  # the native pass while the same model is loaded
-            todo += [content_task(stage, s.index, native(s.rows), {"scoring_prompt": "native"})
+            todo += [("native logp", content_task(stage, s.index, native(s.rows),
+                                                  {"scoring_prompt": "native"}))
                      for s in shards]  # fmt: skip
+        if self.stability is not None:  # the sample again, in other batches, while it is loaded
+            for s, x in zip(shards, scoring):
+                if (rows := self.stability.probe(x, self._total(shards))) is not None:
+                    todo.append(("stability", content_task(stage, s.index, rows,
+                                                           {"check": "stability"})))  # fmt: skip
         return todo
+
+    def _total(self, shards: list[Shard]) -> int:
+        """The run's candidates: as the plan counts them, else those of `shards`."""
+        return self.stability.total or sum(len(s.rows) for s in shards)
 
     # ---------------------------------------------------------------- the plan
     def steps(self, work, shards: list[Shard], langid: bool = True) -> Iterator[Step]:
@@ -130,8 +147,8 @@ class ScorePhase:
             yield Step(self.translate, self._translate_tasks(shards), "translate (to English)",
                        "translate")  # fmt: skip
         for role in ROLES:
-            yield Step(self.passes[role], self._logp_tasks(work, role, shards), f"score ({role})",
-                       role)  # fmt: skip
+            todo = [t for _, t in self._logp_tasks(work, role, shards)]
+            yield Step(self.passes[role], todo, f"score ({role})", role)
         if self.judge is not None:
             todo = [content_task(self.judge, s.index, s.rows) for s in shards]
             yield Step(self.judge, todo, "score (judge)", "judge")
@@ -151,15 +168,34 @@ class ScorePhase:
             if out:
                 return out  # the score keys need the translations
         for role in ROLES:
-            kinds = ["logp"] + (["native logp"] if self.agreement else [])
-            todo = self._logp_tasks(work, role, shards)
-            for i, t in enumerate(todo):
+            for kind, t in self._logp_tasks(work, role, shards):
                 if not work.done(self.passes[role].name, t.key):
-                    out.append(f"{t.index} ({kinds[i // len(shards)]}/{role})")
+                    out.append(f"{t.index} ({kind}/{role})")
         if self.judge is not None:
             out += [f"{s.index} (judge)" for s in shards
                     if not work.done(self.judge.name, content_task(self.judge, s.index, s.rows).key)]  # fmt: skip
         return out
+
+    def stability_facts(self, work, shards: list[Shard]) -> dict | None:
+        """The manifest's scoring.stability: per role the largest |difference| between the
+        sample's rescored log-probs and the main pass's (stability.require checks the bound);
+        None without a sample. The work must be finished (`missing` is empty)."""
+        if self.stability is None:
+            return None
+        diffs: dict[str, list[float]] = {r: [] for r in ROLES}
+        total = self._total(shards)
+        for s in shards:
+            scoring = self.scoring_rows(work, s)
+            at = self.stability.positions(scoring, total)
+            if not at:
+                continue
+            for role in ROLES:
+                stage = self.passes[role]
+                main = work.load(stage.name, content_task(stage, s.index, scoring).key)["logp"]
+                task = content_task(stage, s.index, self.stability.probe(scoring, total))
+                again = work.load(stage.name, task.key)["logp"]
+                diffs[role] += [abs(a - main[i]) for a, i in zip(again, at)]
+        return self.stability.facts(diffs, total)
 
     def native_tokens(self, rows: Dataset) -> list[int]:
         """The response tokens of each row's own response, counted as the scorer counts them
@@ -212,17 +248,23 @@ class ScorePhase:
 def score_phase(policy: str, reference: str, ids: dict, scoring, chat_template: str | None,
                 device: str, translator: GenerateStage | None = None,
                 judge: RewardStage | None = None,
-                languages: tuple[str, ...] | None = None) -> ScorePhase:  # fmt: skip
+                languages: tuple[str, ...] | None = None,
+                seed: int | None = None) -> ScorePhase:  # fmt: skip
     """The phase of a ScoringConfig: its passes (logprob_stages), and the translator, judge and
-    language ID when given."""
+    language ID when given; with `seed` (the recipe's: build, rescore) and
+    scoring.stability_sample > 0, the stability check (one-off scoring has none)."""
     from icr_data.stages.stages import logprob_stages
 
     passes = logprob_stages(policy, reference, ids, scoring, chat_template, device)
+    stability = None
+    if seed is not None and scoring.stability_sample > 0:
+        stability = Stability(scoring.stability_sample, scoring.stability_bound, seed)
     return ScorePhase(
         passes={p.role: p for p in passes}, beta=scoring.beta,
         translated=scoring.mode == "translate_en", translate=translator,
         agreement=bool(scoring.agreement), judge=judge,
         langid=None if languages is None else LangIdStage(languages=tuple(languages)),
+        stability=stability,
     )  # fmt: skip
 
 

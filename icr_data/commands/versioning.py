@@ -26,10 +26,12 @@ from icr_data.store.manifest import make_manifest, margin_summary
 from icr_data.store.shards import digest
 
 
-def run_facts(recipe, model_ids: dict, stats, mode_agreement: dict | None) -> dict:
+def run_facts(recipe, model_ids: dict, stats, mode_agreement: dict | None,
+              stability: dict | None = None) -> dict:  # fmt: skip
     """What the stages found, as the manifest records it (store/manifest.py reads these): the
     pairing funnel and figures, judge and mode agreement with their likely-noise verdicts,
-    the translation (translate_en) and the scoring convention."""
+    the translation (translate_en), the scoring convention and the score stability
+    (stability.py; None: not measured)."""
     from icr_data.pairing.pairs import empty_funnel
 
     judge = judge_figures(stats.judge_agreement)
@@ -53,6 +55,7 @@ def run_facts(recipe, model_ids: dict, stats, mode_agreement: dict | None) -> di
         },
         "translation": translation(recipe, model_ids),
         "convention": SCORING_CONVENTION,
+        "stability": stability,
     }
 
 
@@ -71,13 +74,13 @@ def translation(recipe, model_ids: dict) -> dict | None:
 
 def version_manifest(recipe, model_ids: dict, pairs: Dataset, stats, candidates: Dataset,
                      prompts: Dataset, langs: list[str], timings: dict,
-                     **kwargs) -> dict:  # fmt: skip
+                     stability: dict | None = None, **kwargs) -> dict:  # fmt: skip
     """The manifest of a version holding `pairs` paired from `candidates` (store.manifest's
     make_manifest, with run_facts and the per-language counts and margins)."""
     from icr_data.stages.agreement import candidate_agreement
 
     counts, margins = margin_summary(pairs, candidates, prompts, langs)
-    facts = run_facts(recipe, model_ids, stats, candidate_agreement(candidates))
+    facts = run_facts(recipe, model_ids, stats, candidate_agreement(candidates), stability)
     return make_manifest(recipe, model_ids, facts, counts, margins, timings, **kwargs)
 
 

@@ -28,6 +28,8 @@ from icr_data.stages.chat import ChatEncoder, Encoded
 # Models with one of them take the full-logits path so the scores stay exact.
 _LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 _HEAD_CHUNK = 1024  # response positions per LM-head / log-softmax chunk
+BATCH_COLUMN = "score_batch"
+"""An optional input column: the batch each row is scored in (forward_batched's `batches`)."""
 
 
 def encode_candidates(candidates: Dataset, tokenizer, count_eot: bool) -> list[Encoded]:
@@ -148,6 +150,24 @@ def plan_batches(lengths: Sequence[int], token_budget: int, max_batch_size: int)
     return batches
 
 
+def _batches(lengths: Sequence[int], token_budget: int, max_batch_size: int,
+             given: Sequence[int] | None) -> list[list[int]]:  # fmt: skip
+    """plan_batches, or the `given` batch numbers' groups (each within the budget)."""
+    if given is None:
+        return plan_batches(lengths, token_budget, max_batch_size)
+    groups: dict[int, list[int]] = {}
+    for i, b in enumerate(given):
+        groups.setdefault(b, []).append(i)
+    return [[g[j] for j in part]
+            for g in groups.values()
+            for part in plan_batches([lengths[i] for i in g], token_budget, max_batch_size)]  # fmt: skip
+
+
+def given_batches(rows: Dataset) -> list[int] | None:
+    """The batch number of each row (BATCH_COLUMN) when the rows carry them, else None."""
+    return rows[BATCH_COLUMN] if BATCH_COLUMN in rows.column_names else None
+
+
 def default_token_budget(device: str) -> int:
     return 16384 if device.startswith("cuda") else 4096
 
@@ -162,6 +182,7 @@ def forward_batched(
     advance: Callable[[int, int], None] | None = None,
     stats: ScoreStats | None = None,
     response_lengths: Sequence[int] | None = None,
+    batches: Sequence[int] | None = None,
 ) -> list[float]:
     """The one forward loop of scoring: one number per row, in input order.
 
@@ -169,9 +190,17 @@ def forward_batched(
     are batched longest first to a padded-token budget, and `forward(indices)` gives the numbers
     of one batch (indices into the rows). `advance(rows, tokens)` is called after each batch and
     `stats` (if given) accumulates what was done. Log-probs (sequence_logps) and an explicit
-    reward model (RewardModelScorer) both run through it."""
-    first: dict[tuple, int] = {}
-    back = [first.setdefault(k, len(first)) for k in keys]
+    reward model (RewardModelScorer) both run through it.
+
+    With `batches` (a batch number per row, the rows' BATCH_COLUMN) the caller chose the
+    batches: rows sharing a number form one batch (split only where the budget demands), in
+    the order the numbers first appear, every row computed (no deduplication). The stability
+    check (commands/stability.py) rescores a sample that way."""
+    if batches is None:
+        first: dict[tuple, int] = {}
+        back = [first.setdefault(k, len(first)) for k in keys]
+    else:
+        back = list(range(len(keys)))
     unique: list[int] = []  # the row of each distinct key's first appearance
     for i, b in enumerate(back):
         if b == len(unique):
@@ -182,7 +211,7 @@ def forward_batched(
     ulen = [lengths[i] for i in unique]
     scored = [0.0] * len(unique)
     budget = token_budget or default_token_budget(device)
-    for idx in plan_batches(ulen, budget, max_batch_size):
+    for idx in _batches(ulen, budget, max_batch_size, batches):
         t0 = time.perf_counter()
         values = forward([unique[i] for i in idx])
         for i, v in zip(idx, values):
@@ -212,6 +241,7 @@ def sequence_logps(
     max_batch_size: int = 64,
     advance: Callable[[int, int], None] | None = None,
     stats: ScoreStats | None = None,
+    batches: Sequence[int] | None = None,
 ) -> list[float]:
     """Summed response log-prob for each row, in input order (forward_batched)."""
     return forward_batched(
@@ -219,7 +249,7 @@ def sequence_logps(
         [len(r.prompt_ids) + len(r.response_ids) for r in rows],
         lambda idx: _batch_logps(model, [rows[i] for i in idx], pad_id, device).tolist(),
         device, token_budget, max_batch_size, advance, stats,
-        response_lengths=[len(r.response_ids) for r in rows],
+        response_lengths=[len(r.response_ids) for r in rows], batches=batches,
     )  # fmt: skip
 
 
@@ -255,7 +285,8 @@ class TransformersScorer:
                 advance(k, rate=f"{stats.tokens_per_s:,.0f} tok/s")
 
         logps = sequence_logps(self.model, encoded, self.pad_id, st.device, st.token_budget,
-                               st.max_batch_size, advance=step, stats=stats)  # fmt: skip
+                               st.max_batch_size, advance=step, stats=stats,
+                               batches=given_batches(rows))  # fmt: skip
         out = Dataset.from_dict(
             {"logp": logps, "response_tokens": [len(r.response_ids) for r in encoded]}
         )

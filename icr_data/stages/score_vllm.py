@@ -51,6 +51,7 @@ from icr_data.stages.score import (
     default_token_budget,
     encode_candidates,
     forward_batched,
+    given_batches,
 )
 
 LOGPROBS_MODE = "raw_logprobs"
@@ -192,6 +193,7 @@ class VllmScorer:
             lambda idx: self.forward(encoded, idx),
             st.device, self.budget, st.max_batch_size, step, stats,
             response_lengths=[len(r.response_ids) for r in encoded],
+            batches=given_batches(rows),
         )  # fmt: skip
         stats.padded_tokens = stats.tokens  # vLLM packs requests: no padding
         out = Dataset.from_dict(

@@ -142,9 +142,13 @@ class LogprobStage(Stage):
     def key(self, shard: Shard) -> str:
         # the responses enter through the key of the work that made them (or their digest);
         # the scoring prompts are listed, since one generation is scored under several
+        from icr_data.stages.score import given_batches
+
         responses = shard.upstream or digest(self.key_rows(shard.rows))
+        batches = given_batches(shard.rows)  # rows scored in batches the caller chose
         return digest({"stage": self.name, "generation": responses,
-                       "scoring_prompts": list(shard.rows["scoring_prompt"]), **self.identity()})  # fmt: skip
+                       "scoring_prompts": list(shard.rows["scoring_prompt"]), **self.identity(),
+                       **({"batches": batches} if batches is not None else {})})  # fmt: skip
 
     def made_of(self, shard: Shard) -> dict:
         return {"shard": shard.index, "role": self.role, "model": self.model_id}
@@ -153,7 +157,11 @@ class LogprobStage(Stage):
         self._scorer = SCORERS.load(self.backend)(self)
 
     def run(self, rows: Dataset, advance: Advance | None = None) -> Dataset:
+        from icr_data.stages.score import BATCH_COLUMN
+
         out, self._stats = self._scorer.score(rows, advance)
+        if BATCH_COLUMN in rows.column_names:  # the stability check's rescoring, counted apart
+            self._stats = {**self._stats, "probe": True}
         return out
 
     def close(self) -> None:
@@ -169,15 +177,24 @@ class LogprobStage(Stage):
 
     @staticmethod
     def summarize(per_shard: list[dict]) -> dict | None:
+        """The passes' throughput summed; the stability check's rescoring (`probe` shards) as
+        `stability` beside it, so the figures stay the passes' own and its cost shows."""
         from icr_data.stages.score import ScoreStats
 
-        total = ScoreStats()
-        for s in per_shard:
-            for f in ("rows", "tokens", "padded_tokens", "response_tokens", "batches",
-                      "seconds", "duplicates_skipped"):  # fmt: skip
-                setattr(total, f, getattr(total, f) + s[f])
+        def total(shards: list[dict]) -> dict:
+            out = ScoreStats()
+            for s in shards:
+                for f in ("rows", "tokens", "padded_tokens", "response_tokens", "batches",
+                          "seconds", "duplicates_skipped"):  # fmt: skip
+                    setattr(out, f, getattr(out, f) + s[f])
+            return out.as_dict()
+
+        probe = [s for s in per_shard if s.get("probe")]
+        out = total([s for s in per_shard if not s.get("probe")])
+        if probe:
+            out["stability"] = total(probe)
         engine = next((s["engine"] for s in per_shard if "engine" in s), None)
-        return {**total.as_dict(), "engine": engine} if engine else total.as_dict()
+        return {**out, "engine": engine} if engine else out
 
 
 def logprob_stages(

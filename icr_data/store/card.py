@@ -94,10 +94,22 @@ def prompt_rows(manifest: dict) -> str:
     return f"{total} prompt rows ({detail})"
 
 
+def stability(facts: dict | None) -> str:
+    """The card's score stability (the manifest's scoring.stability, commands/stability.py):
+    'max |Δ log-prob| 2.1e-06 nats over 16 rescored candidates of 120 ...; bound 0.01', or
+    'not measured' (scoring.stability_sample 0, or a version made before it was measured)."""
+    if not facts or not facts.get("measured"):
+        return "not measured"
+    return (f"max |Δ log-prob| {facts['max']:.1e} nats over {facts['rescored']} rescored "
+            f"candidates of {facts['candidates']} under the policy and the reference, in "
+            f"{facts['order']}; bound {facts['bound']:g}")  # fmt: skip
+
+
 def render_card(manifest: dict) -> str:
     env = environment()
     env.filters["prompt_rows"] = prompt_rows
     env.filters["fmt"] = lambda v: "-" if v is None else f"{v:.3f}"
     env.filters["reasons"] = lambda d: ", ".join(f"{k} {v}" for k, v in d.items()) or "-"
+    env.filters["stability"] = stability
     header = yaml.safe_dump(card_header(manifest), sort_keys=False, allow_unicode=True)
     return env.get_template("dataset_card.md").render(header=header, m=manifest)

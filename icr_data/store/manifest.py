@@ -186,6 +186,7 @@ def _manifest(
             "count_eot": recipe.scoring.count_eot,
             "directive": DIRECTIVE,
             "convention": facts["convention"],
+            "stability": facts.get("stability"),
             "reward": "beta * (logp_policy - logp_ref)",
         },
         "pairing": {
