@@ -546,3 +546,29 @@ def test_agreement_and_likely_noise_flags_are_on_the_version_page(big, tmp_path)
     assert ">60/70<" in page and ">36/70<" in page
     warned = re.findall(r'class="warning noise" data-lang="(\w+)"', page)
     assert set(warned) == {"fr", "ru"}  # a warning line per reason a language is flagged
+
+
+def test_a_curated_versions_pages_say_which_pairs_were_dropped_by_hand_and_why(tiny, tmp_path):
+    import shutil
+
+    from icr_data.commands.curate import drop_pairs
+
+    root = tmp_path / "store"
+    shutil.copytree(tiny[0], root)
+    v1 = root / "demo-tiny" / "v1"
+    first, second = pl.read_parquet(store.config_files(v1, "pairs")).head(2).iter_rows(named=True)
+    k1, k2 = pairs_query.pair_key(first), pairs_query.pair_key(second)
+    child, _ = drop_pairs(v1, {k1: "off target"}, "v2")
+    drop_pairs(child, {k2: "too short"}, "v3")  # a curated child of a curated child
+    c = TestClient(create_app(root))
+    page = c.get("/v/demo-tiny/v3").text
+    assert [tuple(json.loads(k)) for k in attrs(page, "tr", "data-dropped-key")] == [k2]
+    assert re.findall(r'<td class="reason">([^<]*)</td>', page) == ["too short"]
+    for key, said in ((k1, "demo-tiny/v2: off target"), (k2, "demo-tiny/v3: too short")):
+        params = {"prompt_id": key[0], "lang": key[1]}
+        page = c.get("/v/demo-tiny/v3/prompt", params=params).text
+        why = re.search(r'<p id="why-no-pair"[^>]*>([^<]*)</p>', page).group(1)
+        assert why == f"No pair from this prompt: dropped by hand ({said})."
+        assert keys(page) == []  # no pair of this prompt is left
+    page = c.get("/v/demo-tiny/v1/prompt", params={"prompt_id": k1[0], "lang": k1[1]}).text
+    assert 'id="why-no-pair"' not in page and keys(page) == [k1]  # the parent keeps its pair

@@ -14,7 +14,9 @@ Stable hooks for browser tests (ids unless marked `.class` or `[attribute]`):
 - store page: `#versions` (rows `tr.version[data-version="dataset/vN"]`, link `a.version-link`,
   per-language counts `td.langs`), `#evals` (rows `tr.eval[data-record]`, link `a.eval-link`),
   diff form `#diff-form` with `#diff-a`, `#diff-b`, `#diff-go`.
-- version page: `#version-title`, `#written` (after a curated write, `[data-dropped]`), funnel
+- version page: `#version-title`, `#written` (after a curated write, `[data-dropped]`), for a
+  curated version `#dropped-by-hand` and `#dropped-pairs` (rows
+  `tr.dropped-pair[data-dropped-key]`, cell `td.reason`), funnel
   `#funnel` (rows `tr[data-lang]`, cells `td.prompts`, `td.candidates`, `td.kept`, `td.pairs`
   with `[data-value]`), `#funnel-charts`, `#margin-histograms` (one `svg.chart-histogram` per
   language, `[data-lang]` on its wrapper), `#reward-length` (`svg.chart-scatter` per language,
@@ -31,7 +33,9 @@ Stable hooks for browser tests (ids unless marked `.class` or `[attribute]`):
   pager `#page-prev`, `#page-next`, `#page-info`.
 - prompt page: `#prompt-instruction`, `#candidates` (rows `tr.candidate[data-sample-idx]` with
   `[data-filtered]` (the filter's name or "") and `[data-roles]` ("chosen", "rejected", both or
-  ""), `#why-no-pair`, `#prompt-pairs` (rows `tr.pair[data-pair-key]`, with a `form.mark-form`).
+  ""), `#why-no-pair`, `#prompt-dropped` (`li.dropped-pair[data-dropped-key]`: pairs dropped by
+  hand while others remain), `#prompt-pairs` (rows `tr.pair[data-pair-key]`, with a
+  `form.mark-form`).
 - diff page: `#diff-recipe`, `#diff-models`, `#diff-counts`, `#diff-margins` (rows
   `tr[data-lang]`), `#overlays` (an `svg.chart-overlaid` per language).
 - eval record page: `#eval-results` (rows `tr[data-judge][data-lang]`, cells `td.wr`,

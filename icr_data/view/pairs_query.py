@@ -38,7 +38,7 @@ import polars as pl
 from icr_data.base.config import CANDIDATE_FILTERS
 from icr_data.pairing.textfeatures import normalise, repeated_ngram_ratio
 from icr_data.store import store
-from icr_data.view.queries import Damaged, NotFound, ViewError
+from icr_data.view.queries import Damaged, NotFound, ViewError, version_dir
 from icr_data.view.textcache import TextCache
 
 SORTS = ("margin", "length_diff")
@@ -317,8 +317,12 @@ def prompt_view(path: Path, manifest: Mapping, prompt_id: str, lang: str) -> dic
         r["roles"] = [role for p in pairs for role in ("chosen", "rejected")
                       if p[f"{role}_sample_idx"] == r["sample_idx"]]  # fmt: skip
     kept = sum(why is None for why in reasons)
+    hand = dropped_by_hand(path, manifest, prompt_id, lang)
     if pairs:
         why_none = None
+    elif hand:
+        why_none = "dropped by hand (" + "; ".join(f"{d['version']}: {d['reason']}" for d in hand)
+        why_none += ")"
     elif kept < 2:
         why_none = f"{kept} candidate(s) kept by the filters: fewer than two, so no pair"
     else:
@@ -329,4 +333,26 @@ def prompt_view(path: Path, manifest: Mapping, prompt_id: str, lang: str) -> dic
     return {"prompt_id": prompt_id, "lang": lang, "instruction": first.get("instruction"),
             "scoring_prompt": first.get("scoring_prompt"), "candidates": rows, "pairs": pairs,
             "kept": kept, "alpha": alpha, "unit": unit, "settings": settings, "columns": cols,
-            "why_no_pair": why_none}  # fmt: skip
+            "why_no_pair": why_none, "dropped_by_hand": hand}  # fmt: skip
+
+
+def dropped_by_hand(path: Path, manifest: Mapping, prompt_id: str, lang: str) -> list[dict]:
+    """The pairs of one prompt and language dropped by hand (curate.drop_pairs) in this version
+    or the curated versions it descends from, each with its reason and the `version` that
+    dropped it, newest first: a curated child's manifest lists only its own drops, so the
+    parents are read while they are drops too (a re-paired version pairs anew and ends it)."""
+    out: list[dict] = []
+    root = path.parent.parent
+    for _ in range(1000):
+        derived = manifest.get("derived") or {}
+        if derived.get("operation") != "drop":
+            break
+        name = f"{manifest.get('dataset')}/{manifest.get('version')}"
+        out += [{**d, "version": name} for d in derived.get("dropped") or []
+                if d.get("prompt_id") == prompt_id and d.get("lang") == lang]  # fmt: skip
+        parent = str(manifest.get("parent") or "").split("/")
+        try:
+            manifest = store.read_manifest(version_dir(root, *parent))
+        except (TypeError, ViewError, store.StoreError):  # no parent, or not in this store
+            break
+    return out
