@@ -9,7 +9,7 @@ A screenshot of each page is saved under the test's temporary folder.
 The walk also takes the screenshots of docs/view.md, on a copy of a store (the copy gets the
 curated child version, the store itself is not written):
 
-    python tests/test_view_browser.py icr_store docs/     # docs/view_store.png, view_version.png, ...
+    python tests/test_view_browser.py icr_store docs/     # docs/view_store.png, ..., view_diff.png
 """
 
 from __future__ import annotations
@@ -95,8 +95,10 @@ def walk(driver, url: str, shots: Path, version: str, lang: str, prefix: str = "
     def all_css(selector: str, within=None):
         return (within or driver).find_elements(By.CSS_SELECTOR, selector)
 
-    def scroll_to(selector: str) -> None:
-        driver.execute_script("arguments[0].scrollIntoView()", css(selector))
+    def scroll_to(selector: str) -> None:  # with its heading in view
+        driver.execute_script(
+            "arguments[0].scrollIntoView(); window.scrollBy(0, -70)", css(selector)
+        )
 
     driver.get(url)  # the store page
     seen["store_versions"] = [r.get_attribute("data-version") for r in all_css("tr.version")]
@@ -250,6 +252,13 @@ def main(argv: list[str]) -> None:
         driver = browser()
         try:
             seen = walk(driver, url, out, versions[-1].name, "de", prefix="view_")
+            child = seen["child_url"].split("/")[-1].split("?")[0]
+            driver.get(f"{url}diff?a={DATASET}/{versions[-1].name}&b={DATASET}/{child}")
+            driver.execute_script("document.getElementById('diff-counts').scrollIntoView()")
+            driver.execute_script("window.scrollBy(0, -70)")
+            driver.save_screenshot(str(out / "view_diff.png"))
+            driver.get(url)  # the store again, the child listed under its parent
+            driver.save_screenshot(str(out / "view_store.png"))
         finally:
             driver.quit()
             stop(proc)
