@@ -84,7 +84,8 @@ def test_build_with_transformers_backend(tmp_path, tiny_pair):
     second = build(small_recipe(tmp_path, tiny_pair, **{"scoring.count_eot": "false"}))
     v2 = second.path
     assert second.report["generate"] == {"done": 0, "skipped": 1}  # generation reused
-    assert second.report["policy"]["done"] == 1  # the convention changed: rescored
+    assert second.report["policy"]["done"] == 2  # the convention changed: rescored (the shard
+    # and its stability sample, commands/stability.py)
     throughput = second.report["policy"]["stats"]
     assert throughput["rows"] == 27 and throughput["tokens"] > throughput["response_tokens"] > 0
     assert 0 <= throughput["padding_waste"] < 1 and throughput["tokens_per_s"] > 0

@@ -93,7 +93,7 @@ def test_ray_build_equals_local_build_and_resumes_local_work(tmp_path, tiny_pair
 
     rep = result.report
     assert (rep["generate"]["done"], rep["generate"]["skipped"]) == (2, 2)
-    assert (rep["policy"]["done"], rep["reference"]["done"]) == (4, 4)
+    assert (rep["policy"]["done"], rep["reference"]["done"]) == (8, 8)  # + stability samples
     for stage in ("generate", "policy", "reference"):  # the work ran in actors, not here
         pids = {int(w.rsplit(":", 1)[1]) for w in rep[stage]["workers"]}
         assert pids and os.getpid() not in pids

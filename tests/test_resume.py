@@ -95,14 +95,15 @@ def test_recipe_changes_invalidate_exactly_the_affected_stages(tmp_path, tiny_pa
     rescaled = build(
         recipe(tmp_path, tiny_pair, **{"scoring.beta": 0.5, "pairing.length_control": "false"})
     )
-    assert rescaled.report == {"generate": {"done": 0, "skipped": 4}, "policy": {"done": 0, "skipped": 4},
-                               "reference": {"done": 0, "skipped": 4}}  # fmt: skip
+    # 4 shards, and each shard's stability sample (commands/stability.py) in the score passes
+    assert rescaled.report == {"generate": {"done": 0, "skipped": 4}, "policy": {"done": 0, "skipped": 8},
+                               "reference": {"done": 0, "skipped": 8}}  # fmt: skip
     r1, r2 = table(first.path, "candidates"), table(rescaled.path, "candidates")
     assert [r["reward"] * 0.5 for r in r1] == pytest.approx([r["reward"] for r in r2])
 
     native = build(recipe(tmp_path, tiny_pair, **{"scoring.mode": "native"}))
     assert native.report["generate"]["skipped"] == 4
-    assert (native.report["policy"]["done"], native.report["policy"]["skipped"]) == (4, 0)
+    assert (native.report["policy"]["done"], native.report["policy"]["skipped"]) == (8, 0)
 
     hotter = build(recipe(tmp_path, tiny_pair, **{"sampling.temperature": 1.3}))
     assert hotter.report["generate"] == {"done": 4, "skipped": 0}

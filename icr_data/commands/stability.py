@@ -91,12 +91,18 @@ class Stability:
     def probe(self, rows: Dataset, total: int) -> Dataset | None:
         """The shard's sample as the log-prob passes score it again: its rows in the rescoring
         order, each with its batch number (score.BATCH_COLUMN); None when nothing is sampled."""
+        from datasets import Dataset, Value
+
         from icr_data.stages.score import BATCH_COLUMN
 
         at = self.positions(rows, total)
         if not at:
             return None
-        return rows.select(at).add_column(BATCH_COLUMN, [j // PROBE_BATCH for j in range(len(at))])
+        sample = rows.select(at)  # a small table, built anew (add_column would flatten, loudly)
+        features = sample.features.copy()
+        features[BATCH_COLUMN] = Value("int64")
+        batches = [j // PROBE_BATCH for j in range(len(at))]
+        return Dataset.from_dict({**sample.to_dict(), BATCH_COLUMN: batches}, features=features)
 
     def facts(self, diffs: dict[str, list[float]], candidates: int) -> dict:
         """What the manifest records (scoring.stability), from each role's |differences|."""
