@@ -210,12 +210,13 @@ class RayExecutor(LocalExecutor):
         if self.console is not None:
             self.console.print(f"{label}: {len(left)} shard(s) on {pool.actors} Ray actor(s), "
                                f"{pool.gpus:g} GPU and {pool.cpus:g} CPU each")  # fmt: skip
-        by_index = {t.index: t for t in left}
-        items = [{"shard": t.index, "data": to_bytes(table_of(t.load()))} for t in left]
+        # tasks go by their place in `left`: one shard can hold several tasks of a stage (the
+        # native pass, the stability sample), so its index names none of them alone
+        items = [{"shard": i, "data": to_bytes(table_of(t.load()))} for i, t in enumerate(left)]
         per_shard, workers = [], set()
         with self.bar(label, sum(t.size for t in left)) as advance:
             for row in _run_pool(items, StageActor, {"stage": stage, "gpus": pool.gpus}, pool):
-                task = by_index[row["shard"]]
+                task = left[row["shard"]]
                 self.save(stage, task, from_bytes(row["data"]))
                 stats = json.loads(row["extra"])
                 if stats is not None:
