@@ -160,7 +160,8 @@ class LogprobStage(Stage):
         from icr_data.stages.score import BATCH_COLUMN
 
         out, self._stats = self._scorer.score(rows, advance)
-        if BATCH_COLUMN in rows.column_names:  # the stability check's rescoring, counted apart
+        probe = BATCH_COLUMN in rows.column_names  # the stability check's rescoring
+        if probe and self._stats is not None:  # counted apart (summarize)
             self._stats = {**self._stats, "probe": True}
         return out
 
