@@ -58,3 +58,23 @@ def overrides(store_dir, tiny_pair, **extra):
 
 def recipe(store_dir, tiny_pair, **extra):
     return load_recipe(DEMO, overrides(store_dir, tiny_pair, **extra))
+
+
+def write_synthetic(store_dir: Path) -> Path:
+    """The synthetic version of `tables()` written as `t/v1` under `store_dir`."""
+    from icr_data.store import store
+    from icr_data.store.card import render_card
+
+    tabs, manifest = tables()
+    return store.write_version(store_dir, "t", tabs, manifest, render_card)
+
+
+def cli_exit(capsys, *args) -> tuple[int, str]:
+    """(exit code, stderr) of `icr-data ARGS` run in this process, for commands that exit."""
+    import pytest
+
+    from icr_data import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(list(args))
+    return e.value.code, capsys.readouterr().err

@@ -11,22 +11,11 @@ import json
 from pathlib import Path
 
 import pytest
-from synthetic import tables
+from synthetic import cli_exit, write_synthetic
 
-from icr_data import cli
 from icr_data.store import integrity, store
-from icr_data.store.card import render_card
 
-
-def write(store_dir: Path) -> Path:
-    tabs, manifest = tables()
-    return store.write_version(store_dir, "t", tabs, manifest, render_card)
-
-
-def run(capsys, *args) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as e:
-        cli.main(list(args))
-    return e.value.code, capsys.readouterr().err
+write, run = write_synthetic, cli_exit
 
 
 def edit(v: Path, change) -> None:
