@@ -46,15 +46,16 @@ def keys(page: str) -> list[tuple]:
     return [tuple(json.loads(k)) for k in attrs(page, "tr", "data-pair-key")]
 
 
-def write(root, pairs_rows, cand_rows, langs, name=None, modes=None, judge=None):
+def write(root, pairs_rows, cand_rows, langs, name=None, modes=None, judge=None, alphas=None):
     """A version written through the real manifest and store code (`modes`: mode agreement per
-    language, `judge`: the judge's agreement per language, as the stages measure them)."""
+    language, `judge`: the judge's agreement per language, as the stages measure them;
+    `alphas`: the length-control alpha per language, where pairs_rows are given)."""
     cands = Dataset.from_list(cand_rows)
     if pairs_rows is None:  # paired by the pair stage, its funnel recorded
         pairs, stats = make_pairs(cands, PairingConfig())
     else:
         pairs = Dataset.from_list(pairs_rows, features=PAIR_FEATURES)
-        stats = PairStats(judge_agreement=judge or {})
+        stats = PairStats(judge_agreement=judge or {}, alphas=alphas or {})
     prompts = Dataset.from_dict({"lang": [r["lang"] for r in cand_rows if r["sample_idx"] == 0]})
     counts, margins = margin_summary(pairs, cands, prompts, langs)
     recipe = Recipe(dataset="t", license="apache-2.0")
@@ -213,6 +214,53 @@ def test_the_text_cache_holds_every_row_as_the_parquet_files_do(tmp_path, monkey
                    for i in want}  # fmt: skip
     assert pairs_query.texts(tmp_path / "v1", want) == got  # the browser reads it once built
     assert not list((tmp_path / "v1").rglob("*.arrow"))  # nothing written in the version
+
+
+def test_a_text_search_finds_in_the_text_cache_what_it_finds_in_the_parquet_files(
+    tmp_path, monkeypatch
+):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from icr_data.view import textcache
+
+    monkeypatch.setenv("ICR_DATA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(pairs_query, "CACHE_FROM", 1)  # a small version gets its cache too
+    monkeypatch.setattr(textcache, "SCAN", 2)  # a search in several steps: rows counted across
+    words = ["Needle", "NEEDLE in", "a nEeDlE", "ÉTÉ", "été", "a.b", "axb", "(x)", "[y", "Straße"]
+
+    def said(role: str, i: int, k: int) -> list[dict]:  # the last message is the text
+        return [{"role": "user", "content": "x"},
+                {"role": role, "content": f"{words[(i * k) % len(words)]} {i}"}]  # fmt: skip
+
+    n = 5 * textcache.BATCH + 77
+    rows = [{"prompt": said("user", i, 1), "chosen": said("assistant", i, 3),
+             "rejected": [] if i % 17 == 0 else said("assistant", i, 7)} for i in range(n)]  # fmt: skip
+    rows[5]["chosen"][-1]["content"] = None
+    folder = tmp_path / "v1" / "data" / "pairs"
+    folder.mkdir(parents=True)
+    for k, part in enumerate((rows[:2000], rows[2000:])):
+        pq.write_table(
+            pa.Table.from_pylist(part), folder / f"train-{k}.parquet", row_group_size=900
+        )
+
+    def want(q: str) -> list[int]:  # case folded, literally
+        return [i for i, r in enumerate(rows) if any(q.lower() in (m[-1]["content"] or "").lower()
+                for m in (r["prompt"], r["chosen"], r["rejected"]) if m)]  # fmt: skip
+
+    version = tmp_path / "v1"
+    queries = ["needle", "NEEDLE", "É", "é", "a.b", "(x)", "[y", "straße", "in 4", "zz"]
+    parquet = {q: pairs_query.search(version, q) for q in queries}
+    assert {q: got.to_list() for q, got in parquet.items()} == {q: want(q) for q in queries}
+    cache = textcache.TextCache(version)
+    assert not cache.ready()
+    pairs_query.texts(version, [0])  # starts the cache's build (CACHE_FROM), on a thread
+    textcache._building[cache.key].join()
+    assert cache.ready()
+    monkeypatch.setattr(pl, "scan_parquet", None)  # from here a search cannot read the Parquet
+    for q in queries:
+        cached = pairs_query.search(version, q)
+        assert cached.to_list() == parquet[q].to_list() and cached.dtype == parquet[q].dtype, q
 
 
 @pytest.mark.parametrize("params, bad", [({"min_margin": "x"}, "min_margin"),
@@ -546,6 +594,28 @@ def test_agreement_and_likely_noise_flags_are_on_the_version_page(big, tmp_path)
     assert ">60/70<" in page and ">36/70<" in page
     warned = re.findall(r'class="warning noise" data-lang="(\w+)"', page)
     assert set(warned) == {"fr", "ru"}  # a warning line per reason a language is flagged
+
+
+def test_small_alphas_and_record_figures_show_significant_digits_not_zeros(big, tmp_path):
+    root, df = big
+    cands = pl.read_parquet(store.config_files(root / "t" / "v1", "candidates")).to_dicts()
+    alphas = {"de": 0.00042, "fr": 0.0, "ru": 0.0123}
+    write(tmp_path, df.drop("row", "length_diff").to_dicts(), cands, list(LANGS), alphas=alphas)
+    c = TestClient(create_app(tmp_path))
+    page = c.get("/v/t/v1").text
+    np.testing.assert_allclose(cells(page, "alpha"), list(alphas.values()))
+    shown = re.findall(r'<td class="num alpha" data-value="[^"]*">([^<]*)</td>', page)
+    assert shown == ["0.00042", "0", "0.0123"]
+    assert "alpha 0.00042;" in page  # beside the reward-length chart
+    page = c.get("/v/t/v1/prompt", params={"prompt_id": "p003", "lang": "de"}).text
+    assert "with alpha 0.00042 " in page
+    rows = Dataset.from_list([{"prompt_id": "p0", "lang": "de", "instruction": "de 0"}])
+    manifest = {"kind": "prompts", "dataset": "prompts", "version": None, "source": {"rows": 1},
+                "languages": ["de"], "counts": {"de": {"kept": 1, "rate": 0.000123, "mean": 2.5}},
+                "totals": {"rows": 1}}  # fmt: skip
+    store.write_version(tmp_path, "prompts", {"prompts": rows}, manifest, lambda m: "card")
+    page = c.get("/v/prompts/v1").text
+    assert '<td class="num">0.000123</td><td class="num">2.5</td>' in page
 
 
 def test_a_curated_versions_pages_say_which_pairs_were_dropped_by_hand_and_why(tiny, tmp_path):

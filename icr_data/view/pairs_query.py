@@ -13,7 +13,8 @@ SHALLOW pairs of an order by a partial sort, deeper pages and text searches from
 once and kept. A page's texts come from the version's text cache (textcache.py, built on a
 thread for versions of CACHE_FROM pairs or more), else from the Parquet row groups that hold its
 rows, three columns; language-ID verdicts come from the candidates, filtered to the page's
-prompts. Only a text search reads every text. The length difference is in tokens
+prompts. Only a text search reads every text: the text cache's when it is built, else the
+Parquet files'. The length difference is in tokens
 (chosen_tokens - rejected_tokens), which needs no text.
 
 The prompt page recomputes the candidate filters of pairs.py with their per-row definitions
@@ -141,12 +142,21 @@ def _content(col: str) -> pl.Expr:
     return pl.col(col).list.last().struct.field("content")
 
 
-def search(path: Path, text: str) -> pl.Series:
-    """The rows whose prompt, chosen or rejected text contains `text` (case folded)."""
+def _contains(text: str, column) -> pl.Expr:
+    """Whether the prompt, chosen or rejected text (`column(name)`) contains `text`, case
+    folded: one expression for the text cache and the Parquet files, so both find the same."""
     pattern = "(?i)" + re.escape(text)
+    return pl.any_horizontal(*(column(c).str.contains(pattern) for c in TEXTS))
+
+
+def search(path: Path, text: str) -> pl.Series:
+    """The rows whose prompt, chosen or rejected text contains `text` (case folded): from the
+    version's text cache when it is built (memory-mapped, nothing to decompress), else from the
+    Parquet files (every row group's texts decoded)."""
+    if (rows := TextCache(path).rows_where(_contains(text, pl.col))) is not None:
+        return rows
     lf = pl.scan_parquet(store.config_files(path, "pairs")).with_row_index("row")
-    hit = pl.any_horizontal(*(_content(c).str.contains(pattern) for c in TEXTS))
-    return lf.filter(hit).select("row").collect()["row"]
+    return lf.filter(_contains(text, _content)).select("row").collect()["row"]
 
 
 def texts(path: Path, rows: list[int]) -> dict[int, dict]:

@@ -1,9 +1,11 @@
 """The pairs browser's text cache: a version's prompt, chosen and rejected texts in an Arrow IPC
-file of fixed-size, zstd-compressed record batches, so any row's texts are one small batch away.
+file of fixed-size, uncompressed record batches, so any row's texts are one small batch away and
+a text search scans the memory-mapped file with nothing to decompress.
 
     cache = TextCache(version_dir)      # keyed by the pairs files' names (digests of their bytes)
     cache.start()                       # builds the file on a thread, once per version
     cache.get([17, 99_000])             # {row: {prompt, chosen, rejected}}, or None until built
+    cache.rows_where(pl.col("chosen").str.contains("x"))   # matching rows, or None until built
 
 Why: a page of pairs sorted by margin has rows in every Parquet row group, and a row group's
 texts decode only whole (about 0.2 s per 100 MB group on 2 cores: seconds per page at a million
@@ -11,6 +13,9 @@ pairs). The cache is built once by streaming the row groups (never the whole tab
 and read by memory-mapping; it lives in icr-data's cache folder (base.files.cache_dir()/view/),
 never in the version, and is written to a temporary name and renamed, so a half-built file is
 never read. Versions are immutable and their files named by content, so the key never goes stale.
+Uncompressed, the file is about the size of the texts (589 MiB for benchmarks/view.py's 1M
+pairs; zstd made it 329 MiB, but decoding it took a search 0.8-1.2 s there, no faster than
+reading the Parquet files; memory-mapped it takes 0.2-0.4 s).
 """
 
 from __future__ import annotations
@@ -20,11 +25,18 @@ import json
 import os
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from icr_data.base.files import cache_dir
 from icr_data.store import store
 
+if TYPE_CHECKING:
+    import polars as pl
+
 BATCH = 1024
+SCAN = 32
+"""Batches per step of a search (rows_where): 32k rows, some 20 MB of text at a time."""
+FORMAT = 2  # in the key: 1 was zstd-compressed
 TEXTS = ("prompt", "chosen", "rejected")
 _building: dict[str, threading.Thread] = {}
 _lock = threading.Lock()
@@ -34,7 +46,7 @@ class TextCache:
     def __init__(self, version_dir: Path):
         files = store.config_files(version_dir, "pairs")
         self.files = files
-        ident = json.dumps([[f.name, f.stat().st_size] for f in files])
+        ident = json.dumps([FORMAT, [[f.name, f.stat().st_size] for f in files]])
         self.key = hashlib.sha256(ident.encode()).hexdigest()[:32]
         self.path = cache_dir() / "view" / f"pairs-texts-{self.key}.arrow"
 
@@ -70,7 +82,7 @@ class TextCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
         schema = pa.schema([(c, pa.large_string()) for c in TEXTS])
-        options = pa.ipc.IpcWriteOptions(compression="zstd")
+        options = pa.ipc.IpcWriteOptions(compression=None)  # memory-mapped as it is (see above)
         pending: list[pa.RecordBatch] = []
         try:
             with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema, options=options) as w:  # fmt: skip
@@ -115,3 +127,26 @@ class TextCache:
                 return out
         except (OSError, pa.ArrowException):
             return None
+
+    def rows_where(self, hit: pl.Expr) -> pl.Series | None:
+        """The rows (ascending, a `row` column as with_row_index makes it) where `hit`, a polars
+        expression over the prompt, chosen and rejected columns, is true, read SCAN batches at
+        a time from the memory-mapped file; None when the cache is not built or cannot be read."""
+        import polars as pl
+        import pyarrow as pa
+
+        if not self.ready():
+            return None
+        found, base = [], 0
+        try:
+            with pa.memory_map(str(self.path)) as source:
+                reader = pa.ipc.open_file(source)
+                n = reader.num_record_batches
+                for lo in range(0, max(n, 1), SCAN):  # no batches (no pairs): one empty step
+                    batches = [reader.get_batch(b) for b in range(lo, min(n, lo + SCAN))]
+                    part = pl.from_arrow(pa.Table.from_batches(batches, reader.schema))
+                    found.append(part.with_row_index("row", base).filter(hit)["row"])
+                    base += part.height
+        except (OSError, pa.ArrowException, pl.exceptions.PolarsError):
+            return None
+        return pl.concat(found)
