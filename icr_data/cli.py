@@ -83,6 +83,14 @@ app = _App(
     pretty_exceptions_enable=False,
 )
 err = stderr_console()
+RESULTS = sys.stdout
+"""Where a command's result goes (a version path, a report): the stdout main() was called with.
+While a command runs, sys.stdout points at stderr, so a library that prints or logs to stdout
+(DeepSpeed announcing its accelerator, say) never mixes into what a script reads."""
+
+
+def _emit(text) -> None:
+    print(text, file=RESULTS, flush=True)
 
 
 @app.callback()
@@ -187,7 +195,7 @@ def _report_version(path: Path, manifest: dict) -> None:
 
     err.print(summary_table(manifest))
     err.print(f"[green]wrote[/] {path}")
-    print(path)
+    _emit(path)
 
 
 IfChangedOpt = Annotated[
@@ -204,7 +212,7 @@ def _report_result(result) -> None:
     if result.written:
         _report_version(result.path, result.manifest)
     else:  # --if-changed and nothing changed: build already said so
-        print(result.path)
+        _emit(result.path)
 
 
 @app.command()
@@ -414,7 +422,7 @@ def prepare(
     steps = prep.plan(models)
     prep.run([s for s in steps if not s.done], err)
     for spec in models:
-        print(model_refs.resolve(spec, "model"))
+        _emit(model_refs.resolve(spec, "model"))
 
 
 @app.command()
@@ -446,7 +454,7 @@ def export(
     files = run_export(_version(version_dir, store), format, out, ref_logps=ref_logps)
     for f in files:
         err.print(f"[green]wrote[/] {f}")
-        print(f)
+        _emit(f)
 
 
 @app.command()
@@ -477,7 +485,7 @@ def train(
         err.print(
             f"[green]wrote[/] {cfg.output_dir} ({record['steps']} steps, {record['seconds']}s)"
         )
-        print(cfg.output_dir)
+        _emit(cfg.output_dir)
 
 
 @app.command("check-reward")
@@ -628,14 +636,14 @@ def _check_benchmark(benchmark, policy, reference, scoring, path, languages, sub
     for lang, r in manifest["results"].items():
         err.print(f"{lang}: {r['verdict']}: {r['reason']}", highlight=False)
     err.print(f"[green]wrote[/] {path}")
-    print(path)
+    _emit(path)
 
 
 def _stdout():
     """Reports are the product of these commands: they go to stdout (pipe them to less)."""
     from rich.console import Console
 
-    out = Console()
+    out = Console(file=RESULTS)
     if not out.is_terminal:
         out.width = 160
     return out
@@ -823,13 +831,13 @@ def publish(
         size = sum(op.size or 0 for op in plan.adds)
         err.print(f"[green]dry run:[/] {len(plan.adds)} files ({size:,} bytes) for "
                   f"{plan.repo_id}@{plan.tag} and plan.json in {out}; nothing was sent")  # fmt: skip
-        print(out)
+        _emit(out)
         return
     result = execute(plan)
     gone = f", deleted {len(result.deleted)} old files" if result.deleted else ""
     err.print(f"[green]published[/] {plan.tag} to {result.repo_url} "
               f"(commit {result.commit_oid[:12]}{gone})")  # fmt: skip
-    print(f"{result.repo_url}/tree/{result.tag}")
+    _emit(f"{result.repo_url}/tree/{result.tag}")
 
 
 @app.command()
@@ -906,7 +914,7 @@ def translate(
     for table in translate_tables(path, manifest):
         err.print(table)
     err.print(f"[green]wrote[/] {path}")
-    print(path)
+    _emit(path)
 
 
 @app.command("eval")
@@ -930,7 +938,7 @@ def eval_command(
     for table in eval_tables(manifest):
         err.print(table)
     err.print(f"[green]wrote[/] {path}")
-    print(path)
+    _emit(path)
 
 
 @app.command("evals")
@@ -960,7 +968,7 @@ def view(
 
     def announce(url: str) -> None:
         err.print(f"[green]serving[/] {store} at {url} (Ctrl-C stops)", highlight=False)
-        print(url, flush=True)  # stdout: the URL alone, for a script to read
+        _emit(url)  # stdout: the URL alone, for a script to read
 
     serve(store, host, port, announce=announce)
 
@@ -983,7 +991,14 @@ def _fail(message: str) -> NoReturn:
 
 
 def main(argv: list[str] | None = None) -> None:
-    app(args=argv, prog_name="icr-data")
+    import contextlib
+
+    global RESULTS
+    RESULTS = sys.stdout
+    args = sys.argv[1:] if argv is None else argv
+    helping = not args or "--help" in args or "-h" in args  # help is the result: stdout
+    with contextlib.nullcontext() if helping else contextlib.redirect_stdout(sys.stderr):
+        app(args=argv, prog_name="icr-data")
 
 
 if __name__ == "__main__":
