@@ -203,7 +203,9 @@ def test_bad_options_are_named(tmp_path):
     with pytest.raises(TranslateError, match="--ratio: 'ru=2' is not LO:HI"):
         tr.parse_ratios(["ru=2"])
     assert tr.parse_ratios(["0.4:3", "ru=0.6:2.8"]) == ((0.4, 3.0), {"ru": (0.6, 2.8)})
-    with pytest.raises(TranslateError, match=r"--ratio \(ru\): need 0 <= LO < HI"):
+    with pytest.raises(
+        TranslateError, match=r"--ratio \(ru\): need finite 0 <= LO < HI, got 3.0:1.0"
+    ):
         tr.check_config(TranslateConfig(ratio_by_lang={"ru": (3.0, 1.0)}))
     with pytest.raises(TranslateError, match="--to: unknown language code 'xx'"):
         tr.check_config(TranslateConfig(languages=["es", "xx"]))

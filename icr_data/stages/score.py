@@ -163,9 +163,11 @@ def _batches(lengths: Sequence[int], token_budget: int, max_batch_size: int,
             for part in plan_batches([lengths[i] for i in g], token_budget, max_batch_size)]  # fmt: skip
 
 
-def given_batches(rows: Dataset) -> list[int] | None:
-    """The batch number of each row (BATCH_COLUMN) when the rows carry them, else None."""
-    return rows[BATCH_COLUMN] if BATCH_COLUMN in rows.column_names else None
+def given_batches(rows: Dataset | dict) -> list[int] | None:
+    """The batch number of each row (BATCH_COLUMN) when the rows carry them, else None (rows: a
+    Dataset or a dict of columns)."""
+    names = rows.column_names if isinstance(rows, Dataset) else rows
+    return list(rows[BATCH_COLUMN]) if BATCH_COLUMN in names else None
 
 
 def default_token_budget(device: str) -> int:
