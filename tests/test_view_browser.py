@@ -238,12 +238,15 @@ def test_a_person_curates_a_version_in_a_real_browser(build_tiny, tmp_path):
 
 
 def main(argv: list[str]) -> None:
-    """The docs' screenshots: the walk over a copy of the store STORE, PNGs into FOLDER."""
+    """The docs' screenshots: the walk over a copy of the store STORE (its dataset DATASET,
+    demo-tiny by default; `demo` for the SmolLM2 demo), PNGs into FOLDER."""
     import tempfile
 
-    if len(argv) != 2:
-        raise SystemExit("usage: python tests/test_view_browser.py STORE FOLDER")
+    global DATASET
+    if len(argv) not in (2, 3):
+        raise SystemExit("usage: python tests/test_view_browser.py STORE FOLDER [DATASET]")
     store_dir, out = Path(argv[0]), Path(argv[1])
+    DATASET = argv[2] if len(argv) == 3 else DATASET
     versions = sorted((store_dir / DATASET).glob("v*"), key=lambda p: int(p.name[1:]))
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / store_dir.name
