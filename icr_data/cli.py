@@ -191,9 +191,11 @@ def _run(recipe: Path, store: str | None, set_: list[str] | None, **kwargs):
 
 
 def _report_version(path: Path, manifest: dict) -> None:
-    from icr_data.commands.reports import summary_table
+    from icr_data.commands.reports import stability_line, summary_table
 
     err.print(summary_table(manifest))
+    if line := stability_line((manifest.get("scoring") or {}).get("stability")):
+        err.print(line, highlight=False)
     err.print(f"[green]wrote[/] {path}")
     _emit(path)
 

@@ -77,7 +77,7 @@ def test_keys_are_validated(tmp_path, tiny_pair):
             recipe(tmp_path, tiny_pair, **{f"scoring.{key}": value})
 
 
-def test_a_build_reports_its_score_stability(tmp_path, tiny_pair):
+def test_a_build_reports_its_score_stability(tmp_path, tiny_pair, capsys):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     result = build(recipe(tmp_path, tiny_pair))
@@ -113,6 +113,14 @@ def test_a_build_reports_its_score_stability(tmp_path, tiny_pair):
     assert f"max |Δ log-prob| {s['max']:.1e} nats over 18 rescored candidates of 27" in line
     assert line.endswith("; bound 0.01.")
     assert DatasetCard.load(v1 / "README.md").data.language == ["en", "de", "ru"]
+    # inspect says it too, in one line (as the end of a build does)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        cli.main(["inspect", str(v1)])
+    shown = capsys.readouterr().out
+    assert e.value.code == 0
+    assert (f"score stability: max |diff| {s['max']:.1e} nats over 18 of 27 candidates scored "
+            "again in other batches (bound 0.01)") in " ".join(shown.split())  # fmt: skip
 
     # a rescore under the same pair finds the build's sample work (keyed by content): same figure
     path, child = rescore(v1, name="v2")

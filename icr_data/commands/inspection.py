@@ -196,6 +196,8 @@ class InspectReport:
     trust: dict = dataclasses.field(default_factory=dict)
     """From the manifest, where measured: `modes` (mode agreement per language), `judge` (the
     judge's agreement per language) and `noise` ({language: [why its pairs are likely noise]})."""
+    stability: dict | None = None
+    """The manifest's `scoring.stability` (a sample scored again in other batches), if any."""
 
 
 def inspect_version(
@@ -230,9 +232,9 @@ def inspect_version(
         views = list(zip([t for t, _ in picks], with_texts(lf, *(s for _, s in picks))))
     except (pl.exceptions.PolarsError, OSError) as e:
         raise store.StoreError(f"{path}: cannot read pairs: {_first_line(e)}") from None
-    return InspectReport(
-        name, unit, bins, df, stats, hist, views, zero, trust_figures(manifest, lang)
-    )
+    return InspectReport(name, unit, bins, df, stats, hist, views, zero,
+                         trust_figures(manifest, lang),
+                         (manifest.get("scoring") or {}).get("stability"))  # fmt: skip
 
 
 def trust_figures(manifest: dict, lang: str | None = None) -> dict:

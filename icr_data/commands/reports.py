@@ -97,6 +97,17 @@ def summary_table(manifest: dict) -> Fitted:
     return Fitted(table)
 
 
+def stability_line(stability: dict | None) -> str | None:
+    """One line on the score stability a version records (scoring.stability), or None."""
+    if not stability:
+        return None
+    if not stability.get("measured"):
+        return "score stability: not measured (scoring.stability_sample 0)"
+    return (f"score stability: max |diff| {stability['max']:.1e} nats over "
+            f"{stability['rescored']} of {stability['candidates']} candidates scored again in "
+            f"other batches (bound {stability['bound']:g})")  # fmt: skip
+
+
 def check_table(report: dict) -> Fitted:
     table = Table(title=f"implicit reward on labelled pairs ({report['mode']})")
     for col in ("lang", "pairs", "accuracy", "95% CI", "ties", "mean margin", "chosen shorter",
@@ -275,6 +286,8 @@ def inspect_report(report: InspectReport, max_chars: int = 400) -> list[Fitted |
     ]
     if report.trust:
         out.append(trust_table(report.trust, report.name))
+    if line := stability_line(report.stability):
+        out.append(line)
     out += [pairs_view(sel, f"{report.name}: {title}", report.unit, max_chars)
             for title, sel in report.views]  # fmt: skip
     if report.df.height and report.df["margin"].min() < 0:
