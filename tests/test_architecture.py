@@ -84,6 +84,24 @@ def test_a_classifier_as_scoring_translator_stops_a_build_before_any_model(
     assert not list((tmp_path / "store").rglob("*.parquet"))
 
 
+@pytest.mark.parametrize("role", ["generator", "policy", "reference"])
+def test_a_classifier_in_the_reward_pair_or_as_generator_stops_a_build_before_any_model(
+    tiny_pair, tmp_path, no_weights, role
+):
+    from icr_data.base.config import load_recipe
+    from icr_data.commands.build import build
+
+    policy, reference = tiny_pair
+    roles = {"generator": policy, "policy": policy, "reference": reference}
+    roles[role] = model = classifier(tiny_pair, tmp_path, "ForSequenceClassification")
+    recipe = load_recipe(ROOT / "recipes" / "demo_tiny.yaml", [
+        f"store={tmp_path / 'store'}", *(f"models.{r}={m}" for r, m in roles.items()),
+        "sampling.backend=transformers"])  # fmt: skip
+    with pytest.raises(ModelError, match=rf"^models.{role}: model {model} is a LlamaFor"):
+        build(recipe)
+    assert not list((tmp_path / "store").rglob("*.parquet"))
+
+
 def test_lora_layers_come_from_the_config_on_the_meta_device(tiny_pair, no_weights):
     arch, layers = lora_layers(str(tiny_pair[0]))
     assert arch == "LlamaForCausalLM"

@@ -68,8 +68,11 @@ class Plan:
 def _check_models(recipe: Recipe, resolved: dict[str, str]):
     """Refuse, before any work, a reward pair that cannot be scored together or a missing
     template; return the pair's tokenizer."""
+    from icr_data.stages.architecture import check_causal_lm
     from icr_data.stages.chat import render_prompt
 
+    for role in ("generator", "policy", "reference"):  # each generates or gives token log-probs
+        check_causal_lm(resolved[role], f"models.{role}: model {getattr(recipe.models, role)}")
     template = recipe.models.chat_template
     tok = models.pair_tokenizer(resolved["policy"], resolved["reference"], template)
     gen_tok = models.load_tokenizer(resolved["generator"], template)
