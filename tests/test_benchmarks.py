@@ -13,7 +13,7 @@ from icr_data.base.config import ScoringConfig
 from icr_data.base.errors import IcrError
 from icr_data.commands.reward_check import CheckError, VerdictRule, check_benchmark, summarize
 from icr_data.stages.agreement import wilson
-from icr_data.stages.pref_benchmarks import BenchmarkError, load_benchmark
+from icr_data.stages.pref_benchmarks import M_REWARDBENCH, BenchmarkError, load_benchmark
 
 MRB_CONFIGS = {"es": "spa_Latn", "de": "deu_Latn", "fr": "fra_Latn", "ru": "rus_Cyrl"}
 ITEMS = [  # (RewardBench id, subset, category, English prompt, chosen, rejected)
@@ -323,3 +323,25 @@ def test_check_reward_on_mm_eval_scores_natively_without_a_gap(tiny_pair, tmp_pa
         k = sum(r["native_chosen"] > r["native_rejected"] for r in mine)
         assert got["accuracy"] == pytest.approx(k / 3, abs=1e-12) and got["gap"] is None
         assert got["modes"] is None and list(got["by_category"]) == ["chat"]
+
+
+def test_a_hub_benchmark_that_cannot_be_reached_is_one_error_before_any_load(monkeypatch):
+    """Offline, a Hub id is refused before datasets.load_dataset (whose own retries take 20-30 s
+    here before a traceback), naming the way out."""
+    import datasets
+
+    from icr_data.stages import x_alpacaeval
+    from icr_data.stages.prompts import PromptError
+
+    def load(*a, **k):
+        raise AssertionError("load_dataset was called")
+
+    monkeypatch.setattr(datasets, "load_dataset", load)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub = r"from the Hub: HF_HUB_OFFLINE is set and it is not in the local Hub cache; download it"
+    with pytest.raises(BenchmarkError, match=rf"^cannot load {M_REWARDBENCH} {hub}"):
+        load_benchmark("m-rewardbench", ["es"])
+    with pytest.raises(BenchmarkError, match=rf"^cannot load prometheus-eval/MM-Eval {hub}"):
+        load_benchmark("mm-eval", ["es"])
+    with pytest.raises(PromptError, match=r"zhihz0535/X-AlpacaEval: cannot load it: HF_HUB_OFF"):
+        x_alpacaeval.from_hub("es")

@@ -102,6 +102,11 @@ def load_pairs(cfg: DataConfig) -> tuple[list[dict], dict]:
         elif cfg.source.count("/") == 1 and not cfg.source.startswith((".", "/", "~")):
             from datasets import load_dataset
 
+            from icr_data.base.hf import unreachable_dataset
+
+            if why := unreachable_dataset(cfg.source):
+                raise TrainError(f"data.source {cfg.source}: not a local folder or file, and "
+                                 f"not loadable from the Hub: {why}")  # fmt: skip
             ds = load_dataset(cfg.source, cfg.config, revision=cfg.revision, split=cfg.split)
         else:
             raise TrainError(f"data.source not found: {cfg.source}")

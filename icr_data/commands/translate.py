@@ -194,6 +194,10 @@ def read_source(cfg: TranslateConfig) -> list[dict]:
     # prompt=instruction` works where the Hub is reachable.
     from datasets import load_dataset
 
+    from icr_data.base.hf import unreachable_dataset
+
+    if why := unreachable_dataset(spec):
+        raise TranslateError(f"{spec}: not a local file, and not loadable from the Hub: {why}")
     try:
         ds = load_dataset(spec, split=cfg.split)
     except Exception as e:  # noqa: BLE001 - datasets raises many types for a bad id or split

@@ -274,6 +274,12 @@ def _hub(hub_id: str, config: str | None, split: str):
     Hub; any failure (offline, renamed) is one error that names the local-copy way."""
     from datasets import load_dataset
 
+    from icr_data.base.hf import unreachable_dataset
+
+    if why := unreachable_dataset(hub_id):
+        raise BenchmarkError(f"cannot load {hub_id} from the Hub: {why}; download it "
+                             f"(huggingface-cli download {hub_id} --repo-type dataset "
+                             "--local-dir DIR) and give --benchmark-path DIR")  # fmt: skip
     try:
         if hub_id == M_REWARDBENCH and config is None:
             return load_dataset(hub_id, data_files={split: ENGLISH_HUB_FILE}, split=split)

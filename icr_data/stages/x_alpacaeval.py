@@ -97,6 +97,11 @@ def from_hub(lang: str) -> list[dict]:
     """One of the Hub's languages through `datasets` (network, or the local datasets cache)."""
     from datasets import load_dataset
 
+    from icr_data.base.hf import unreachable_dataset
+
+    if why := unreachable_dataset(HUB_ID):
+        raise PromptError(f"prompts.source {HUB_ID}: cannot load it: {why}; download it into a "
+                          "folder and name the folder instead")  # fmt: skip
     try:
         ds = load_dataset(HUB_ID, split=HUB_SPLITS[lang])
     except Exception as e:  # noqa: BLE001 - datasets raises many types (network, missing split)
