@@ -78,3 +78,20 @@ def cli_exit(capsys, *args) -> tuple[int, str]:
     with pytest.raises(SystemExit) as e:
         cli.main(list(args))
     return e.value.code, capsys.readouterr().err
+
+
+def model_configs(folder: Path, model: str, output_dir: Path, evals_store: Path) -> None:
+    """folder/train.yaml and folder/eval.yaml: the tiny DPO config and the demo eval recipe with
+    `model` as the model to train and the candidate to evaluate, their outputs where given."""
+    import yaml
+
+    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    train = yaml.safe_load((recipes / "dpo_demo_tiny.yaml").read_text())
+    train["data"]["source"] = str(recipes / train["data"]["source"])
+    train.update(model=model, output_dir=str(output_dir))
+    (folder / "train.yaml").write_text(yaml.safe_dump(train))
+    ev = yaml.safe_load((recipes / "eval_demo.yaml").read_text())
+    ev.update(store=str(evals_store), candidate=model, baseline="builtin:tiny-reference",
+              judges=["llm:builtin:tiny-reference"])  # fmt: skip
+    ev["prompts"]["source"] = str(recipes / ev["prompts"]["source"])
+    (folder / "eval.yaml").write_text(yaml.safe_dump(ev))

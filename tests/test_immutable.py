@@ -13,8 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
-from synthetic import digest, tables
+from synthetic import digest, model_configs, tables
 
 from icr_data import cli
 from icr_data.store import store
@@ -43,15 +42,7 @@ def commands(v: Path, tmp_path: Path) -> dict[str, list[str]]:
     recipe = ["--store", str(v / "inner"), "--set", f"models.policy={NOBODY}",
               "--set", f"models.generator={NOBODY}"]  # fmt: skip
     demo = str(ROOT / "recipes" / "demo_tiny.yaml")
-    train = yaml.safe_load((ROOT / "recipes" / "dpo_demo_tiny.yaml").read_text())
-    train["data"]["source"] = str(ROOT / "recipes" / train["data"]["source"])
-    train.update(model=NOBODY, output_dir=str(v / "run"))
-    (tmp_path / "train.yaml").write_text(yaml.safe_dump(train))
-    ev = yaml.safe_load((ROOT / "recipes" / "eval_demo.yaml").read_text())
-    ev.update(store=str(v / "evals"), candidate=NOBODY, baseline="builtin:tiny-reference",
-              judges=["llm:builtin:tiny-reference"])  # fmt: skip
-    ev["prompts"]["source"] = str(ROOT / "recipes" / ev["prompts"]["source"])
-    (tmp_path / "eval.yaml").write_text(yaml.safe_dump(ev))
+    model_configs(tmp_path, NOBODY, v / "run", v / "evals")
     drops = tmp_path / "drops.jsonl"
     drops.write_text(json.dumps({"prompt_id": "a", "lang": "de", "chosen_sample_idx": 1,
                                  "rejected_sample_idx": 0, "reason": "test"}) + "\n")  # fmt: skip

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from synthetic import tables
+from synthetic import model_configs, tables
 
 from icr_data.cli import main
 from icr_data.store import store
@@ -31,15 +31,7 @@ def version(tmp_path_factory) -> Path:
 
 def _commands(tmp_path: Path, version: Path) -> dict[str, tuple[list[str], str]]:
     """Each command that takes a model, given NOBODY: (its arguments, the option it names)."""
-    train = yaml.safe_load((ROOT / "recipes" / "dpo_demo_tiny.yaml").read_text())
-    train["data"]["source"] = str(ROOT / "recipes" / train["data"]["source"])
-    train.update(model=NOBODY, output_dir=str(tmp_path / "run"))
-    (tmp_path / "train.yaml").write_text(yaml.safe_dump(train))
-    ev = yaml.safe_load((ROOT / "recipes" / "eval_demo.yaml").read_text())
-    ev.update(store=str(tmp_path / "evals"), candidate=NOBODY, baseline="builtin:tiny-reference",
-              judges=["llm:builtin:tiny-reference"])  # fmt: skip
-    ev["prompts"]["source"] = str(ROOT / "recipes" / ev["prompts"]["source"])
-    (tmp_path / "eval.yaml").write_text(yaml.safe_dump(ev))
+    model_configs(tmp_path, NOBODY, tmp_path / "run", tmp_path / "evals")
     pairs = str(ROOT / "recipes" / "data" / "check_pairs.jsonl")
     prompts = str(ROOT / "recipes" / "data" / "demo_prompts.jsonl")
     return {
