@@ -69,15 +69,22 @@ def write_synthetic(store_dir: Path) -> Path:
     return store.write_version(store_dir, "t", tabs, manifest, render_card)
 
 
-def cli_exit(capsys, *args) -> tuple[int, str]:
-    """(exit code, stderr) of `icr-data ARGS` run in this process, for commands that exit."""
+def cli_run(capsys, *args) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `icr-data ARGS` run in this process."""
     import pytest
 
     from icr_data import cli
 
     with pytest.raises(SystemExit) as e:
         cli.main(list(args))
-    return e.value.code, capsys.readouterr().err
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+def cli_exit(capsys, *args) -> tuple[int, str]:
+    """(exit code, stderr) of `icr-data ARGS` run in this process."""
+    code, _, err = cli_run(capsys, *args)
+    return code, err
 
 
 def model_configs(folder: Path, model: str, output_dir: Path, evals_store: Path) -> None:

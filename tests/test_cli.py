@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from synthetic import cli_run as run
 from typer.testing import CliRunner
 
 from icr_data import cli
@@ -12,13 +13,6 @@ from icr_data.base.config import FILTERS
 from icr_data.base.errors import IcrError
 from icr_data.base.registry import PAIRING_RULES
 from icr_data.pairing import pairing_rules
-
-
-def run(capsys, *args):
-    with pytest.raises(SystemExit) as e:
-        cli.main(list(args))
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
 
 
 class OddError(IcrError):

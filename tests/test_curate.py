@@ -11,9 +11,8 @@ import json
 import numpy as np
 import pytest
 from datasets import load_dataset
-from synthetic import digest
+from synthetic import cli_run, digest
 
-from icr_data import cli
 from icr_data.commands.curate import (
     EMPTIED,
     HAND,
@@ -41,13 +40,6 @@ def rows(version):
 
 def key(row):
     return tuple(row[k] for k in KEY)
-
-
-def cli_run(capsys, *args):
-    with pytest.raises(SystemExit) as e:
-        cli.main(list(args))
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
 
 
 def test_child_holds_the_parents_pairs_less_those_dropped(v1):

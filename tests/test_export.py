@@ -12,9 +12,9 @@ import pytest
 from datasets import Dataset
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from synthetic import cli_run as _cli
 from synthetic import tables
 
-from icr_data import cli
 from icr_data.base.files import atomic_write_text
 from icr_data.base.registry import EXPORT_FORMATS
 from icr_data.commands.export import ExportError, Format, _json_lines, export
@@ -164,13 +164,6 @@ def toy():
         yield
     finally:
         EXPORT_FORMATS.unregister("toy")
-
-
-def _cli(capsys, *args):
-    with pytest.raises(SystemExit) as e:
-        cli.main(list(args))
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
 
 
 def test_a_registered_format_is_exported_through_the_cli(version, toy, capsys, tmp_path):

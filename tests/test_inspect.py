@@ -9,9 +9,9 @@ import pytest
 from datasets import Dataset
 from PIL import Image
 from rich.console import Console
+from synthetic import cli_run as run_cli
 
 from icr_data.base.config import Recipe
-from icr_data.cli import main
 from icr_data.commands import inspection as ins
 from icr_data.commands import reports
 from icr_data.commands.versioning import run_facts
@@ -215,13 +215,6 @@ def test_ks_statistic_known_values():
 def test_flatten():
     nested = {"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}, "f": None}
     assert ins.flatten(nested) == {"a.b": 1, "a.c.d": [1, 2], "e": {}, "f": None}
-
-
-def run_cli(capsys, *args):
-    with pytest.raises(SystemExit) as e:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
 
 
 def test_cli_inspect_versions_and_diff(tmp_path, capsys):

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from synthetic import cli_run as run_cli
 from synthetic import model_configs, tables
 
-from icr_data.cli import main
 from icr_data.store import store
 from icr_data.store.card import render_card
 
@@ -93,13 +93,6 @@ def test_a_missing_folder_or_an_unprepared_train_config_names_the_option(tmp_pat
 
 
 # --- dataset/vN with --store, wherever a version is read ---------------------------------------
-
-
-def run_cli(capsys, *args) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
 
 
 def test_export_takes_dataset_slash_version(version, tmp_path, capsys):
