@@ -81,9 +81,6 @@ def drop_pairs(version, drops: Mapping, name: str | None = None, console=None) -
 
     drops = checked_drops(drops)
     version_dir, parent_manifest, recipe = open_parent(version, name)
-    if name is not None and (version_dir.parent / name).exists():
-        raise store.StoreError(f"version {name} already exists at {version_dir.parent / name}; "
-                               "versions are immutable")  # fmt: skip
     table = store.read_table(version_dir, "pairs").data.table
     wanted = list(drops)
     keys = pl.from_arrow(table.select(list(KEY))).with_row_index("row")

@@ -39,13 +39,17 @@ def parent_recipe(version_dir: Path) -> tuple[dict, Recipe]:
 
 
 def open_parent(version: str | Path, name: str | None) -> tuple[Path, dict, Recipe]:
-    """The version a new one derives from, checked before any work: the new version's `name`,
-    the folder (whole: sizes and footers, a damaged file is one line), its manifest and recipe."""
+    """The version a new one derives from, checked before any work: the new version's `name`
+    (valid, and not taken), the folder (whole: sizes and footers, a damaged file is one line),
+    its manifest and recipe."""
     if name is not None:
         store.check_version_name(name)
     version_dir = store.resolve_version(version)
     # the new version goes beside its parent: never inside another version (immutable)
     store.refuse_inside_version(version_dir.parent, "the dataset folder", "the new version ")
+    if name is not None and (version_dir.parent / name).exists():
+        raise store.StoreError(f"version {name} already exists at {version_dir.parent / name}; "
+                               "versions are immutable")  # fmt: skip
     require_whole(version_dir)
     return (version_dir, *parent_recipe(version_dir))
 
@@ -101,9 +105,6 @@ def rescore(
             validate_scoring(recipe.scoring, "icr-data score")
         except RecipeError as e:
             raise DeriveError(str(e)) from None
-    if name is not None and (version_dir.parent / name).exists():
-        raise store.StoreError(f"version {name} already exists at {version_dir.parent / name}; "
-                               "versions are immutable")  # fmt: skip
     # the candidates' own checks first: they need no model
     candidates = store.read_table(version_dir, "candidates")
     candidates = candidates.remove_columns("scoring_prompt").add_column(
