@@ -32,7 +32,7 @@ MODEL_FIELDS = ("name", "sha256", "revision")
 _ABSENT = "(absent)"  # a recipe key one version has and the other does not
 
 
-def _content(col: str) -> pl.Expr:
+def message_text(col: str) -> pl.Expr:
     # Message lists in TRL's format: the last message is the turn that matters (the user's
     # instruction in `prompt`, the assistant's answer in `chosen`/`rejected`).
     return pl.col(col).list.last().struct.field("content")
@@ -40,10 +40,7 @@ def _content(col: str) -> pl.Expr:
 
 def scan_pairs(version_dir: str | Path) -> pl.LazyFrame:
     """The version's pairs, lazily, with a stable `row` number (file order)."""
-    files = sorted((Path(version_dir) / "data" / "pairs").glob("*.parquet"))
-    if not files:
-        raise store.StoreError(f"{version_dir}: no Parquet files for config 'pairs'")
-    return pl.scan_parquet(files).with_row_index("row")
+    return pl.scan_parquet(store.config_files(version_dir, "pairs")).with_row_index("row")
 
 
 def length_unit(manifest: dict) -> str:
@@ -61,7 +58,7 @@ def numeric_view(lf: pl.LazyFrame, unit: str = "chars", lang: str | None = None)
     if lang is not None:
         lf = lf.filter(pl.col("lang") == lang)
     if unit == "chars":
-        lens = [_content(c).str.len_chars().alias(f"{c}_len") for c in ("chosen", "rejected")]
+        lens = [message_text(c).str.len_chars().alias(f"{c}_len") for c in ("chosen", "rejected")]
     else:
         lens = [pl.col(f"{c}_tokens").alias(f"{c}_len") for c in ("chosen", "rejected")]
     cols = ["row", "prompt_id", "lang", "margin", "chosen_reward", "rejected_reward"]
@@ -147,7 +144,7 @@ def with_texts(lf: pl.LazyFrame, *selected: pl.DataFrame) -> list[pl.DataFrame]:
     rows = pl.concat([s["row"] for s in selected]).unique()
     texts = (
         lf.filter(pl.col("row").is_in(rows.implode()))
-        .select("row", *(_content(c).alias(c) for c in ("prompt", "chosen", "rejected")))
+        .select("row", *(message_text(c).alias(c) for c in ("prompt", "chosen", "rejected")))
         .collect()
     )
     return [s.join(texts, on="row", how="left", maintain_order="left") for s in selected]

@@ -37,6 +37,7 @@ import numpy as np
 import polars as pl
 
 from icr_data.base.config import CANDIDATE_FILTERS
+from icr_data.commands.inspection import message_text, scan_pairs
 from icr_data.pairing.textfeatures import normalise, repeated_ngram_ratio
 from icr_data.store import store
 from icr_data.view.queries import Damaged, NotFound, ViewError, version_dir
@@ -119,14 +120,13 @@ def _files_key(path: Path) -> tuple:
 
 def numeric(path: Path) -> pl.DataFrame:
     """Every pair's numeric columns, its file-order `row` and `length_diff` (tokens), cached."""
-    files = store.config_files(path, "pairs")
     key = _files_key(path)
     with _lock:
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
     try:
-        df = (pl.scan_parquet(files).with_row_index("row").select("row", *NUMERIC)
+        df = (scan_pairs(path).select("row", *NUMERIC)
               .with_columns(length_diff=pl.col("chosen_tokens") - pl.col("rejected_tokens"))
               .collect())  # fmt: skip
     except (pl.exceptions.PolarsError, OSError) as e:
@@ -136,10 +136,6 @@ def numeric(path: Path) -> pl.DataFrame:
         while len(_cache) > CACHED:
             _cache.popitem(last=False)
     return df
-
-
-def _content(col: str) -> pl.Expr:
-    return pl.col(col).list.last().struct.field("content")
 
 
 def _contains(text: str, column) -> pl.Expr:
@@ -155,8 +151,8 @@ def search(path: Path, text: str) -> pl.Series:
     Parquet files (every row group's texts decoded)."""
     if (rows := TextCache(path).rows_where(_contains(text, pl.col))) is not None:
         return rows
-    lf = pl.scan_parquet(store.config_files(path, "pairs")).with_row_index("row")
-    return lf.filter(_contains(text, _content)).select("row").collect()["row"]
+    lf = scan_pairs(path)
+    return lf.filter(_contains(text, message_text)).select("row").collect()["row"]
 
 
 def texts(path: Path, rows: list[int]) -> dict[int, dict]:
@@ -179,7 +175,7 @@ def texts(path: Path, rows: list[int]) -> dict[int, dict]:
             mine = [r - base for r in wanted if base <= r < base + n]
             if mine:
                 part = pl.from_arrow(pf.read_row_group(g, columns=list(TEXTS)).take(mine))
-                part = part.select(*(_content(c).alias(c) for c in TEXTS))
+                part = part.select(*(message_text(c).alias(c) for c in TEXTS))
                 out.update({base + r: t for r, t in zip(mine, part.to_dicts())})
             base += n
     return out
